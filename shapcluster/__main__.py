@@ -1,0 +1,3 @@
+from shapcluster.cli import main
+
+main()
