@@ -7,8 +7,9 @@ import typer
 from shapcluster.cli._errors import translate_errors
 from shapcluster.errors import NotImplementedYetError
 
-app = typer.Typer(help="Temporary AWS credentials (STS assume-role) for the cluster's containers.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Temporary AWS credentials (STS assume-role) for the cluster's containers.", no_args_is_help=True
+)
 
 
 @app.command()

@@ -1,0 +1,483 @@
+"""The job as a Ray DAG; the only module of the job that imports Ray.
+
+    etl -> split -> create_model (or a parallel sweep) -> get_data_to_explain
+        -> run_distributed_shap  (blocks of rows x coalitions, one task each)
+        -> run_default_shap      (shap.KernelExplainer on chunks of rows)   [concurrently]
+        -> compare_results -> results/<run-id>/
+
+Each step is a plain function from etl/model/kernel_shap/compare; this module only wires them.
+Large values (data, model, background) go into the object store once and tasks share them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import ray
+from ray import ObjectRef
+
+from app import compare, etl, kernel_shap, model, results
+from app.config import EXACT, JobConfig
+from app.errors import DataError, ExplanationsDisagreeError, JobError
+from app.report import Reporter
+
+log = logging.getLogger(__name__)
+Ref = ObjectRef[Any]
+OURS = "distributed KernelSHAP"
+REFERENCE = "shap.KernelExplainer"
+
+# Deserialised model per worker process: tasks get the Ref boxed in a list so Ray does
+# not resolve it per task, and each worker unpickles the forest once instead of once a block.
+_objects: dict[str, Any] = {}
+
+
+def _resolve(box: list[Ref]) -> Any:
+    key = box[0].hex()
+    if key not in _objects:
+        if len(_objects) >= 4:
+            _objects.clear()
+        _objects[key] = ray.get(box[0])
+    return _objects[key]
+
+
+def _single_threaded() -> Any:
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
+@ray.remote(num_returns=2)
+def etl_step(source: str | None, label: str) -> tuple[etl.Dataset, dict[str, Any]]:
+    start = time.perf_counter()
+    dataset = etl.load_dataset(source, label)
+    info = {
+        "source": dataset.source,
+        "rows": len(dataset.features),
+        "features": list(dataset.features.columns),
+        "label": dataset.label,
+        "bundled": dataset.bundled,
+        "notice": dataset.notice,
+        "seconds": time.perf_counter() - start,
+    }
+    return dataset, info
+
+
+@ray.remote
+def split_step(dataset: etl.Dataset, test_size: float, seed: int) -> model.Split:
+    return model.split_data(dataset, test_size, seed)
+
+
+@ray.remote(num_returns=2)
+def create_model_step(split: model.Split, trees: int, seed: int) -> tuple[Any, dict[str, Any]]:
+    trained = model.train_forest(split, trees, seed)
+    info = {"trees": trees, "score": trained.score, "seconds": trained.seconds}
+    return trained.model, info
+
+
+@ray.remote
+def get_data_to_explain_step(split: model.Split, rows: int, background: int, seed: int) -> model.ExplainData:
+    return model.get_data_to_explain(split, rows, background, seed)
+
+
+@ray.remote
+def outputs_step(model_box: list[Ref], rows: np.ndarray, background: np.ndarray) -> dict[str, Any]:
+    fitted = _resolve(model_box)
+    with _single_threaded():
+        return {
+            "fx": kernel_shap.model_outputs(fitted.predict_proba, rows),
+            "fnull": kernel_shap.expected_output(fitted.predict_proba, background),
+            "classes": [str(c) for c in fitted.classes_],
+            "node": ray.get_runtime_context().get_node_id(),
+        }
+
+
+@ray.remote(num_cpus=1, max_retries=3)
+def coalition_block_step(
+    model_box: list[Ref], rows: np.ndarray, background: np.ndarray, masks: np.ndarray
+) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    fitted = _resolve(model_box)
+    with _single_threaded():
+        ey = kernel_shap.evaluate_coalitions(
+            fitted.predict_proba, rows, background, masks, dtype=model.input_dtype(fitted)
+        )
+    return ey, time.perf_counter() - start
+
+
+@ray.remote(num_cpus=1, max_retries=3)
+def reference_chunk_step(
+    model_box: list[Ref], rows: np.ndarray, background: np.ndarray, nsamples: int | str, link: str
+) -> tuple[np.ndarray, np.ndarray, float]:
+    import shap
+
+    start = time.perf_counter()
+    fitted = _resolve(model_box)
+    with _single_threaded():
+        explainer = shap.KernelExplainer(fitted.predict_proba, background, link=link)
+        values = explainer.shap_values(rows, nsamples=nsamples, l1_reg=False, silent=True)
+    return np.asarray(values), np.asarray(explainer.expected_value), time.perf_counter() - start
+
+
+@dataclass
+class _Branch:
+    """One explainer's tasks: submitted lazily so at most `window` run at once."""
+
+    name: str
+    pending: list[tuple[Callable[[], Ref], int, Any]]  # (submit, progress units, key)
+    window: int
+    running: dict[Ref, tuple[int, Any]] = field(default_factory=dict)
+    done: dict[Any, Any] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+
+    def top_up(self) -> None:
+        while self.pending and len(self.running) < self.window:
+            submit, units, key = self.pending.pop(0)
+            self.running[submit()] = (units, key)
+
+
+def _drive(branches: list[_Branch], advance: Callable[[str, int], None]) -> None:
+    """Wait on every branch's tasks together, refilling windows and reporting progress."""
+    for branch in branches:
+        branch.top_up()
+    owner = {ref: b for b in branches for ref in b.running}
+    while owner:
+        ready, _ = ray.wait(list(owner), num_returns=1)
+        for ref in ready:
+            branch = owner.pop(ref)
+            units, key = branch.running.pop(ref)
+            value = ray.get(ref)
+            branch.cpu_seconds += value[-1]
+            branch.done[key] = value
+            advance(branch.name, units)
+            branch.top_up()
+            owner.update({r: branch for r in branch.running if r not in owner})
+            if not branch.running and not branch.pending:
+                branch.finished = time.perf_counter()
+
+
+def _ours_branch(
+    model_box: list[Ref],
+    data: model.ExplainData,
+    background_ref: Ref,
+    nsamples: int | str | None,
+    seed: int,
+    workers: int,
+    batch_size: int | None,
+) -> tuple[_Branch, dict[tuple[int, ...], tuple[kernel_shap.CoalitionPlan, np.ndarray]]]:
+    n_features = data.rows.shape[1]
+    groups = kernel_shap.group_rows_by_varying(kernel_shap.varying_features(data.rows, data.background))
+    plans: dict[tuple[int, ...], tuple[kernel_shap.CoalitionPlan, np.ndarray]] = {}
+    pending: list[tuple[Callable[[], Ref], int, Any]] = []
+    for varying, row_index in groups.items():
+        budget = kernel_shap.exact_nsamples(len(varying)) if nsamples == EXACT else nsamples
+        plan = kernel_shap.build_plan(varying, n_features, budget if budget is None else int(budget), seed)
+        plans[varying] = (plan, row_index)
+        blocks = kernel_shap.split_work(
+            len(row_index), plan.n_coalitions, len(data.background), workers, batch_size
+        )
+        for block in blocks:
+            rows = data.rows[row_index[block.rows]]
+            masks = plan.masks[block.coalitions]
+
+            def submit(rows: np.ndarray = rows, masks: np.ndarray = masks) -> Ref:
+                return coalition_block_step.remote(model_box, rows, background_ref, masks)
+
+            pending.append((submit, block.units, (varying, block.rows.start, block.coalitions.start)))
+    return _Branch(OURS, pending, workers), plans
+
+
+def _solve_ours(
+    branch: _Branch,
+    plans: dict[tuple[int, ...], tuple[kernel_shap.CoalitionPlan, np.ndarray]],
+    outputs: dict[str, Any],
+    link: kernel_shap.Link,
+    n_rows: int,
+    n_features: int,
+) -> kernel_shap.Explanation:
+    fx, fnull = outputs["fx"], outputs["fnull"]
+    values = np.zeros((n_rows, n_features, fx.shape[1]))
+    for varying, (plan, row_index) in plans.items():
+        ey = np.zeros((len(row_index), plan.n_coalitions, fx.shape[1]))
+        for (key, row_start, coalition_start), (block_ey, _) in branch.done.items():
+            if key == varying:
+                ey[
+                    row_start : row_start + block_ey.shape[0],
+                    coalition_start : coalition_start + block_ey.shape[1],
+                ] = block_ey
+        values[row_index] = kernel_shap.solve_phi(plan, ey, fx[row_index], fnull, link)
+    exact = all(plan.exact for plan, _ in plans.values())
+    n_coalitions = max((plan.n_coalitions for plan, _ in plans.values()), default=0)
+    return kernel_shap.Explanation(values, link.apply(fnull), exact, n_coalitions)
+
+
+def _reference_branch(
+    model_box: list[Ref],
+    data: model.ExplainData,
+    background_ref: Ref,
+    nsamples: int | str | None,
+    link: kernel_shap.Link,
+    workers: int,
+) -> _Branch:
+    n_rows, n_features = data.rows.shape
+    budget: int | str = "auto" if nsamples is None else nsamples
+    if budget == EXACT:
+        budget = kernel_shap.exact_nsamples(n_features)  # shap caps it per row at 2^m - 2
+    chunk = math.ceil(n_rows / min(workers, n_rows))
+    pending: list[tuple[Callable[[], Ref], int, Any]] = []
+    for start in range(0, n_rows, chunk):
+        rows = data.rows[start : start + chunk]
+
+        def submit(rows: np.ndarray = rows) -> Ref:
+            return reference_chunk_step.remote(model_box, rows, background_ref, budget, link.value)
+
+        pending.append((submit, len(rows), start))
+    return _Branch(REFERENCE, pending, workers)
+
+
+def run_distributed_shap(
+    model_ref: Ref,
+    data: model.ExplainData,
+    *,
+    nsamples: int | str | None = None,
+    link: kernel_shap.Link = kernel_shap.Link.IDENTITY,
+    seed: int = 0,
+    workers: int | None = None,
+    batch_size: int | None = None,
+) -> kernel_shap.Explanation:
+    """Our explainer alone on a running Ray instance (the benchmark's entry point)."""
+    workers = workers or _cluster_cpus()
+    background_ref = ray.put(data.background)
+    model_box = [model_ref]
+    outputs_ref = outputs_step.remote(model_box, data.rows, background_ref)
+    branch, plans = _ours_branch(model_box, data, background_ref, nsamples, seed, workers, batch_size)
+    _drive([branch], lambda name, amount: None)
+    return _solve_ours(branch, plans, ray.get(outputs_ref), link, *data.rows.shape)
+
+
+def _cluster_cpus() -> int:
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return int(resources.get("CPU", 1))
+
+
+def _init_ray(config: JobConfig) -> bool:
+    """Join the cluster the job was submitted to, or start a local instance. True if we started it."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
+    if config.ray_address:
+        ray.init(address=config.ray_address, logging_level=logging.WARNING)
+        return True
+    ray.init(num_cpus=config.cpus, **kwargs)  # uses RAY_ADDRESS when the Jobs API set it
+    return True
+
+
+def run_job(config: JobConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run the whole DAG; write results/<run-id>/; return the summary. Raises JobError."""
+    reporter = reporter or Reporter()
+    source = etl.resolve_source(config.data)
+    if source is not None and "://" not in source:
+        etl.load_dataset(source, config.label)  # fail in milliseconds, before Ray starts
+    started_ray = _init_ray(config)
+    try:
+        return _run_dag(config, source, reporter)
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, JobError):
+            raise cause from None  # the user needs the app's message, not Ray's wrapping
+        raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+@dataclass
+class _Timings:
+    rows: list[tuple[str, float, str]] = field(default_factory=list)
+
+    def add(self, name: str, since: float, note: str = "") -> None:
+        self.rows.append((name, time.perf_counter() - since, note))
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What the explainers need, with the large parts already in the object store."""
+
+    info: dict[str, Any]  # the dataset as etl saw it
+    model_box: list[Ref]
+    model_info: dict[str, Any]
+    data: model.ExplainData
+    background_ref: Ref
+    outputs: dict[str, Any]  # fx, fnull, classes
+    nsamples: int | str | None
+
+
+def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[str, Any]:
+    timings = _Timings()
+    prepared = _prepare(config, source, reporter, timings)
+    n_rows, n_features = prepared.data.rows.shape
+    workers = config.workers or _cluster_cpus()
+    ours, plans = _ours_branch(
+        prepared.model_box,
+        prepared.data,
+        prepared.background_ref,
+        prepared.nsamples,
+        config.seed,
+        workers,
+        config.batch_size,
+    )
+    if not all(plan.exact for plan, _ in plans.values()):
+        reporter.warn(
+            f"sampling mode: {n_features} features need {kernel_shap.exact_nsamples(n_features)} coalitions "
+            "for exact values; both explainers estimate and will differ by sampling noise. "
+            "Pass --nsamples exact for exact values."
+        )
+    reference = _reference_branch(
+        prepared.model_box, prepared.data, prepared.background_ref, prepared.nsamples, config.link, workers
+    )
+    with reporter.progress({OURS: sum(u for _, u, _ in ours.pending), REFERENCE: n_rows}) as advance:
+        _drive([ours, reference], advance)
+    explanation = _solve_ours(ours, plans, prepared.outputs, config.link, n_rows, n_features)
+    ours.finished = time.perf_counter()
+    ref_values = np.concatenate([reference.done[k][0] for k in sorted(reference.done)])
+    ref_values = ref_values.reshape(n_rows, n_features, -1)
+    ref_expected = np.atleast_1d(next(iter(reference.done.values()))[1])
+    for branch in (ours, reference):
+        note = f"{branch.cpu_seconds:.2f} CPU s in {len(branch.done)} tasks"
+        timings.rows.append((branch.name, (branch.finished or time.perf_counter()) - branch.started, note))
+
+    t0 = time.perf_counter()
+    comparison = compare.compare_results(
+        explanation.values,
+        explanation.expected_value,
+        ref_values,
+        ref_expected,
+        config.link.apply(prepared.outputs["fx"]),
+        config.tolerance,
+    )
+    timings.add("compare_results", t0)
+
+    out_dir = Path(config.output_dir) / (config.run_id or results.new_run_id())
+    summary = _summary(config, prepared, explanation, comparison, timings, ours, reference)
+    summary["run_id"] = out_dir.name
+    t0 = time.perf_counter()
+    classes = prepared.outputs["classes"]
+    names, row_ids = prepared.info["features"], prepared.data.row_ids.tolist()
+    for file_name, values in (
+        ("shap_values.csv", explanation.values),
+        ("reference_shap_values.csv", ref_values),
+    ):
+        results.write_csv(out_dir / file_name, results.values_frame(values, row_ids, names, classes))
+    results.write_plot(out_dir / "shap_summary.png", explanation.values, prepared.data.rows, names, classes)
+    summary["wall_seconds"]["write_results"] = time.perf_counter() - t0
+    results.write_summary(out_dir / "summary.json", summary)
+
+    verdict = (
+        f"Verdict: {comparison.verdict} — max |ours - shap| = {comparison.max_abs_diff:.3g}, "
+        f"additivity error {comparison.additivity_error_ours:.3g} (tolerance {config.tolerance:g})"
+    )
+    reporter.summary(timings.rows, verdict, comparison.match, str(out_dir))
+    if not comparison.match:
+        raise ExplanationsDisagreeError(
+            f"our KernelSHAP and shap.KernelExplainer differ by up to {comparison.max_abs_diff:.3g} "
+            f"(tolerance {config.tolerance:g}); see {out_dir / 'summary.json'}"
+        )
+    return summary
+
+
+def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings: _Timings) -> _Prepared:
+    """etl -> split -> create_model -> get_data_to_explain, plus f(x) and E[f] once."""
+    t0 = time.perf_counter()
+    dataset_ref, info_ref = cast(tuple[Ref, Ref], etl_step.remote(source, config.label))
+    info: dict[str, Any] = ray.get(info_ref)
+    if info["notice"]:
+        reporter.notice(info["notice"])
+    detail = f"{info['rows']} rows x {len(info['features'])} features from {info['source']}"
+    reporter.step("etl", detail, info["seconds"])
+    timings.add("etl", t0)
+    nsamples = config.nsamples
+    if nsamples is None and info["bundled"]:
+        nsamples = EXACT  # the demo data has 13 features: exact keeps the comparison meaningful
+        reporter.notice("using exact enumeration (--nsamples exact) for the bundled dataset.")
+
+    t0 = time.perf_counter()
+    split_ref = split_step.remote(dataset_ref, config.test_size, config.seed)
+    model_ref, model_info = _create_model(split_ref, config, reporter)
+    timings.add("create_model", t0, f"{model_info['trees']} trees")
+
+    t0 = time.perf_counter()
+    data_ref = get_data_to_explain_step.remote(split_ref, config.rows, config.background, config.seed)
+    data: model.ExplainData = ray.get(data_ref)
+    background_ref = ray.put(data.background)
+    model_box = [model_ref]
+    outputs: dict[str, Any] = ray.get(outputs_step.remote(model_box, data.rows, background_ref))
+    detail = f"{len(data.rows)} test rows, {len(data.background)} background rows"
+    reporter.step("get_data_to_explain", detail, time.perf_counter() - t0)
+    timings.add("get_data_to_explain", t0)
+    return _Prepared(info, model_box, model_info, data, background_ref, outputs, nsamples)
+
+
+def _summary(
+    config: JobConfig,
+    prepared: _Prepared,
+    explanation: kernel_shap.Explanation,
+    comparison: compare.Comparison,
+    timings: _Timings,
+    ours: _Branch,
+    reference: _Branch,
+) -> dict[str, Any]:
+    info, data = prepared.info, prepared.data
+    return {
+        "run_id": None,
+        "data": info["source"],
+        "label": info["label"],
+        "rows": len(data.rows),
+        "row_ids": data.row_ids.tolist(),
+        "features": len(info["features"]),
+        "feature_names": info["features"],
+        "classes": prepared.outputs["classes"],
+        "background": len(data.background),
+        "nsamples": explanation.n_coalitions,
+        "exact": explanation.exact,
+        "link": config.link.value,
+        "model": {"type": "RandomForestClassifier", **prepared.model_info},
+        "expected_value": explanation.expected_value.tolist(),
+        "cpus": _cluster_cpus(),
+        "workers": ours.window,
+        "tasks": {"ours": len(ours.done), "reference": len(reference.done)},
+        "cpu_seconds": {"ours": ours.cpu_seconds, "reference": reference.cpu_seconds},
+        "wall_seconds": {name: seconds for name, seconds, _ in timings.rows},
+        "comparison": comparison.to_dict(),
+        "ray_version": ray.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _create_model(split_ref: Ref, config: JobConfig, reporter: Reporter) -> tuple[Ref, dict[str, Any]]:
+    """One forest, or the sweep: every candidate trained in parallel on the same split object."""
+    sizes = config.sweep or (config.trees,)
+    candidates = [
+        cast(tuple[Ref, Ref], create_model_step.remote(split_ref, trees, config.seed)) for trees in sizes
+    ]
+    infos = ray.get([info for _, info in candidates])
+    best = model.pick_best([(i["trees"], i["score"]) for i in infos])
+    if config.sweep:
+        reporter.candidates([(i["trees"], i["score"], i["seconds"]) for i in infos], infos[best]["trees"])
+    reporter.step(
+        "create_model",
+        f"RandomForest, {infos[best]['trees']} trees, held-out accuracy {infos[best]['score']:.4f}",
+        infos[best]["seconds"],
+    )
+    return candidates[best][0], infos[best]
+
+
+__all__ = ["DataError", "run_job"]

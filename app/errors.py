@@ -1,0 +1,23 @@
+"""Errors the job reports to its user, each with the exit status the entrypoint returns.
+
+The numbers match shapcluster's ExitStatus (INPUT=3, MISMATCH=4) so scripts see the same codes
+whether the job ran locally or on a cluster.
+"""
+
+from __future__ import annotations
+
+
+class JobError(Exception):
+    exit_status = 1
+
+
+class DataError(JobError):
+    """The input data cannot be used; the message names the file and the problem."""
+
+    exit_status = 3
+
+
+class ExplanationsDisagreeError(JobError):
+    """Our KernelSHAP and the reference disagree beyond the tolerance (or break additivity)."""
+
+    exit_status = 4

@@ -1,0 +1,78 @@
+"""What the job shows its user: step lines, progress while the explainers run, a closing table.
+
+The only module of the job that imports rich. On a terminal progress is a live bar; in a log
+(a Ray job's output streamed to the laptop) it is a plain line at every quarter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class Advance(Protocol):
+    def __call__(self, name: str, amount: int) -> None: ...
+
+
+class Reporter:
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(highlight=False)
+
+    def notice(self, text: str) -> None:
+        self.console.print(f"[yellow]Notice:[/] {text}", soft_wrap=True)
+
+    def warn(self, text: str) -> None:
+        self.console.print(f"[yellow]Warning:[/] {text}", soft_wrap=True)
+
+    def step(self, name: str, detail: str, seconds: float) -> None:
+        self.console.print(f"[green]✓[/] [bold]{name}[/] {detail} [dim]({seconds:.2f} s)[/]", soft_wrap=True)
+
+    def candidates(self, rows: Sequence[tuple[int, float, float]], best: int) -> None:
+        table = Table(title="Model sweep (held-out accuracy)")
+        for column in ("trees", "accuracy", "train s", ""):
+            table.add_column(column)
+        for trees, score, seconds in rows:
+            table.add_row(str(trees), f"{score:.4f}", f"{seconds:.2f}", "best" if trees == best else "")
+        self.console.print(table)
+
+    @contextmanager
+    def progress(self, totals: dict[str, int]) -> Iterator[Advance]:
+        if self.console.is_terminal:
+            with Progress(
+                TextColumn("{task.description:<22}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+            ) as bar:
+                ids = {name: bar.add_task(name, total=total) for name, total in totals.items()}
+                yield lambda name, amount: bar.advance(ids[name], amount)
+            return
+        done = dict.fromkeys(totals, 0)
+
+        def advance(name: str, amount: int) -> None:
+            before = 4 * done[name] // max(totals[name], 1)
+            done[name] += amount
+            after = 4 * done[name] // max(totals[name], 1)
+            if after > before:
+                self.console.print(f"  {name}: {done[name]}/{totals[name]} ({25 * after}%)")
+
+        yield advance
+
+    def summary(
+        self, timings: Sequence[tuple[str, float, str]], verdict: str, match: bool, where: str
+    ) -> None:
+        table = Table(title="Timings")
+        for column in ("step", "wall s", "note"):
+            table.add_column(column)
+        for name, seconds, note in timings:
+            table.add_row(name, f"{seconds:.2f}", note)
+        self.console.print(table)
+        colour = "green" if match else "red"
+        self.console.print(f"[bold {colour}]{verdict}[/]", soft_wrap=True)
+        self.console.print(f"Results: {where}", soft_wrap=True)

@@ -1,0 +1,259 @@
+"""Pure builders of every remote shell command, and parsers of their output.
+
+Nothing here runs anything: each function returns the exact string a runner executes, with
+every value passed through ``shlex.quote``, so the unit tests can assert it byte for byte.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from shapcluster.config import RayPorts
+from shapcluster.errors import RemoteError
+
+CLUSTER_LABEL = "shapcluster.cluster"
+ROLE_LABEL = "shapcluster.role"
+IMAGE_ID_LABEL = "shapcluster.image-id"
+
+# Paths inside the Ray containers; the job finds its code and data there.
+CONTAINER_TOKEN_PATH = "/run/secrets/ray-auth-token"
+CONTAINER_APP_DIR = "/shapcluster/app"
+CONTAINER_DATA_DIR = "/shapcluster/data"
+
+STOP_TIMEOUT_SECONDS = 15
+_PS_FIELDS = ("{{.ID}}", "{{.Names}}", f'{{{{.Label "{ROLE_LABEL}"}}}}', f'{{{{.Label "{IMAGE_ID_LABEL}"}}}}')
+_PS_FORMAT = "|".join((*_PS_FIELDS, "{{.State}}", "{{.Status}}"))
+
+
+class Role(enum.StrEnum):
+    HEAD = "head"
+    WORKER = "worker"
+
+
+@dataclass(frozen=True)
+class RemoteLayout:
+    """Where shapcluster keeps things on a host, below its remote directory."""
+
+    root: str
+
+    @property
+    def app_dir(self) -> str:
+        return f"{self.root}/app"
+
+    @property
+    def data_dir(self) -> str:
+        return f"{self.root}/data"
+
+    @property
+    def secrets_dir(self) -> str:
+        return f"{self.root}/secrets"
+
+    @property
+    def token_file(self) -> str:
+        return f"{self.secrets_dir}/ray-auth-token"
+
+    @property
+    def env_file(self) -> str:
+        return f"{self.secrets_dir}/env.list"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str  # path on the host
+    target: str  # path in the container
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class RayNode:
+    """Everything that differs between the Ray containers of one cluster."""
+
+    cluster: str
+    role: Role
+    image: str  # what docker runs: a name:tag or the image ID itself
+    image_id: str  # recorded as a label so `status` can prove every host runs the same image
+    node_ip: str
+    cpus: int
+    shm_size: str
+    token_file: str  # host path of the Ray auth token, mounted read-only
+    mounts: tuple[Mount, ...] = ()
+    env_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    role: str
+    image_id: str
+    state: str  # running, exited, created, ...
+    status: str  # docker's human text, e.g. "Up 3 minutes"
+
+
+def container_name(cluster: str, role: Role, node_ip: str) -> str:
+    """Unique per host even when several test hosts share one docker daemon."""
+    return f"shapcluster-{cluster}-{role}-{_slug(node_ip)}"
+
+
+def ray_temp_dir(cluster: str, node_ip: str) -> str:
+    """A per-host Ray temp dir, kept short because Ray puts unix sockets below it."""
+    return f"/tmp/ray-{cluster}-{_slug(node_ip)}"
+
+
+def synced_mounts(layout: RemoteLayout, *, with_data: bool) -> tuple[Mount, ...]:
+    mounts = [Mount(layout.app_dir, CONTAINER_APP_DIR)]
+    if with_data:
+        mounts.append(Mount(layout.data_dir, CONTAINER_DATA_DIR))
+    return tuple(mounts)
+
+
+def start_head_command(node: RayNode, ports: RayPorts) -> str:
+    ray = [
+        "ray", "start", "--head",
+        f"--node-ip-address={node.node_ip}",
+        f"--port={ports.gcs}",
+        "--dashboard-host=127.0.0.1",  # reached through an SSH tunnel only
+        f"--dashboard-port={ports.dashboard}",
+        f"--ray-client-server-port={ports.client}",
+        *_node_args(node, ports),
+    ]  # fmt: skip
+    return shlex.join([*_docker_run_args(node), *ray])
+
+
+def start_worker_command(node: RayNode, head_ip: str, ports: RayPorts) -> str:
+    ray = [
+        "ray", "start",
+        f"--address={head_ip}:{ports.gcs}",
+        f"--node-ip-address={node.node_ip}",
+        *_node_args(node, ports),
+    ]  # fmt: skip
+    return shlex.join([*_docker_run_args(node), *ray])
+
+
+def list_containers_command(cluster: str) -> str:
+    """All containers of this cluster, running or not, one ``|``-separated line each."""
+    return shlex.join(
+        ["docker", "ps", "--all", "--no-trunc", "--filter", f"label={CLUSTER_LABEL}={cluster}",
+         "--format", _PS_FORMAT]
+    )  # fmt: skip
+
+
+def parse_containers(output: str) -> list[ContainerInfo]:
+    containers = []
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("|", 5)
+        if len(parts) != 6:
+            raise RemoteError(f"unexpected `docker ps` output line: {line[:200]!r}")
+        containers.append(ContainerInfo(*parts))
+    return containers
+
+
+def remove_containers_command(cluster: str, role: Role | None = None) -> str:
+    """Stop (SIGTERM first, so Ray leaves the cluster cleanly) and remove this cluster's containers.
+
+    Prints the removed container IDs; succeeds when there is nothing to remove."""
+    filters = ["--filter", f"label={CLUSTER_LABEL}={cluster}"]
+    if role is not None:
+        filters += ["--filter", f"label={ROLE_LABEL}={role}"]
+    find = shlex.join(["docker", "ps", "--all", "--quiet", *filters])
+    return (
+        f'ids=$({find}) && if [ -n "$ids" ]; then '
+        f"docker stop --time {STOP_TIMEOUT_SECONDS} $ids >/dev/null && docker rm $ids; fi"
+    )
+
+
+def count_cpus_command() -> str:
+    return "nproc"
+
+
+def disk_free_command(path: str) -> str:
+    """POSIX ``df`` of one path, in KiB: parse with ``parse_disk_free``."""
+    return shlex.join(["df", "-P", "-k", "--", path])
+
+
+def parse_disk_free(output: str) -> int:
+    """Available bytes from ``df -P -k`` output."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    fields = lines[-1].split() if len(lines) >= 2 else []
+    if len(fields) < 6 or not fields[3].isdigit():
+        raise RemoteError(f"unexpected `df` output: {output.strip()[:200]!r}")
+    return int(fields[3]) * 1024
+
+
+def make_dirs_command(*paths: str, mode: int | None = None) -> str:
+    """``mkdir -p``; ``mode`` applies to the last component of each path, as in mkdir."""
+    mode_args = ["-m", f"{mode:04o}"] if mode is not None else []
+    return shlex.join(["mkdir", "-p", *mode_args, "--", *paths])
+
+
+def write_file_command(path: str, mode: int = 0o600) -> str:
+    """Write stdin to ``path`` atomically: a temp file beside it, chmod BEFORE the content
+    arrives (secrets are never readable by others), then rename over the target."""
+    target = PurePosixPath(path)
+    folder = str(target.parent)
+    template = shlex.quote(f"{folder}/.{target.name}.XXXXXX")
+    return (
+        f"mkdir -p -- {shlex.quote(folder)} && tmp=$(mktemp {template}) && "
+        f'{{ chmod {mode:04o} "$tmp" && cat > "$tmp" && mv -f "$tmp" {shlex.quote(path)} '
+        f'|| {{ rm -f "$tmp"; exit 1; }}; }}'
+    )
+
+
+def install_file_command(temp_path: str, path: str, mode: int = 0o600) -> str:
+    """Finish an upload made to ``temp_path``: set its mode, then rename it over ``path``."""
+    temp, target = shlex.quote(temp_path), shlex.quote(path)
+    return f"chmod {mode:04o} -- {temp} && mv -f -- {temp} {target}"
+
+
+def _docker_run_args(node: RayNode) -> list[str]:
+    args = [
+        "docker", "run", "--detach",
+        "--init",  # a real PID 1 forwards `docker stop`'s SIGTERM to Ray and reaps its children
+        "--name", container_name(node.cluster, node.role, node.node_ip),
+        "--network", "host",  # Ray nodes must see the host's own address
+        "--shm-size", node.shm_size,
+        "--label", f"{CLUSTER_LABEL}={node.cluster}",
+        "--label", f"{ROLE_LABEL}={node.role}",
+        "--label", f"{IMAGE_ID_LABEL}={node.image_id}",
+    ]  # fmt: skip
+    if node.env_file is not None:
+        args += ["--env-file", node.env_file]
+    args += [
+        "--env", "RAY_AUTH_MODE=token",
+        "--env", f"RAY_AUTH_TOKEN_PATH={CONTAINER_TOKEN_PATH}",
+        "--env", "RAY_USAGE_STATS_ENABLED=0",  # never phone home from the user's machines
+    ]  # fmt: skip
+    for mount in (Mount(node.token_file, CONTAINER_TOKEN_PATH), *node.mounts):
+        args += ["--mount", _mount_spec(mount)]
+    return [*args, node.image]
+
+
+def _node_args(node: RayNode, ports: RayPorts) -> list[str]:
+    return [
+        f"--object-manager-port={ports.object_manager}",
+        f"--node-manager-port={ports.node_manager}",
+        f"--min-worker-port={ports.min_worker}",
+        f"--max-worker-port={ports.max_worker}",
+        f"--num-cpus={node.cpus}",
+        f"--temp-dir={ray_temp_dir(node.cluster, node.node_ip)}",
+        "--block",  # keeps the container alive exactly as long as Ray
+    ]
+
+
+def _mount_spec(mount: Mount) -> str:
+    # --mount, unlike --volume, fails when the source is missing instead of creating a
+    # root-owned empty directory in its place.
+    if re.search(r"[,\s]", mount.source + mount.target):
+        raise ValueError(f"mount paths may not contain commas or spaces: {mount}")
+    spec = f"type=bind,source={mount.source},target={mount.target}"
+    return f"{spec},readonly" if mount.read_only else spec
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")

@@ -1,0 +1,370 @@
+"""The cluster config file (TOML), parsed and validated once into frozen values.
+
+Unknown keys are errors so that a typo never silently falls back to a default. Every problem
+names the file, the key and, where it can be found, the line.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from shapcluster.errors import InputError
+from shapcluster.inventory import (
+    USER_RE,
+    Host,
+    Inventory,
+    build_inventory,
+    parse_host_spec,
+    parse_inventory,
+)
+
+DEFAULT_CONFIG_NAME = "shapcluster.toml"
+HOST_PLACEHOLDER = "{host}"
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+_SHM_RE = re.compile(r"^[1-9][0-9]*[bkmg]?$")
+# A docker image reference: [registry[:port]/]path[:tag]; digests are not needed here.
+_IMAGE_RE = re.compile(
+    r"^[a-z0-9][a-z0-9._-]*(?::[0-9]+)?(?:/[a-z0-9][a-z0-9._-]*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
+)
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    user: str | None  # None: your local user name, as ssh does
+    key: Path | None  # None: the ssh agent and the default keys
+    known_hosts: Path
+    accept_new_host_keys: bool
+    connect_timeout: float
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    name: str
+    base: str
+
+
+@dataclass(frozen=True)
+class RayPorts:
+    """Fixed Ray ports, so a firewall between the hosts can be opened for exactly these."""
+
+    gcs: int = 6379
+    dashboard: int = 8265
+    client: int = 10001
+    object_manager: int = 8076
+    node_manager: int = 8077
+    min_worker: int = 10002
+    max_worker: int = 19999
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    app_dir: Path
+    data_dir: Path | None  # None: the job reads its data from elsewhere (e.g. s3://)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    path: Path
+    name: str
+    remote_dir: str  # absolute; may contain {host} when hosts share one filesystem
+    shm_size: str
+    workers_file: Path
+    worker_cpus: int | None  # for workers without cpus=N; None: all the CPUs nproc reports
+    inventory: Inventory  # hosts with user and cpus defaults already applied
+    ssh: SshConfig
+    image: ImageConfig
+    ray: RayPorts
+    sync: SyncConfig
+
+    def remote_dir_for(self, host: Host) -> str:
+        return self.remote_dir.replace(HOST_PLACEHOLDER, host.address)
+
+
+def load_cluster_config(path: Path) -> ClusterConfig:
+    """Read, validate and resolve a config file and the workers file it names."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(
+            f"{path}: config file not found",
+            hint="Copy inventory/shapcluster.toml.example there, or pass --config / set SHAPCLUSTER_CONFIG.",
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read the config file: {err}") from None
+    config = parse_cluster_config(text, path)
+    inventory = build_inventory(config.inventory.head, _read_workers(config))
+    return replace(config, inventory=inventory)
+
+
+def parse_cluster_config(text: str, path: Path) -> ClusterConfig:
+    """Validate the config text; the inventory holds only the head until the workers are read."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"{path}: not valid TOML: {err}") from None
+    reader = _Reader(path, text)
+    tables = {
+        name: reader.table(data, name)
+        for name in ("cluster", "head", "workers", "ssh", "image", "ray", "sync")
+    }
+    for unknown in sorted(set(data) - set(tables)):
+        reader.problem(
+            None, unknown, f"unknown table or key {unknown!r}; expected one of {', '.join(tables)}"
+        )
+
+    cluster, head_t, workers_t, ssh_t = tables["cluster"], tables["head"], tables["workers"], tables["ssh"]
+    image_t, ray_t, sync_t = tables["image"], tables["ray"], tables["sync"]
+    name = cluster.string(
+        "name", "shapcluster", pattern=_NAME_RE, expected="lower-case letters, digits and -"
+    )
+    remote_dir = cluster.string("remote_dir", "/opt/shapcluster")
+    shm_size = cluster.string("shm_size", "2g", pattern=_SHM_RE, expected="a size such as 512m or 2g")
+    head_spec = head_t.optional_string("host")
+    head_cpus = head_t.positive_int("cpus")
+    workers_file = workers_t.path("file", "workers.txt")
+    worker_cpus = workers_t.positive_int("cpus")
+    ssh_user = ssh_t.optional_string("user", pattern=USER_RE, expected="a user name")
+    ssh = SshConfig(
+        user=ssh_user,
+        key=ssh_t.optional_path("key"),
+        known_hosts=ssh_t.path("known_hosts", "~/.ssh/known_hosts"),
+        accept_new_host_keys=ssh_t.boolean("accept_new_host_keys", False),
+        connect_timeout=float(ssh_t.positive_int("connect_timeout") or 10),
+    )
+    image = ImageConfig(
+        name=image_t.string("name", "shapcluster-ray", pattern=_IMAGE_RE, expected="a docker image name"),
+        base=image_t.string(
+            "base", "python:3.11-slim-bookworm", pattern=_IMAGE_RE, expected="a docker image"
+        ),
+    )
+    defaults = RayPorts()
+    ray = RayPorts(**{field: ray_t.port(key, getattr(defaults, field)) for key, field in _RAY_PORT_KEYS})
+    sync = SyncConfig(app_dir=sync_t.path("app_dir", "app"), data_dir=sync_t.optional_path("data_dir"))
+    for table in tables.values():
+        table.reject_unknown_keys()
+
+    _check_remote_dir(reader, remote_dir)
+    _check_ports(reader, ray)
+    head = _parse_head(reader, head_spec, head_cpus, ssh_user)
+    reader.raise_problems()
+    assert head is not None  # raise_problems guarantees it
+    return ClusterConfig(
+        path=path,
+        name=name,
+        remote_dir=remote_dir,
+        shm_size=shm_size,
+        workers_file=workers_file,
+        worker_cpus=worker_cpus,
+        inventory=Inventory(head=head),
+        ssh=ssh,
+        image=image,
+        ray=ray,
+        sync=sync,
+    )
+
+
+# (config key, RayPorts field); defaults come from RayPorts itself.
+_RAY_PORT_KEYS = (
+    ("port", "gcs"),
+    ("dashboard_port", "dashboard"),
+    ("client_port", "client"),
+    ("object_manager_port", "object_manager"),
+    ("node_manager_port", "node_manager"),
+    ("min_worker_port", "min_worker"),
+    ("max_worker_port", "max_worker"),
+)
+
+
+def find_key_line(text: str, table: str | None, key: str) -> int | None:
+    """Best-effort line of ``key`` in ``[table]`` (tomllib keeps no positions); None if not found."""
+    header_re = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")
+    key_re = re.compile(rf"^\s*(?:{re.escape(key)}|\"{re.escape(key)}\")\s*=")
+    dotted_re = re.compile(rf"^\s*{re.escape(f'{table}.{key}')}\s*=") if table else None
+    current: str | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = header_re.match(line)
+        if header:
+            current = header[1]
+            if table is None and current == key:
+                return number
+        elif (current == table and key_re.match(line)) or (
+            current is None and dotted_re is not None and dotted_re.match(line)
+        ):
+            return number
+    return None
+
+
+class _Reader:
+    """Collects every problem of one config file so the user can fix them in one go."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.text = text
+        self.problems: list[str] = []
+
+    def problem(self, table: str | None, key: str, message: str) -> None:
+        line = find_key_line(self.text, table, key)
+        if line is None and table is not None:
+            line = find_key_line(self.text, None, table)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        self.problems.append(f"{where}: {f'{table}.{key}' if table else key}: {message}")
+
+    def table(self, data: dict[str, Any], name: str) -> _Table:
+        value = data.get(name, {})
+        if not isinstance(value, dict):
+            self.problem(None, name, f"expected a table [{name}]")
+            value = {}
+        return _Table(self, name, value)
+
+    def raise_problems(self) -> None:
+        if self.problems:
+            raise InputError(
+                "\n".join(self.problems),
+                hint="inventory/shapcluster.toml.example lists every key with its meaning and default.",
+            )
+
+
+class _Table:
+    """Typed access to one TOML table; a wrong value is recorded and its default returned."""
+
+    def __init__(self, reader: _Reader, name: str, values: dict[str, Any]) -> None:
+        self.reader = reader
+        self.name = name
+        self.values = values
+        self.used: set[str] = set()
+
+    def _get(self, key: str) -> Any:
+        self.used.add(key)
+        return self.values.get(key)
+
+    def _bad(self, key: str, expected: str) -> None:
+        self.reader.problem(self.name, key, f"{self.values[key]!r} is invalid: expected {expected}")
+
+    def string(
+        self, key: str, default: str, *, pattern: re.Pattern[str] | None = None, expected: str = ""
+    ) -> str:
+        value = self.optional_string(key, pattern=pattern, expected=expected)
+        return default if value is None else value
+
+    def optional_string(
+        self, key: str, *, pattern: re.Pattern[str] | None = None, expected: str = ""
+    ) -> str | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value or (pattern is not None and not pattern.match(value)):
+            self._bad(key, expected or "a non-empty string")
+            return None
+        return value
+
+    def positive_int(self, key: str) -> int | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        if type(value) is not int or value < 1:
+            self._bad(key, "a whole number of 1 or more")
+            return None
+        return value
+
+    def port(self, key: str, default: int) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if type(value) is not int or not 1 <= value <= 65535:
+            self._bad(key, "a port number from 1 to 65535")
+            return default
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self._bad(key, "true or false")
+            return default
+        return value
+
+    def path(self, key: str, default: str) -> Path:
+        resolved = self.optional_path(key)
+        return self._resolve(default) if resolved is None else resolved
+
+    def optional_path(self, key: str) -> Path | None:
+        value = self.optional_string(key, expected="a path")
+        return None if value is None else self._resolve(value)
+
+    def _resolve(self, value: str) -> Path:
+        # Relative paths are relative to the config file, not to wherever the CLI was started.
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.reader.path.parent / path
+
+    def reject_unknown_keys(self) -> None:
+        for key in sorted(set(self.values) - self.used):
+            known = ", ".join(sorted(self.used))
+            self.reader.problem(self.name, key, f"unknown key; [{self.name}] takes {known}")
+
+
+def _check_remote_dir(reader: _Reader, remote_dir: str) -> None:
+    path = PurePosixPath(remote_dir)
+    without_placeholder = remote_dir.replace(HOST_PLACEHOLDER, "")
+    # ':' and ',' would break docker's --volume/--mount syntax; '{' anything but {host} is a typo.
+    if not path.is_absolute() or ".." in path.parts or re.search(r"[\s:,{}]", without_placeholder):
+        reader.problem(
+            "cluster",
+            "remote_dir",
+            f"{remote_dir!r} is invalid: expected an absolute path without spaces, ':', ',' or '..' "
+            "(it may contain {host})",
+        )
+
+
+def _check_ports(reader: _Reader, ports: RayPorts) -> None:
+    fixed = {key: getattr(ports, field) for key, field in _RAY_PORT_KEYS if "worker" not in key}
+    seen: dict[int, str] = {}
+    for key, port in fixed.items():
+        if port in seen:
+            # Point at whichever of the two keys is actually written in the file.
+            written = key if find_key_line(reader.text, "ray", key) else seen[port]
+            reader.problem("ray", written, f"port {port} is used by both ray.{seen[port]} and ray.{key}")
+        seen.setdefault(port, key)
+        if ports.min_worker <= port <= ports.max_worker:
+            reader.problem("ray", key, f"port {port} lies inside the worker port range")
+    if ports.min_worker >= ports.max_worker:
+        reader.problem("ray", "min_worker_port", "must be below ray.max_worker_port")
+
+
+def _parse_head(reader: _Reader, spec: str | None, cpus: int | None, ssh_user: str | None) -> Host | None:
+    line = find_key_line(reader.text, "head", "host")
+    if spec is None:
+        reader.problem("head", "host", "missing: expected the head as [user@]host[:port]")
+        return None
+    where = f"{reader.path}:{line}: head.host" if line else f"{reader.path}: head.host"
+    try:
+        user, address, port = parse_host_spec(spec, where=where)
+    except InputError as err:
+        reader.problems.append(err.message)
+        return None
+    return Host(
+        address=address, user=user or ssh_user, port=port, cpus=cpus, source=str(reader.path), line=line
+    )
+
+
+def _read_workers(config: ClusterConfig) -> list[Host]:
+    path = config.workers_file
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(
+            f"{path}: workers file not found (named by workers.file in {config.path})",
+            hint="Create it: one [user@]host[:port] per line; an empty file means a head-only cluster. "
+            "See inventory/workers.txt.example.",
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read the workers file: {err}") from None
+    return [
+        replace(host, user=host.user or config.ssh.user, cpus=host.cpus or config.worker_cpus)
+        for host in parse_inventory(text, str(path))
+    ]

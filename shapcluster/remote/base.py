@@ -1,0 +1,106 @@
+"""The runner interface every host implementation shares, and the result of one command."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from shapcluster.errors import RemoteError
+
+logger = logging.getLogger(__name__)
+
+REDACTED = "****"
+TAIL_LINES = 5
+TAIL_CHARS = 600
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one command. ``command`` is the display form: redacted for a secret command,
+    so a Result can go into logs and errors as it is."""
+
+    command: str
+    exit_code: int
+    stdout: str = field(default="", repr=False)
+    stderr: str = field(default="", repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Runs shell commands on one host. Implementations: ssh, local, fake."""
+
+    @property
+    def host(self) -> str:
+        """Display name of the host, used in logs, errors and group results."""
+        ...
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        hide: bool = True,
+        secret: bool = False,
+        check: bool = True,
+        stdin: str | None = None,
+    ) -> Result:
+        """Run ``command`` in the host's shell.
+
+        ``hide=False`` logs the output line by line as it arrives (never for ``secret``);
+        ``secret`` keeps the command and its output out of every log and error;
+        ``check`` raises RemoteError on a non-zero exit; ``stdin`` is fed to the command and
+        never logged. Unreachable hosts and timeouts always raise RemoteError.
+        """
+        ...
+
+    def put(self, local_path: Path, remote_path: str, mode: int = 0o600) -> None:
+        """Copy a local file to the host atomically (temp file, chmod, rename)."""
+        ...
+
+    def put_text(self, text: str, remote_path: str, mode: int = 0o600) -> None:
+        """Write ``text`` to a file on the host atomically; the text is never logged."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def display_command(command: str, *, secret: bool) -> str:
+    """What logs and errors may show of a command: a secret one keeps only its program name."""
+    if not secret:
+        return command
+    try:
+        program = shlex.split(command)[0]
+    except (ValueError, IndexError):
+        return REDACTED
+    return f"{program} {REDACTED}"
+
+
+def tail(text: str, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
+    """The last few lines of an output, enough to see why a command failed."""
+    kept = "\n".join(text.rstrip().splitlines()[-lines:])
+    return kept if len(kept) <= chars else "…" + kept[-chars:]
+
+
+def check_result(host: str, result: Result) -> Result:
+    """Return ``result`` if it succeeded, else raise a RemoteError naming the host and command."""
+    if result.ok:
+        return result
+    message = f"{host}: `{result.command}` exited with status {result.exit_code}"
+    detail = tail(result.stderr) or tail(result.stdout)
+    raise RemoteError(f"{message}:\n{detail}" if detail else message)
+
+
+def log_command(host: str, display: str) -> None:
+    logger.debug("%s: $ %s", host, display)
+
+
+def log_output(host: str, text: str) -> None:
+    for line in text.splitlines():
+        logger.info("%s: %s", host, line)

@@ -1,0 +1,264 @@
+"""Run commands on a host over SSH. The only module that imports fabric (and paramiko).
+
+Host keys are checked against one known_hosts file. An unknown key is refused unless the user
+explicitly asked to accept new keys on first contact (like ssh's ``accept-new``); a changed key
+is always refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import secrets
+import shlex
+import socket
+import threading
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import fabric
+import paramiko
+from invoke.exceptions import CommandTimedOut
+
+from shapcluster.commands import install_file_command, make_dirs_command, write_file_command
+from shapcluster.config import SshConfig
+from shapcluster.errors import InputError, RemoteError
+from shapcluster.inventory import DEFAULT_SSH_PORT, Host
+from shapcluster.remote.base import Result, check_result, display_command, log_command
+
+logger = logging.getLogger(__name__)
+
+_known_hosts_lock = threading.Lock()  # hosts are contacted in parallel; appends must not interleave
+
+
+class UnknownHostKeyError(paramiko.SSHException):
+    def __init__(self, hostname: str, key: paramiko.PKey) -> None:
+        super().__init__(f"unknown host key for {hostname}")
+        self.hostname = hostname
+        self.key = key
+
+
+class RejectUnknownHostKey(paramiko.MissingHostKeyPolicy):
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        raise UnknownHostKeyError(hostname, key)
+
+
+class AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
+    """Trust a host seen for the first time and remember its key in ``known_hosts``."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+        with _known_hosts_lock:
+            self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with self.known_hosts.open("a", encoding="utf-8") as file:
+                file.write(line)
+        logger.warning("%s: trusted new host key %s %s", hostname, key.get_name(), fingerprint(key))
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """The SHA256 fingerprint as OpenSSH prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def make_client(options: SshConfig) -> paramiko.SSHClient:
+    """An SSHClient that knows only the configured known_hosts file (never ~/.ssh implicitly)."""
+    client = paramiko.SSHClient()
+    if options.known_hosts.exists():
+        client.get_host_keys().load(str(options.known_hosts))
+    policy: paramiko.MissingHostKeyPolicy = (
+        AcceptNewHostKey(options.known_hosts) if options.accept_new_host_keys else RejectUnknownHostKey()
+    )
+    client.set_missing_host_key_policy(policy)
+    return client
+
+
+def make_connection(host: Host, options: SshConfig) -> fabric.Connection:
+    timeout = max(1, round(options.connect_timeout))
+    connect_kwargs: dict[str, Any] = {
+        "look_for_keys": options.key is None,
+        "allow_agent": True,
+        "banner_timeout": timeout,
+        "auth_timeout": timeout,
+    }
+    if options.key is not None:
+        # A loaded key instead of key_filename: paramiko would otherwise report a failed login
+        # with an RSA or ECDSA key as a confusing key-format error.
+        connect_kwargs["pkey"] = load_private_key(options.key)
+    # The user's ~/.ssh/config and fabric files must not change what the config file says.
+    config = fabric.Config(lazy=True, overrides={"load_ssh_configs": False})
+    connection = fabric.Connection(
+        host.address,
+        user=host.user,
+        port=host.port,
+        config=config,
+        connect_timeout=timeout,
+        connect_kwargs=connect_kwargs,
+    )
+    connection.client = make_client(options)  # fabric's own client would auto-add unknown keys
+    return connection
+
+
+def load_private_key(path: Path) -> paramiko.PKey:
+    try:
+        return paramiko.PKey.from_path(path)
+    except FileNotFoundError:
+        raise InputError(
+            f"ssh.key: {path} does not exist", hint="Set ssh.key to your private key file."
+        ) from None
+    except (paramiko.PasswordRequiredException, TypeError):
+        # cryptography reports an encrypted PEM key as TypeError, paramiko an OpenSSH one as this.
+        raise InputError(
+            f"ssh.key: {path} is protected by a passphrase",
+            hint=f"Load it into your ssh agent (ssh-add {shlex.quote(str(path))}) and remove ssh.key.",
+        ) from None
+    except (OSError, ValueError, paramiko.SSHException) as err:
+        raise InputError(f"ssh.key: cannot load {path} as a private key: {err}") from None
+
+
+def keyscan_command(host: Host, known_hosts: Path, key_type: str | None = None) -> str:
+    """The local command that fetches a host's key into known_hosts (check its fingerprint first)."""
+    args = ["ssh-keyscan"]
+    if host.port != DEFAULT_SSH_PORT:
+        args += ["-p", str(host.port)]
+    if key_type:
+        args += ["-t", key_type]
+    return f"{shlex.join([*args, host.address])} >> {shlex.quote(str(known_hosts))}"
+
+
+def forget_key_command(host: Host, known_hosts: Path) -> str:
+    name = host.address if host.port == DEFAULT_SSH_PORT else f"[{host.address}]:{host.port}"
+    return shlex.join(["ssh-keygen", "-R", name, "-f", str(known_hosts)])
+
+
+def translate_ssh_error(  # noqa: PLR0911 - one branch per kind of failure reads best
+    error: BaseException, host: Host, options: SshConfig
+) -> RemoteError:
+    """Turn a paramiko/socket/invoke failure into an error that says what to do next."""
+    target = f"{host.user + '@' if host.user else ''}{host.address}"
+    ssh_test = shlex.join(
+        ["ssh", *(["-i", str(options.key)] if options.key else []), "-p", str(host.port), target, "true"]
+    )
+    if isinstance(error, UnknownHostKeyError):
+        return RemoteError(
+            f"{host.name}: unknown host key {error.key.get_name()} {fingerprint(error.key)} "
+            f"(not in {options.known_hosts})",
+            hint=f"Check the fingerprint with the host's owner, then trust it: "
+            f"{keyscan_command(host, options.known_hosts, error.key.get_name())}"
+            " (or run again with --accept-new-host-keys).",
+        )
+    if isinstance(error, paramiko.BadHostKeyException):
+        return RemoteError(
+            f"{host.name}: HOST KEY CHANGED: it offered {fingerprint(error.key)}, "
+            f"but {options.known_hosts} expects {fingerprint(error.expected_key)}",
+            hint="Someone may be intercepting the connection. If the host was reinstalled, remove the "
+            f"old key: {forget_key_command(host, options.known_hosts)}",
+        )
+    if isinstance(error, paramiko.AuthenticationException):
+        return RemoteError(
+            f"{host.name}: SSH authentication failed for user {host.user or '(your local user)'}: {error}",
+            hint=f"Check ssh.user and ssh.key in the config file; this must work: {ssh_test}",
+        )
+    if isinstance(error, CommandTimedOut):
+        return RemoteError(f"{host.name}: command did not finish within {error.timeout} s")
+    if isinstance(error, socket.gaierror):
+        return RemoteError(f"{host.name}: cannot resolve {host.address}: {error.strerror}")
+    if isinstance(error, (OSError, EOFError, paramiko.SSHException)):
+        reason = str(error) or type(error).__name__
+        return RemoteError(
+            f"{host.name}: cannot reach SSH on port {host.port}: {reason}",
+            hint=f"Is the host up and sshd running? This must work: {ssh_test}",
+        )
+    return RemoteError(f"{host.name}: SSH failed: {type(error).__name__}: {error}")
+
+
+class SshRunner:
+    """A ``Runner`` over one fabric Connection, opened on first use."""
+
+    def __init__(self, host: Host, options: SshConfig) -> None:
+        self._host = host
+        self._options = options
+        self._connection = make_connection(host, options)
+
+    @property
+    def host(self) -> str:
+        return self._host.name
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        hide: bool = True,
+        secret: bool = False,
+        check: bool = True,
+        stdin: str | None = None,
+    ) -> Result:
+        display = display_command(command, secret=secret)
+        log_command(self.host, display)
+        streams: dict[str, Any] = {}
+        if not hide and not secret:
+            streams = {"out_stream": _LogStream(self.host), "err_stream": _LogStream(self.host)}
+        try:
+            done = self._connection.run(
+                command,
+                hide=hide or secret,
+                warn=True,  # a non-zero exit is a Result; check_result decides
+                timeout=None if timeout is None else max(1, round(timeout)),
+                in_stream=io.StringIO(stdin) if stdin is not None else False,
+                echo_stdin=False,  # stdin may carry secrets
+                pty=False,
+                **streams,
+            )
+        except Exception as err:  # every transport failure becomes a RemoteError
+            raise translate_ssh_error(err, self._host, self._options) from err
+        result = Result(display, done.exited, done.stdout, done.stderr)
+        return check_result(self.host, result) if check else result
+
+    def put(self, local_path: Path, remote_path: str, mode: int = 0o600) -> None:
+        target = PurePosixPath(remote_path)
+        temp = f"{target.parent}/.{target.name}.{secrets.token_hex(4)}.part"
+        self.run(make_dirs_command(str(target.parent)))  # also opens the connection
+        try:
+            source = local_path.open("rb")
+        except OSError as err:
+            raise RemoteError(f"cannot read {local_path} to copy it to {self.host}: {err}") from None
+        with source:
+            try:
+                with self._connection.sftp().open(temp, "wb") as sink:
+                    sink.chmod(mode)  # before any content arrives
+                    while chunk := source.read(1 << 20):
+                        sink.write(chunk)
+            except OSError as err:  # paramiko reports remote failures as IOError
+                raise RemoteError(f"{self.host}: cannot write {temp}: {err}") from err
+            except paramiko.SSHException as err:
+                raise translate_ssh_error(err, self._host, self._options) from err
+        self.run(install_file_command(temp, remote_path, mode))
+
+    def put_text(self, text: str, remote_path: str, mode: int = 0o600) -> None:
+        self.run(write_file_command(remote_path, mode), stdin=text)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class _LogStream(io.StringIO):
+    """An output stream for fabric that logs whole lines as they arrive."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__()
+        self._host = host
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            logger.info("%s: %s", self._host, line)
+        return len(text)

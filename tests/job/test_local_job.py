@@ -1,0 +1,131 @@
+"""The whole DAG on a local Ray instance with the real wine file, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from shapcluster.cli import app
+from shapcluster.errors import ExitStatus
+
+pytestmark = pytest.mark.ray
+runner = CliRunner()
+
+
+def submit(*args: str):
+    return runner.invoke(app, ["submit", "--local", *args])
+
+
+def test_submit_local_runs_the_whole_dag(wine_csv: Path, tmp_path: Path):
+    """Starts and stops its own Ray instance, exactly as a user's `submit --local` does."""
+    import ray
+
+    assert not ray.is_initialized()
+    result = submit(
+        "--data", str(wine_csv), "--rows", "3", "--cpus", "2", "--output-dir", str(tmp_path), "--run-id", "r1"
+    )
+    assert result.exit_code == 0, result.output
+    assert not ray.is_initialized()  # the job shut down the instance it started
+    out = tmp_path / "r1"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "reference_shap_values.csv",
+        "shap_summary.png",
+        "shap_values.csv",
+        "summary.json",
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["comparison"]["verdict"] == "match"
+    assert summary["comparison"]["max_abs_diff"] <= 1e-9
+    assert summary["comparison"]["additivity_error_ours"] <= 1e-9
+    assert (summary["rows"], summary["features"], summary["background"]) == (3, 11, 100)
+    assert summary["nsamples"] == 2046 and summary["exact"] is True
+    assert summary["classes"] == ["3", "4", "5", "6", "7", "8"]
+    assert summary["cpus"] == 2
+    for step in ("etl", "create_model", "get_data_to_explain", "compare_results", "write_results"):
+        assert summary["wall_seconds"][step] >= 0
+    ours = pd.read_csv(out / "shap_values.csv")
+    theirs = pd.read_csv(out / "reference_shap_values.csv")
+    assert len(ours) == 3 * 6 and list(ours.columns[:2]) == ["row", "class"]
+    assert list(ours["row"].unique()) == summary["row_ids"]
+    features = summary["feature_names"]
+    assert np.abs(ours[features].to_numpy() - theirs[features].to_numpy()).max() <= 1e-9
+    # Additivity from the written files alone: per row, the classes' values sum to f(x) - E[f],
+    # and f(x) sums to 1 over the classes, as does E[f]: so the grand total per row is 0.
+    assert np.abs(ours.groupby("row")[features].sum().to_numpy().sum(axis=1)).max() <= 1e-9
+    assert (out / "shap_summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Verdict: match" in result.output
+    assert "Timings" in result.output
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One Ray instance for the rest of the module: the job joins it instead of starting one."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_sweep_trains_candidates_in_parallel_and_keeps_the_best(local_ray, wine_csv, tmp_path):
+    result = submit(
+        "--data",
+        str(wine_csv),
+        "--rows",
+        "1",
+        "--sweep",
+        "3,12",
+        "--output-dir",
+        str(tmp_path),
+        "--run-id",
+        "s",
+    )
+    assert result.exit_code == 0, result.output
+    assert "Model sweep" in result.output
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["model"]["trees"] == 12  # 12 trees beat 3 on held-out accuracy here
+    assert summary["comparison"]["verdict"] == "match"
+
+
+def test_sampling_mode_disagreement_exits_4(local_ray, wine_csv, tmp_path):
+    result = submit(
+        "--data",
+        str(wine_csv),
+        "--rows",
+        "1",
+        "--trees",
+        "5",
+        "--nsamples",
+        "200",
+        "--output-dir",
+        str(tmp_path),
+    )
+    assert result.exit_code == ExitStatus.MISMATCH, result.output
+    assert "sampling mode" in result.output
+    assert "differ by up to" in result.output
+
+
+def test_error_inside_a_ray_task_reaches_the_user_unwrapped(local_ray, wine_csv, tmp_path):
+    result = submit("--data", str(wine_csv), "--rows", "100000", "--output-dir", str(tmp_path))
+    assert result.exit_code == ExitStatus.INPUT, result.output
+    assert "--rows 100000 asks for more rows than the test split has (320)" in result.output
+    assert "RayTaskError" not in result.output and "Traceback" not in result.output
+
+
+def test_bundled_dataset_when_no_data_is_given(local_ray, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = submit("--rows", "1", "--trees", "5", "--background", "20")
+    assert result.exit_code == 0, result.output
+    assert "bundled wine dataset" in result.output
+    (run,) = (tmp_path / "results").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["features"] == 13 and summary["exact"] is True and summary["nsamples"] == 8190
+    assert summary["comparison"]["verdict"] == "match"

@@ -1,0 +1,94 @@
+"""The CLI through typer's CliRunner: help, exit statuses, and one clear line per bad input.
+
+None of these start Ray: bad local input is caught before the job starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from shapcluster.cli import app
+from shapcluster.errors import ExitStatus
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["submit"], ["up"], ["sync"], ["status"], ["down"], ["creds"], ["creds", "refresh"]]
+)
+def test_every_command_has_help(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage: shapcluster" in result.output
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.startswith("shapcluster ")
+
+
+@pytest.mark.parametrize(
+    "command", [["up"], ["sync"], ["status"], ["down"], ["creds", "refresh"], ["submit"]]
+)
+def test_unbuilt_commands_fail_loudly(command):
+    result = invoke(*command)
+    assert result.exit_code == ExitStatus.NOT_IMPLEMENTED
+    assert "not built yet" in result.output
+    assert "shapcluster submit --local" in result.output
+
+
+HEADER = "a;b;quality"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        ("", "the file is empty"),
+        ("a|b|quality\n1|2|3\n", "has no ';', ',' or tab separator"),
+        (
+            HEADER + "\n" + "\n".join(f"{i};x{i};5" for i in range(12)),
+            "column 'b' is not numeric: 'x0' on line 2",
+        ),
+        ("a;b;grade\n" + "\n".join(f"{i};{i};5" for i in range(12)), "no label column 'quality'"),
+        (HEADER + "\n" + "\n".join(f"{i};{'' if i == 4 else i};5" for i in range(12)), "missing value"),
+    ],
+    ids=["missing", "empty", "separator", "non-numeric", "no-label", "nan"],
+)
+def test_bad_data_exits_3_with_the_file_and_problem(tmp_path: Path, content, message):
+    path = tmp_path / "wine.csv"
+    if content is not None:
+        path.write_text(content)
+    result = invoke("submit", "--local", "--data", str(path))
+    assert result.exit_code == ExitStatus.INPUT, result.output
+    assert str(path) in result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rows", "0"], "--rows"),
+        (["--nsamples", "many"], "expected a whole number or 'exact'"),
+        (["--sweep", "10,x"], "expected tree counts"),
+        (["--link", "probit"], "probit"),
+    ],
+)
+def test_bad_options_exit_2(args, message):
+    result = invoke("submit", "--local", *args)
+    assert result.exit_code == ExitStatus.USAGE, result.output
+    assert message in result.output
+
+
+def test_bad_test_size_is_an_input_error():
+    result = invoke("submit", "--local", "--test-size", "1.5")
+    assert result.exit_code == ExitStatus.INPUT
+    assert "--test-size must be between 0 and 1" in result.output

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from shapcluster import commands as c
+from shapcluster.config import RayPorts
+from shapcluster.errors import RemoteError
+
+LAYOUT = c.RemoteLayout("/opt/sc")
+
+
+def node(role: c.Role, ip: str, **changes: object) -> c.RayNode:
+    values: dict[str, object] = {
+        "cluster": "lab",
+        "role": role,
+        "image": "shapcluster-ray:abc",
+        "image_id": "sha256:0123",
+        "node_ip": ip,
+        "cpus": 2,
+        "shm_size": "2g",
+        "token_file": LAYOUT.token_file,
+        "mounts": c.synced_mounts(LAYOUT, with_data=True),
+        "env_file": LAYOUT.env_file,
+    }
+    values.update(changes)
+    return c.RayNode(**values)  # type: ignore[arg-type]
+
+
+DOCKER_COMMON = (
+    "--network host --shm-size 2g --label shapcluster.cluster=lab --label shapcluster.role={role} "
+    "--label shapcluster.image-id=sha256:0123 --env-file /opt/sc/secrets/env.list "
+    "--env RAY_AUTH_MODE=token --env RAY_AUTH_TOKEN_PATH=/run/secrets/ray-auth-token "
+    "--env RAY_USAGE_STATS_ENABLED=0 "
+    "--mount type=bind,source=/opt/sc/secrets/ray-auth-token,target=/run/secrets/ray-auth-token,readonly "
+    "--mount type=bind,source=/opt/sc/app,target=/shapcluster/app,readonly "
+    "--mount type=bind,source=/opt/sc/data,target=/shapcluster/data,readonly "
+    "shapcluster-ray:abc"
+)
+RAY_NODE_ARGS = (
+    "--object-manager-port=8076 --node-manager-port=8077 --min-worker-port=10002 "
+    "--max-worker-port=19999 --num-cpus=2 --temp-dir=/tmp/ray-lab-{slug} --block"
+)
+
+
+def test_start_head_command() -> None:
+    assert c.start_head_command(node(c.Role.HEAD, "10.77.0.11"), RayPorts()) == (
+        "docker run --detach --init --name shapcluster-lab-head-10-77-0-11 "
+        + DOCKER_COMMON.format(role="head")
+        + " ray start --head --node-ip-address=10.77.0.11 --port=6379 --dashboard-host=127.0.0.1 "
+        "--dashboard-port=8265 --ray-client-server-port=10001 " + RAY_NODE_ARGS.format(slug="10-77-0-11")
+    )
+
+
+def test_start_worker_command_without_env_file_or_mounts() -> None:
+    worker = node(c.Role.WORKER, "10.77.0.12", env_file=None, mounts=(), cpus=1, shm_size="512m")
+    assert c.start_worker_command(worker, "10.77.0.11", RayPorts(gcs=7000, min_worker=11000)) == (
+        "docker run --detach --init --name shapcluster-lab-worker-10-77-0-12 --network host "
+        "--shm-size 512m --label shapcluster.cluster=lab --label shapcluster.role=worker "
+        "--label shapcluster.image-id=sha256:0123 --env RAY_AUTH_MODE=token "
+        "--env RAY_AUTH_TOKEN_PATH=/run/secrets/ray-auth-token --env RAY_USAGE_STATS_ENABLED=0 "
+        "--mount type=bind,source=/opt/sc/secrets/ray-auth-token,target=/run/secrets/ray-auth-token,readonly "
+        "shapcluster-ray:abc ray start --address=10.77.0.11:7000 --node-ip-address=10.77.0.12 "
+        "--object-manager-port=8076 --node-manager-port=8077 --min-worker-port=11000 "
+        "--max-worker-port=19999 --num-cpus=1 --temp-dir=/tmp/ray-lab-10-77-0-12 --block"
+    )
+
+
+def test_values_are_shell_quoted() -> None:
+    command = c.start_worker_command(
+        node(c.Role.WORKER, "10.0.0.2", image="img;rm -rf /", mounts=()), "h", RayPorts()
+    )
+    assert " 'img;rm -rf /' ray start " in command
+
+
+def test_mount_paths_with_commas_are_refused() -> None:
+    with pytest.raises(ValueError, match="commas"):
+        c.start_head_command(node(c.Role.HEAD, "1.2.3.4", token_file="/a,b"), RayPorts())
+
+
+def test_list_and_parse_containers() -> None:
+    assert c.list_containers_command("lab") == (
+        "docker ps --all --no-trunc --filter label=shapcluster.cluster=lab --format "
+        '\'{{.ID}}|{{.Names}}|{{.Label "shapcluster.role"}}|{{.Label "shapcluster.image-id"}}'
+        "|{{.State}}|{{.Status}}'"
+    )
+    output = "abc|shapcluster-lab-head-1|head|sha256:0123|running|Up 3 minutes\n\n"
+    assert c.parse_containers(output) == [
+        c.ContainerInfo("abc", "shapcluster-lab-head-1", "head", "sha256:0123", "running", "Up 3 minutes")
+    ]
+    with pytest.raises(RemoteError, match="unexpected `docker ps` output line"):
+        c.parse_containers("abc|def\n")
+
+
+def test_remove_containers_command() -> None:
+    assert c.remove_containers_command("lab") == (
+        "ids=$(docker ps --all --quiet --filter label=shapcluster.cluster=lab) && "
+        'if [ -n "$ids" ]; then docker stop --time 15 $ids >/dev/null && docker rm $ids; fi'
+    )
+    assert c.remove_containers_command("lab", c.Role.WORKER) == (
+        "ids=$(docker ps --all --quiet --filter label=shapcluster.cluster=lab "
+        "--filter label=shapcluster.role=worker) && "
+        'if [ -n "$ids" ]; then docker stop --time 15 $ids >/dev/null && docker rm $ids; fi'
+    )
+
+
+def test_small_commands() -> None:
+    assert c.count_cpus_command() == "nproc"
+    assert c.disk_free_command("/opt/my dir") == "df -P -k -- '/opt/my dir'"
+    assert c.make_dirs_command("/a", "/b c") == "mkdir -p -- /a '/b c'"
+    assert c.make_dirs_command("/s", mode=0o700) == "mkdir -p -m 0700 -- /s"
+    assert (
+        c.install_file_command("/d/.f.part", "/d/f", 0o644)
+        == "chmod 0644 -- /d/.f.part && mv -f -- /d/.f.part /d/f"
+    )
+
+
+def test_write_file_command() -> None:
+    assert c.write_file_command("/opt/sc/secrets/env list") == (
+        "mkdir -p -- /opt/sc/secrets && tmp=$(mktemp '/opt/sc/secrets/.env list.XXXXXX') && "
+        '{ chmod 0600 "$tmp" && cat > "$tmp" && mv -f "$tmp" \'/opt/sc/secrets/env list\' '
+        '|| { rm -f "$tmp"; exit 1; }; }'
+    )
+
+
+def test_write_file_command_really_writes_atomically_with_mode(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "token"
+    command = c.write_file_command(str(target), 0o600)
+    subprocess.run(["sh", "-c", command], input=b"s3cret\n", check=True)
+    assert target.read_bytes() == b"s3cret\n"
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in target.parent.iterdir()] == ["token"]  # no temp file left behind
+
+
+def test_write_file_command_cleans_up_when_the_rename_fails(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mv").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "mv").chmod(0o755)
+    target = tmp_path / "out" / "token"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    done = subprocess.run(["sh", "-c", c.write_file_command(str(target))], input=b"x", env=env, check=False)
+    assert done.returncode == 1
+    assert list(target.parent.iterdir()) == []  # neither the target nor a temp file
+
+
+def test_parse_disk_free() -> None:
+    output = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/sda1 100 40 60 40% /\n"
+    assert c.parse_disk_free(output) == 60 * 1024
+    with pytest.raises(RemoteError, match="unexpected `df` output"):
+        c.parse_disk_free("df: /nope: No such file or directory\n")
+
+
+def test_names_and_layout() -> None:
+    assert c.container_name("lab", c.Role.WORKER, "fe80::1") == "shapcluster-lab-worker-fe80-1"
+    assert c.ray_temp_dir("lab", "10.0.0.1") == "/tmp/ray-lab-10-0-0-1"
+    assert (LAYOUT.app_dir, LAYOUT.data_dir, LAYOUT.token_file, LAYOUT.env_file) == (
+        "/opt/sc/app",
+        "/opt/sc/data",
+        "/opt/sc/secrets/ray-auth-token",
+        "/opt/sc/secrets/env.list",
+    )
+    assert c.synced_mounts(LAYOUT, with_data=False) == (c.Mount("/opt/sc/app", "/shapcluster/app"),)

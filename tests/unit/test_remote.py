@@ -1,0 +1,482 @@
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from shapcluster.commands import write_file_command
+from shapcluster.config import SshConfig
+from shapcluster.errors import InputError, RemoteError
+from shapcluster.inventory import Host
+from shapcluster.remote.base import Result, Runner, check_result, display_command, tail
+from shapcluster.remote.fake import FakeRunner
+from shapcluster.remote.group import HostsFailedError, gather_results, run_in_parallel
+from shapcluster.remote.local import LocalRunner
+from shapcluster.remote.ssh import (
+    AcceptNewHostKey,
+    RejectUnknownHostKey,
+    SshRunner,
+    UnknownHostKeyError,
+    fingerprint,
+    keyscan_command,
+    load_private_key,
+    make_connection,
+    translate_ssh_error,
+)
+
+# ---------------------------------------------------------------- base
+
+
+def test_display_command_redacts_secrets() -> None:
+    assert display_command("echo hi", secret=False) == "echo hi"
+    assert display_command("aws configure set key AKIA123", secret=True) == "aws ****"
+    assert display_command("echo 'unterminated", secret=True) == "****"
+    assert "AKIA" not in repr(Result(display_command("x AKIA", secret=True), 0, "AKIA", "AKIA"))
+
+
+def test_tail_keeps_the_last_lines() -> None:
+    assert tail("1\n2\n3\n4\n5\n6\n7\n") == "3\n4\n5\n6\n7"
+    assert tail("x" * 700, chars=10) == "…" + "x" * 10
+
+
+def test_check_result_names_host_command_and_stderr_tail() -> None:
+    ok = Result("true", 0)
+    assert check_result("h1", ok) is ok
+    with pytest.raises(RemoteError) as caught:
+        check_result("h1", Result("docker ps", 127, "", "sh: docker: not found\n"))
+    assert caught.value.message == "h1: `docker ps` exited with status 127:\nsh: docker: not found"
+
+
+# ---------------------------------------------------------------- fake
+
+
+def test_fake_records_commands_and_answers_by_pattern() -> None:
+    fake = FakeRunner("w1").respond(r"^nproc$", stdout="4\n").respond(r"^docker ps", stdout="a|b|c|d|e|f\n")
+    fake.respond(r"^nproc$", stdout="8\n")  # the most recent script wins
+    assert isinstance(fake, Runner)
+    assert fake.run("nproc").stdout == "8\n"
+    assert fake.run("docker ps --all").stdout.startswith("a|")
+    assert fake.run("unscripted") == Result("unscripted", 0)
+    assert fake.commands == ["nproc", "docker ps --all", "unscripted"]
+
+
+def test_fake_scripted_failures() -> None:
+    fake = FakeRunner("w1").respond("boom", stderr="bad\n", exit_code=2).fail("^ssh-me", "unreachable")
+    with pytest.raises(RemoteError, match="w1: `boom` exited with status 2:\nbad"):
+        fake.run("boom")
+    assert fake.run("boom", check=False).exit_code == 2
+    with pytest.raises(RemoteError, match="w1: unreachable"):
+        fake.run("ssh-me")
+
+
+def test_fake_stores_files_and_records_the_write(tmp_path: Path) -> None:
+    fake = FakeRunner("w1")
+    fake.put_text("TOKEN", "/r/secrets/token")
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"\x00\x01")
+    fake.put(source, "/r/app/f.bin", 0o644)
+    assert fake.files == {"/r/secrets/token": (b"TOKEN", 0o600), "/r/app/f.bin": (b"\x00\x01", 0o644)}
+    assert fake.commands == [
+        write_file_command("/r/secrets/token"),
+        write_file_command("/r/app/f.bin", 0o644),
+    ]
+    assert all("TOKEN" not in command for command in fake.commands)
+
+
+def test_fake_dry_run_logs_masked_commands(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="shapcluster")
+    fake = FakeRunner("w1", dry_run=True)
+    fake.run("docker stop x")
+    fake.run("login --password hunter2", secret=True)
+    assert caplog.messages == ["w1: would run: docker stop x", "w1: would run: login ****"]
+
+
+# ---------------------------------------------------------------- group
+
+
+def test_group_collects_successes_and_failures_in_runner_order() -> None:
+    runners = [
+        FakeRunner("h1").respond("nproc", stdout="2"),
+        FakeRunner("w1").respond("nproc", stderr="l1\nl2\nl3\nl4\nl5\nl6\n", exit_code=1),
+        FakeRunner("w2").fail("nproc", "cannot reach SSH on port 22"),
+        FakeRunner("w3").respond("nproc", stdout="4"),
+    ]
+    result = gather_results(runners, lambda r: r.run("nproc").stdout)
+    assert result.successes == {"h1": "2", "w3": "4"}
+    assert list(result.failures) == ["w1", "w2"]
+    with pytest.raises(HostsFailedError) as caught:
+        run_in_parallel(runners, lambda r: r.run("nproc").stdout, what="Counting CPUs")
+    error = caught.value
+    assert isinstance(error, RemoteError)
+    assert error.message == (
+        "Counting CPUs failed on 2 of 4 hosts:\n"
+        "  - w1: `nproc` exited with status 1:\n    l2\n    l3\n    l4\n    l5\n    l6\n"
+        "  - w2: cannot reach SSH on port 22"
+    )
+    assert error.result.successes == {"h1": "2", "w3": "4"}
+
+
+def test_group_runs_hosts_in_parallel() -> None:
+    barrier = threading.Barrier(3, timeout=5)  # deadlocks (and fails) if the hosts ran one by one
+    runners = [FakeRunner(f"h{i}") for i in range(3)]
+    assert run_in_parallel(runners, lambda r: barrier.wait() >= 0, what="x") == {
+        "h0": True,
+        "h1": True,
+        "h2": True,
+    }
+
+
+def test_group_keeps_unexpected_errors_as_cause_and_merges_hints() -> None:
+    def action(runner: Runner) -> None:
+        if runner.host == "a":
+            raise KeyError("bug")
+        raise RemoteError(f"{runner.host}: nope", hint="Do this.")
+
+    with pytest.raises(HostsFailedError) as caught:
+        run_in_parallel([FakeRunner("a"), FakeRunner("b"), FakeRunner("c")], action, what="Step")
+    assert (
+        caught.value.message
+        == "Step failed on 3 of 3 hosts:\n  - a: KeyError: 'bug'\n  - b: nope\n  - c: nope"
+    )
+    assert caught.value.hint == "Do this."
+    assert isinstance(caught.value.__cause__, KeyError)
+
+
+def test_group_edge_cases() -> None:
+    assert run_in_parallel([], lambda r: 1, what="x") == {}
+    with pytest.raises(ValueError, match="distinct host names"):
+        gather_results([FakeRunner("a"), FakeRunner("a")], lambda r: 1)
+
+
+# ---------------------------------------------------------------- local
+
+
+def test_local_runner_runs_for_real() -> None:
+    runner = LocalRunner()
+    assert isinstance(runner, Runner)
+    result = runner.run("echo out; echo err >&2; exit 3", check=False)
+    assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    assert runner.run("cat", stdin="piped").stdout == "piped"
+    assert runner.run("cat").stdout == ""  # never waits on the terminal
+    with pytest.raises(RemoteError, match=r"localhost: `exit 4` exited with status 4"):
+        runner.run("exit 4")
+
+
+def test_local_runner_timeout_and_secret(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="shapcluster")
+    runner = LocalRunner("here")
+    with pytest.raises(RemoteError, match=r"here: `sleep 5` did not finish within 0.2 s"):
+        runner.run("sleep 5", timeout=0.2)
+    with pytest.raises(RemoteError) as caught:
+        runner.run("echo hunter2 >/dev/null; exit 1", secret=True, hide=False)
+    assert "hunter2" not in caught.value.message + "".join(caplog.messages)
+
+
+def test_local_runner_logs_output_when_not_hidden(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="shapcluster")
+    LocalRunner("here").run("echo a; echo b", hide=False)
+    assert caplog.messages == ["here: a", "here: b"]
+
+
+def test_local_runner_writes_files_atomically(tmp_path: Path) -> None:
+    runner = LocalRunner()
+    runner.put_text("secret\n", str(tmp_path / "s" / "env.list"))
+    assert (tmp_path / "s" / "env.list").read_text() == "secret\n"
+    assert (tmp_path / "s" / "env.list").stat().st_mode & 0o777 == 0o600
+    source = tmp_path / "blob"
+    source.write_bytes(bytes(range(256)))
+    runner.put(source, str(tmp_path / "copy"), 0o644)
+    assert (tmp_path / "copy").read_bytes() == bytes(range(256))
+    assert (tmp_path / "copy").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(RemoteError, match="cannot read"):
+        runner.put(tmp_path / "missing", str(tmp_path / "x"))
+
+
+# ---------------------------------------------------------------- ssh, without a server
+
+
+def ssh_options(tmp_path: Path, *, accept_new: bool = False, key: Path | None = None) -> SshConfig:
+    return SshConfig(
+        user="tester",
+        key=key,
+        known_hosts=tmp_path / "known_hosts",
+        accept_new_host_keys=accept_new,
+        connect_timeout=5,
+    )
+
+
+HOST = Host("10.0.0.5", user="tester", port=2222)
+
+
+@pytest.fixture(scope="module")
+def host_key() -> paramiko.PKey:
+    return paramiko.ECDSAKey.generate()
+
+
+def test_reject_policy_raises_unknown_host_key(host_key: paramiko.PKey) -> None:
+    with pytest.raises(UnknownHostKeyError) as caught:
+        RejectUnknownHostKey().missing_host_key(paramiko.SSHClient(), "[10.0.0.5]:2222", host_key)
+    assert caught.value.key is host_key
+
+
+def test_accept_new_policy_records_the_key(tmp_path: Path, host_key: paramiko.PKey) -> None:
+    known_hosts = tmp_path / "ssh" / "known_hosts"
+    client = paramiko.SSHClient()
+    AcceptNewHostKey(known_hosts).missing_host_key(client, "[10.0.0.5]:2222", host_key)
+    assert known_hosts.read_text() == f"[10.0.0.5]:2222 {host_key.get_name()} {host_key.get_base64()}\n"
+    assert client.get_host_keys().lookup("[10.0.0.5]:2222") is not None
+    reloaded = paramiko.HostKeys(str(known_hosts))
+    assert reloaded.check("[10.0.0.5]:2222", host_key)
+
+
+def test_connection_uses_only_our_known_hosts_and_refuses_unknown_keys(tmp_path: Path) -> None:
+    key = paramiko.ECDSAKey.generate()
+    key.write_private_key_file(str(tmp_path / "id"))
+    connection = make_connection(HOST, ssh_options(tmp_path, key=tmp_path / "id"))
+    assert (connection.host, connection.user, connection.port) == ("10.0.0.5", "tester", 2222)
+    assert connection.ssh_config == {"hostname": "10.0.0.5"}  # ~/.ssh/config is not read
+    assert connection.connect_kwargs["pkey"] == key
+    assert connection.connect_kwargs["look_for_keys"] is False
+    assert isinstance(connection.client._policy, RejectUnknownHostKey)
+    assert len(connection.client.get_host_keys()) == 0
+    accepting = make_connection(HOST, ssh_options(tmp_path, accept_new=True))
+    assert isinstance(accepting.client._policy, AcceptNewHostKey)
+
+
+def test_unknown_host_key_error_says_how_to_trust_it(tmp_path: Path, host_key: paramiko.PKey) -> None:
+    options = ssh_options(tmp_path)
+    error = translate_ssh_error(UnknownHostKeyError("[10.0.0.5]:2222", host_key), HOST, options)
+    assert error.message == (
+        f"10.0.0.5:2222: unknown host key ecdsa-sha2-nistp256 {fingerprint(host_key)} "
+        f"(not in {tmp_path}/known_hosts)"
+    )
+    assert error.hint == (
+        "Check the fingerprint with the host's owner, then trust it: "
+        f"ssh-keyscan -p 2222 -t ecdsa-sha2-nistp256 10.0.0.5 >> {tmp_path}/known_hosts"
+        " (or run again with --accept-new-host-keys)."
+    )
+
+
+def test_changed_host_key_error(tmp_path: Path, host_key: paramiko.PKey) -> None:
+    other = paramiko.ECDSAKey.generate()
+    error = translate_ssh_error(
+        paramiko.BadHostKeyException("h", host_key, other), HOST, ssh_options(tmp_path)
+    )
+    assert error.message.startswith("10.0.0.5:2222: HOST KEY CHANGED")
+    assert error.hint is not None
+    assert f"ssh-keygen -R '[10.0.0.5]:2222' -f {tmp_path}/known_hosts" in error.hint
+
+
+@pytest.mark.parametrize(
+    ("error", "message", "hint"),
+    [
+        (
+            paramiko.AuthenticationException("Authentication failed."),
+            "10.0.0.5:2222: SSH authentication failed for user tester: Authentication failed.",
+            "Check ssh.user and ssh.key in the config file; this must work: ssh -p 2222 tester@10.0.0.5 true",
+        ),
+        (
+            ConnectionRefusedError(111, "Connection refused"),
+            "10.0.0.5:2222: cannot reach SSH on port 2222: [Errno 111] Connection refused",
+            "Is the host up and sshd running? This must work: ssh -p 2222 tester@10.0.0.5 true",
+        ),
+        (
+            socket.gaierror(-2, "Name or service not known"),
+            "10.0.0.5:2222: cannot resolve 10.0.0.5: Name or service not known",
+            None,
+        ),
+        (ValueError("odd"), "10.0.0.5:2222: SSH failed: ValueError: odd", None),
+    ],
+)
+def test_transport_errors_are_translated(
+    tmp_path: Path, error: Exception, message: str, hint: str | None
+) -> None:
+    translated = translate_ssh_error(error, HOST, ssh_options(tmp_path))
+    assert (translated.message, translated.hint) == (message, hint)
+
+
+def test_bad_key_files_are_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        load_private_key(tmp_path / "nope")
+    (tmp_path / "junk").write_text("not a key")
+    with pytest.raises(InputError, match="cannot load"):
+        load_private_key(tmp_path / "junk")
+    paramiko.ECDSAKey.generate().write_private_key_file(str(tmp_path / "locked"), password="pw")
+    with pytest.raises(InputError, match="passphrase") as caught:
+        load_private_key(tmp_path / "locked")
+    assert caught.value.hint is not None and "ssh-add" in caught.value.hint
+
+
+def test_keyscan_command_default_port() -> None:
+    assert keyscan_command(Host("h"), Path("/k h")) == "ssh-keyscan h >> '/k h'"
+
+
+# ---------------------------------------------------------------- ssh, against a loopback server
+
+
+class _Server(paramiko.ServerInterface):
+    """A tiny sshd: public-key auth for one key, exec runs ``sh -c`` on this machine."""
+
+    def __init__(self, client_key: paramiko.PKey) -> None:
+        self.client_key = client_key
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        ok = username == "tester" and key == self.client_key
+        return paramiko.common.AUTH_SUCCESSFUL if ok else paramiko.common.AUTH_FAILED
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        return (
+            paramiko.common.OPEN_SUCCEEDED
+            if kind == "session"
+            else paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        )
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        threading.Thread(target=_execute, args=(channel, command.decode()), daemon=True).start()
+        return True
+
+
+def _execute(channel: paramiko.Channel, command: str) -> None:
+    process = subprocess.Popen(
+        ["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdin is not None
+
+    def pump_stdin() -> None:
+        try:
+            while data := channel.recv(65536):
+                process.stdin.write(data)  # type: ignore[union-attr]
+            process.stdin.close()  # type: ignore[union-attr]
+        except (OSError, ValueError):
+            pass
+
+    threading.Thread(target=pump_stdin, daemon=True).start()
+    stdout, stderr = process.stdout.read(), process.stderr.read()  # type: ignore[union-attr]
+    channel.sendall(stdout)
+    channel.sendall_stderr(stderr)
+    # EOF and exit status, but no close: a close could overtake paramiko's reply to the exec
+    # request and make the client fail with "Channel closed". The client closes instead.
+    channel.shutdown_write()
+    channel.send_exit_status(process.wait())
+
+
+@dataclass
+class Sshd:
+    port: int
+    host_key: paramiko.PKey
+    client_key_file: Path
+
+
+@pytest.fixture
+def sshd(tmp_path: Path, host_key: paramiko.PKey) -> Iterator[Sshd]:
+    client_key = paramiko.ECDSAKey.generate()
+    key_file = tmp_path / "id_ecdsa"
+    client_key.write_private_key_file(str(key_file))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    transports: list[paramiko.Transport] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            transport = paramiko.Transport(sock)
+            transport.add_server_key(host_key)
+            transports.append(transport)
+            with contextlib.suppress(paramiko.SSHException, EOFError):
+                transport.start_server(server=_Server(client_key))
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield Sshd(listener.getsockname()[1], host_key, key_file)
+    listener.close()
+    for transport in transports:
+        transport.close()
+
+
+def ssh_runner(tmp_path: Path, sshd: Sshd, *, accept_new: bool = False, key: Path | None = None) -> SshRunner:
+    host = Host("127.0.0.1", user="tester", port=sshd.port)
+    return SshRunner(host, ssh_options(tmp_path, accept_new=accept_new, key=key or sshd.client_key_file))
+
+
+def test_ssh_refuses_an_unknown_host_then_accepts_it_when_asked(tmp_path: Path, sshd: Sshd) -> None:
+    with pytest.raises(RemoteError, match="unknown host key") as caught:
+        ssh_runner(tmp_path, sshd).run("true")
+    assert caught.value.hint is not None and f"ssh-keyscan -p {sshd.port}" in caught.value.hint
+    assert not (tmp_path / "known_hosts").exists()
+
+    runner = ssh_runner(tmp_path, sshd, accept_new=True)
+    assert runner.run("echo hi").stdout == "hi\n"
+    runner.close()
+    assert f"[127.0.0.1]:{sshd.port} ecdsa-sha2-nistp256" in (tmp_path / "known_hosts").read_text()
+
+    strict = ssh_runner(tmp_path, sshd)  # now known: the strict policy connects
+    assert strict.host == f"127.0.0.1:{sshd.port}"
+    assert strict.run("echo again").stdout == "again\n"
+    strict.close()
+
+
+def trust(tmp_path: Path, sshd: Sshd, key: paramiko.PKey) -> None:
+    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{sshd.port} {key.get_name()} {key.get_base64()}\n")
+
+
+def test_ssh_runs_commands_and_writes_files(tmp_path: Path, sshd: Sshd) -> None:
+    trust(tmp_path, sshd, sshd.host_key)
+    runner = ssh_runner(tmp_path, sshd)
+    result = runner.run("echo out; echo err >&2; exit 3", check=False)
+    assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    with pytest.raises(RemoteError, match=rf"127.0.0.1:{sshd.port}: `exit 4` exited with status 4"):
+        runner.run("exit 4")
+    target = tmp_path / "remote" / "env.list"
+    runner.put_text("AWS_SECRET=x\n", str(target))
+    assert target.read_text() == "AWS_SECRET=x\n"
+    assert target.stat().st_mode & 0o777 == 0o600
+    runner.close()
+
+
+def test_ssh_logs_output_lines_unless_hidden_or_secret(
+    tmp_path: Path, sshd: Sshd, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="shapcluster")
+    trust(tmp_path, sshd, sshd.host_key)
+    runner = ssh_runner(tmp_path, sshd)
+    runner.run("echo a; echo b", hide=False)
+    runner.run("echo hunter2", hide=False, secret=True)
+    runner.close()
+    assert caplog.messages == [f"127.0.0.1:{sshd.port}: a", f"127.0.0.1:{sshd.port}: b"]
+
+
+def test_ssh_refuses_a_changed_host_key(tmp_path: Path, sshd: Sshd) -> None:
+    trust(tmp_path, sshd, paramiko.ECDSAKey.generate())
+    with pytest.raises(RemoteError, match="HOST KEY CHANGED"):
+        ssh_runner(tmp_path, sshd, accept_new=True).run("true")
+
+
+def test_ssh_wrong_key_is_an_authentication_error(tmp_path: Path, sshd: Sshd) -> None:
+    trust(tmp_path, sshd, sshd.host_key)
+    other = tmp_path / "other"
+    paramiko.ECDSAKey.generate().write_private_key_file(str(other))
+    with pytest.raises(RemoteError, match="SSH authentication failed for user tester"):
+        ssh_runner(tmp_path, sshd, key=other).run("true")
+
+
+def test_ssh_closed_port_is_unreachable(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runner = SshRunner(Host("127.0.0.1", user="tester", port=port), ssh_options(tmp_path))
+    with pytest.raises(RemoteError, match=rf"cannot reach SSH on port {port}"):
+        runner.run("true")
