@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -269,15 +270,21 @@ def _cluster_cpus() -> int:
     return int(resources.get("CPU", 1))
 
 
-def _init_ray(config: JobConfig) -> bool:
+def _init_ray(config: JobConfig, reporter: Reporter) -> bool:
     """Join the cluster the job was submitted to, or start a local instance. True if we started it."""
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
     if config.ray_address:
         ray.init(address=config.ray_address, logging_level=logging.WARNING)
         return True
-    ray.init(num_cpus=config.cpus, **kwargs)  # uses RAY_ADDRESS when the Jobs API set it
+    # Ray's start-up notices (token auth on, a local instance started) are not the user's concern
+    # on a local run; real warnings after start-up still show.
+    # Joins the cluster named by RAY_ADDRESS (set by the Jobs API), else starts one here.
+    if "RAY_ADDRESS" not in os.environ:
+        cpus = config.cpus or os.cpu_count()
+        reporter.info(f"Starting a local Ray instance with {cpus} CPUs (a few seconds)...")
+    ray.init(num_cpus=config.cpus, include_dashboard=False, logging_level=logging.ERROR)
+    logging.getLogger("ray").setLevel(logging.WARNING)
     return True
 
 
@@ -287,7 +294,7 @@ def run_job(config: JobConfig, reporter: Reporter | None = None) -> dict[str, An
     source = etl.resolve_source(config.data)
     if source is not None and "://" not in source:
         etl.load_dataset(source, config.label)  # fail in milliseconds, before Ray starts
-    started_ray = _init_ray(config)
+    started_ray = _init_ray(config, reporter)
     try:
         return _run_dag(config, source, reporter)
     except ray.exceptions.RayTaskError as err:
@@ -352,7 +359,7 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     ref_values = ref_values.reshape(n_rows, n_features, -1)
     ref_expected = np.atleast_1d(next(iter(reference.done.values()))[1])
     for branch in (ours, reference):
-        note = f"{branch.cpu_seconds:.2f} CPU s in {len(branch.done)} tasks"
+        note = f"{branch.cpu_seconds:.2f} CPU s in {len(branch.done)} tasks, concurrently"
         timings.rows.append((branch.name, (branch.finished or time.perf_counter()) - branch.started, note))
 
     t0 = time.perf_counter()

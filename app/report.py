@@ -23,6 +23,9 @@ class Reporter:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(highlight=False)
 
+    def info(self, text: str) -> None:
+        self.console.print(f"[dim]{text}[/]", soft_wrap=True)
+
     def notice(self, text: str) -> None:
         self.console.print(f"[yellow]Notice:[/] {text}", soft_wrap=True)
 
@@ -73,6 +76,11 @@ class Reporter:
         for name, seconds, note in timings:
             table.add_row(name, f"{seconds:.2f}", note)
         self.console.print(table)
+        self.console.print(
+            "[dim]The two explainers run at the same time on the same CPUs: compare their CPU seconds, "
+            "or run benchmarks/kernel_shap.py for each alone.[/]",
+            soft_wrap=True,
+        )
         colour = "green" if match else "red"
         self.console.print(f"[bold {colour}]{verdict}[/]", soft_wrap=True)
         self.console.print(f"Results: {where}", soft_wrap=True)
