@@ -1,0 +1,123 @@
+"""Fixtures for tests that need the multi-host lab (see lab.py).
+
+- ``lab``: session-scoped, 3 hosts (head, worker1, worker2), torn down at session end.
+- ``lab_factory``: function-scoped; ``lab_factory(["a", "b"])`` makes a separate small lab that
+  is destroyed after the test (for tests that break hosts or check teardown).
+- ``lab_home``: HOME set to the lab's client home, so docker-py and paramiko find the lab key,
+  ssh config and known_hosts in ~/.ssh.
+- ``base_image_tar``: path of the cached debootstrap rootfs tarball.
+- ``lab_base_image``: that tarball imported once on the head and shipped to every worker; the tag.
+- ``wheelhouse`` (for docker/requirements.txt) and ``wheelhouse_for(requirements)``.
+
+Without root or the tools the lab needs, these fixtures skip the test. When ``CI=true`` (or
+``SCLAB_REQUIRED=1``) they fail instead: CI installs the tools with .ci/lab-deps.sh and must run
+the lab tests rather than skip them quietly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.lab import base_image
+from tests.lab.lab import DEFAULT_HOSTS, Lab, missing_tools
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER_DIR = REPO / "docker"
+CLUSTER_REQUIREMENTS = DOCKER_DIR / "requirements.txt"
+
+
+def _lab_required() -> bool:
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get("SCLAB_REQUIRED") == "1"
+
+
+def require_lab(extra_tools: Sequence[str] = ()) -> None:
+    """Skip (or, in CI, fail) unless this machine can run the lab."""
+    reasons = []
+    if os.geteuid() != 0:
+        reasons.append("the lab needs root")
+    missing = missing_tools() + [
+        tool for tool in extra_tools if not any(Path(d, tool).exists() for d in ("/usr/sbin", "/usr/bin"))
+    ]
+    if missing:
+        reasons.append(f"missing {', '.join(missing)} (run .ci/lab-deps.sh)")
+    if reasons:
+        message = "multi-host lab unavailable: " + "; ".join(reasons)
+        if _lab_required():
+            pytest.fail(message + " -- CI must run the lab tests", pytrace=False)
+        pytest.skip(message)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the slow Ray lab tests (image build and ship, minutes) after everything else, so the
+    quick lab smoke tests fail first when the lab itself is broken."""
+    items.sort(key=lambda item: item.path.name == "test_lab_ray.py")
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    require_lab()
+    the_lab = Lab.create(DEFAULT_HOSTS)
+    try:
+        yield the_lab
+    finally:
+        the_lab.destroy()
+
+
+@pytest.fixture
+def lab_factory() -> Iterator[Callable[[Sequence[str]], Lab]]:
+    require_lab()
+    made: list[Lab] = []
+
+    def make(names: Sequence[str]) -> Lab:
+        new_lab = Lab.create(names)
+        made.append(new_lab)
+        return new_lab
+
+    yield make
+    errors = []
+    for each in made:
+        try:
+            each.destroy()
+        except Exception as exc:  # destroy every lab, then report the first failure
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def lab_home(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HOME", str(lab.client_home))
+    return lab.client_home
+
+
+@pytest.fixture(scope="session")
+def base_image_tar() -> Path:
+    require_lab(extra_tools=["debootstrap"])
+    return base_image.make_base_image()
+
+
+@pytest.fixture(scope="session")
+def wheelhouse_for() -> Callable[[Path], Path]:
+    """``wheelhouse_for(requirements)``: cached cp311 wheel directory for that file."""
+    require_lab()
+    return base_image.make_wheelhouse
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(wheelhouse_for: Callable[[Path], Path]) -> Path:
+    """Wheels for the cluster image (docker/requirements.txt)."""
+    return wheelhouse_for(CLUSTER_REQUIREMENTS)
+
+
+@pytest.fixture(scope="session")
+def lab_base_image(lab: Lab, base_image_tar: Path) -> str:
+    """The base tarball imported ONCE on the head and shipped to every worker (save | load over
+    SSH), so all hosts hold the same image ID. Returns the image tag."""
+    tag = f"sclab/base:{base_image_tar.stem.removeprefix('base-')[:12]}"
+    lab.import_image(lab.head, base_image_tar, tag)
+    lab.ship_image(tag, lab.head, lab.workers)
+    return tag
