@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import ray
@@ -31,7 +31,7 @@ from app.errors import DataError, ExplanationsDisagreeError, JobError
 from app.report import Reporter
 
 log = logging.getLogger(__name__)
-Ref = ObjectRef[Any]
+Ref: TypeAlias = ObjectRef[Any]
 OURS = "distributed KernelSHAP"
 REFERENCE = "shap.KernelExplainer"
 

@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
-import docker
 from tests.lab.lab import Host, Lab, LabError, log_tail
 
 pytestmark = pytest.mark.lab

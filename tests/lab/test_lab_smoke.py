@@ -8,10 +8,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import docker
 import paramiko
 import pytest
 
-import docker
 from tests.lab import lab as lab_module
 from tests.lab.base_image import mounts_under
 from tests.lab.lab import Host, Lab, leftovers, slot_pids, tcp_port_open
