@@ -7,6 +7,7 @@ every value passed through ``shlex.quote``, so the unit tests can assert it byte
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 import shlex
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from shapcluster.errors import RemoteError
 CLUSTER_LABEL = "shapcluster.cluster"
 ROLE_LABEL = "shapcluster.role"
 IMAGE_ID_LABEL = "shapcluster.image-id"
+# Hash of the whole `docker run` command: `up` keeps a container whose spec is unchanged and
+# replaces one whose image, CPUs, mounts or ports changed.
+SPEC_LABEL = "shapcluster.spec"
 
 # Paths inside the Ray containers; the job finds its code and data there.
 CONTAINER_TOKEN_PATH = "/run/secrets/ray-auth-token"
@@ -25,7 +29,13 @@ CONTAINER_APP_DIR = "/shapcluster/app"
 CONTAINER_DATA_DIR = "/shapcluster/data"
 
 STOP_TIMEOUT_SECONDS = 15
-_PS_FIELDS = ("{{.ID}}", "{{.Names}}", f'{{{{.Label "{ROLE_LABEL}"}}}}', f'{{{{.Label "{IMAGE_ID_LABEL}"}}}}')
+_PS_FIELDS = (
+    "{{.ID}}",
+    "{{.Names}}",
+    f'{{{{.Label "{ROLE_LABEL}"}}}}',
+    f'{{{{.Label "{IMAGE_ID_LABEL}"}}}}',
+    f'{{{{.Label "{SPEC_LABEL}"}}}}',
+)
 _PS_FORMAT = "|".join((*_PS_FIELDS, "{{.State}}", "{{.Status}}"))
 
 
@@ -90,6 +100,7 @@ class ContainerInfo:
     name: str
     role: str
     image_id: str
+    spec: str  # see SPEC_LABEL
     state: str  # running, exited, created, ...
     status: str  # docker's human text, e.g. "Up 3 minutes"
 
@@ -121,7 +132,7 @@ def start_head_command(node: RayNode, ports: RayPorts) -> str:
         f"--ray-client-server-port={ports.client}",
         *_node_args(node, ports),
     ]  # fmt: skip
-    return shlex.join([*_docker_run_args(node), *ray])
+    return _with_spec([*_docker_run_args(node), *ray])
 
 
 def start_worker_command(node: RayNode, head_ip: str, ports: RayPorts) -> str:
@@ -131,7 +142,21 @@ def start_worker_command(node: RayNode, head_ip: str, ports: RayPorts) -> str:
         f"--node-ip-address={node.node_ip}",
         *_node_args(node, ports),
     ]  # fmt: skip
-    return shlex.join([*_docker_run_args(node), *ray])
+    return _with_spec([*_docker_run_args(node), *ray])
+
+
+def spec_of(command: str) -> str:
+    """The spec label a start command gives its container."""
+    match = re.search(rf"--label {re.escape(SPEC_LABEL)}=([0-9a-f]+)", command)
+    if match is None:
+        raise ValueError(f"not a start command: {command[:80]!r}")
+    return match.group(1)
+
+
+def _with_spec(args: list[str]) -> str:
+    spec = hashlib.sha256(shlex.join(args).encode()).hexdigest()[:16]
+    first_label = args.index("--label")
+    return shlex.join([*args[:first_label], "--label", f"{SPEC_LABEL}={spec}", *args[first_label:]])
 
 
 def list_containers_command(cluster: str) -> str:
@@ -147,8 +172,8 @@ def parse_containers(output: str) -> list[ContainerInfo]:
     for line in output.splitlines():
         if not line.strip():
             continue
-        parts = line.split("|", 5)
-        if len(parts) != 6:
+        parts = line.split("|", 6)
+        if len(parts) != 7:
             raise RemoteError(f"unexpected `docker ps` output line: {line[:200]!r}")
         containers.append(ContainerInfo(*parts))
     return containers
@@ -172,9 +197,48 @@ def count_cpus_command() -> str:
     return "nproc"
 
 
-def disk_free_command(path: str) -> str:
-    """POSIX ``df`` of one path, in KiB: parse with ``parse_disk_free``."""
-    return shlex.join(["df", "-P", "-k", "--", path])
+def disk_free_command(path: str, *, nearest: bool = False) -> str:
+    """POSIX ``df`` of one path, in KiB: parse with ``parse_disk_free``. ``nearest`` measures the
+    closest existing parent, for a directory that is not created yet."""
+    if not nearest:
+        return shlex.join(["df", "-P", "-k", "--", path])
+    return f'd={shlex.quote(path)}; while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done; df -P -k -- "$d"'
+
+
+def docker_server_version_command() -> str:
+    return "docker version --format '{{.Server.Version}}'"
+
+
+def read_file_command(path: str) -> str:
+    return shlex.join(["cat", "--", path])
+
+
+def file_exists_command(path: str) -> str:
+    return shlex.join(["test", "-f", path])
+
+
+def container_logs_command(name: str, lines: int = 30) -> str:
+    return shlex.join(["docker", "logs", "--tail", str(lines), name])
+
+
+def remove_images_command(repository: str) -> str:
+    """Remove every tag of the cluster's image repository; succeeds when there is none."""
+    find = shlex.join(["docker", "images", "--quiet", "--filter", f"reference={repository}"])
+    return f'ids=$({find} | sort -u) && if [ -n "$ids" ]; then docker rmi --force $ids; fi'
+
+
+# Runs inside the head container (it has the token in its environment): one JSON line with
+# [node ip, CPUs] of every alive node.
+_RAY_NODES_SCRIPT = (
+    "import json, ray; ray.init(address={address!r}, logging_level='ERROR'); "
+    "print(json.dumps([[n['NodeManagerAddress'], n['Resources'].get('CPU', 0)] "
+    "for n in ray.nodes() if n['Alive']]))"
+)
+
+
+def ray_nodes_command(container: str, head_ip: str, port: int) -> str:
+    script = _RAY_NODES_SCRIPT.format(address=f"{head_ip}:{port}")
+    return shlex.join(["docker", "exec", container, "python", "-c", script])
 
 
 def parse_disk_free(output: str) -> int:

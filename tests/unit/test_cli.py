@@ -34,14 +34,39 @@ def test_version():
     assert result.exit_code == 0 and result.output.startswith("shapcluster ")
 
 
-@pytest.mark.parametrize(
-    "command", [["up"], ["sync"], ["status"], ["down"], ["creds", "refresh"], ["submit"]]
-)
-def test_unbuilt_commands_fail_loudly(command):
-    result = invoke(*command)
-    assert result.exit_code == ExitStatus.NOT_IMPLEMENTED
+@pytest.fixture
+def cluster_config(tmp_path: Path) -> Path:
+    (tmp_path / "workers.txt").write_text("10.9.0.2\n")
+    (tmp_path / "app").mkdir()
+    path = tmp_path / "shapcluster.toml"
+    path.write_text('[head]\nhost = "10.9.0.1"\n[workers]\nfile = "workers.txt"\n[sync]\napp_dir = "app"\n')
+    return path
+
+
+@pytest.mark.parametrize("command", [["up"], ["sync"], ["creds", "refresh"], ["submit"]])
+def test_unbuilt_commands_fail_loudly(command, cluster_config):
+    args = [*command, "--config", str(cluster_config)] if command[0] in {"up", "sync"} else command
+    result = invoke(*args)
+    assert result.exit_code == ExitStatus.NOT_IMPLEMENTED, result.output
     assert "not built yet" in result.output
     assert "shapcluster submit --local" in result.output
+
+
+@pytest.mark.parametrize("command", ["up", "sync", "status", "down"])
+def test_cluster_commands_name_a_missing_config(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(command)
+    assert result.exit_code == ExitStatus.INPUT
+    assert "shapcluster.toml: config file not found" in result.output
+    assert "inventory/shapcluster.toml.example" in result.output
+
+
+def test_config_path_comes_from_the_environment(tmp_path, monkeypatch):
+    (tmp_path / "bad.toml").write_text("[head]\nhost = 'a@'\nnonsense = 1\n")
+    monkeypatch.setenv("SHAPCLUSTER_CONFIG", str(tmp_path / "bad.toml"))
+    result = invoke("status")
+    assert result.exit_code == ExitStatus.INPUT
+    assert "bad.toml:3" in result.output and "nonsense" in result.output
 
 
 HEADER = "a;b;quality"

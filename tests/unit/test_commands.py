@@ -45,8 +45,14 @@ RAY_NODE_ARGS = (
 )
 
 
+def without_spec(command: str) -> str:
+    spec = c.spec_of(command)
+    assert len(spec) == 16 and int(spec, 16) >= 0
+    return command.replace(f"--label shapcluster.spec={spec} ", "", 1)
+
+
 def test_start_head_command() -> None:
-    assert c.start_head_command(node(c.Role.HEAD, "10.77.0.11"), RayPorts()) == (
+    assert without_spec(c.start_head_command(node(c.Role.HEAD, "10.77.0.11"), RayPorts())) == (
         "docker run --detach --init --name shapcluster-lab-head-10-77-0-11 "
         + DOCKER_COMMON.format(role="head")
         + " ray start --head --node-ip-address=10.77.0.11 --port=6379 --dashboard-host=127.0.0.1 "
@@ -56,7 +62,9 @@ def test_start_head_command() -> None:
 
 def test_start_worker_command_without_env_file_or_mounts() -> None:
     worker = node(c.Role.WORKER, "10.77.0.12", env_file=None, mounts=(), cpus=1, shm_size="512m")
-    assert c.start_worker_command(worker, "10.77.0.11", RayPorts(gcs=7000, min_worker=11000)) == (
+    command = c.start_worker_command(worker, "10.77.0.11", RayPorts(gcs=7000, min_worker=11000))
+    assert "--shm-size 512m --label shapcluster.spec=" in command  # first of the labels
+    assert without_spec(command) == (
         "docker run --detach --init --name shapcluster-lab-worker-10-77-0-12 --network host "
         "--shm-size 512m --label shapcluster.cluster=lab --label shapcluster.role=worker "
         "--label shapcluster.image-id=sha256:0123 --env RAY_AUTH_MODE=token "
@@ -66,6 +74,17 @@ def test_start_worker_command_without_env_file_or_mounts() -> None:
         "--object-manager-port=8076 --node-manager-port=8077 --min-worker-port=11000 "
         "--max-worker-port=19999 --num-cpus=1 --temp-dir=/tmp/ray-lab-10-77-0-12 --block"
     )
+
+
+def test_spec_changes_exactly_when_the_container_would_differ() -> None:
+    head = node(c.Role.HEAD, "10.77.0.11")
+    spec = c.spec_of(c.start_head_command(head, RayPorts()))
+    assert spec == c.spec_of(c.start_head_command(node(c.Role.HEAD, "10.77.0.11"), RayPorts()))
+    for changed in ({"cpus": 3}, {"image_id": "sha256:4567"}, {"env_file": None}, {"shm_size": "1g"}):
+        assert c.spec_of(c.start_head_command(node(c.Role.HEAD, "10.77.0.11", **changed), RayPorts())) != spec
+    assert c.spec_of(c.start_head_command(head, RayPorts(dashboard=9000))) != spec
+    with pytest.raises(ValueError, match="not a start command"):
+        c.spec_of("docker ps")
 
 
 def test_values_are_shell_quoted() -> None:
@@ -84,11 +103,13 @@ def test_list_and_parse_containers() -> None:
     assert c.list_containers_command("lab") == (
         "docker ps --all --no-trunc --filter label=shapcluster.cluster=lab --format "
         '\'{{.ID}}|{{.Names}}|{{.Label "shapcluster.role"}}|{{.Label "shapcluster.image-id"}}'
-        "|{{.State}}|{{.Status}}'"
+        '|{{.Label "shapcluster.spec"}}|{{.State}}|{{.Status}}\''
     )
-    output = "abc|shapcluster-lab-head-1|head|sha256:0123|running|Up 3 minutes\n\n"
+    output = "abc|shapcluster-lab-head-1|head|sha256:0123|5eed|running|Up 3 minutes\n\n"
     assert c.parse_containers(output) == [
-        c.ContainerInfo("abc", "shapcluster-lab-head-1", "head", "sha256:0123", "running", "Up 3 minutes")
+        c.ContainerInfo(
+            "abc", "shapcluster-lab-head-1", "head", "sha256:0123", "5eed", "running", "Up 3 minutes"
+        )
     ]
     with pytest.raises(RemoteError, match="unexpected `docker ps` output line"):
         c.parse_containers("abc|def\n")

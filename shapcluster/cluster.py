@@ -1,0 +1,342 @@
+"""Cluster life-cycle over runners: preflight, up, down, status.
+
+Orchestration only: every remote command comes from ``commands``, every host is a ``Runner``
+(SSH in real use, fakes in tests and ``--dry-run``), the image and the sync are steps handed
+in, and every failure is raised as one error naming each host involved.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import secrets
+import shlex
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from shapcluster import commands as cmd
+from shapcluster.config import ClusterConfig
+from shapcluster.errors import RemoteError
+from shapcluster.inventory import Host, check_cpus
+from shapcluster.remote.base import Runner, tail
+from shapcluster.remote.group import gather_results, run_in_parallel
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+MIN_FREE_BYTES = 4 * 1024**3  # the image alone is about 1.5 GB, unpacked more
+NODES_TIMEOUT_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class Node:
+    host: Host
+    role: cmd.Role
+    runner: Runner
+    layout: cmd.RemoteLayout
+
+    @property
+    def name(self) -> str:
+        return self.runner.host
+
+
+@dataclass(frozen=True)
+class Facts:
+    cpus: int  # CPUs Ray gets on this host (configured, checked against nproc)
+    docker_version: str
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    tag: str
+    image_id: str
+
+
+class ImageSteps(Protocol):
+    """Build once on the head, ship to the workers, prove every host holds the same image."""
+
+    def ensure(self, head: Node, progress: Progress) -> ImageRef: ...
+    def ship(self, head: Node, workers: Sequence[Node], image: ImageRef, progress: Progress) -> None: ...
+    def verify(self, nodes: Sequence[Node], image: ImageRef) -> None: ...
+
+
+class SyncSteps(Protocol):
+    def sync(self, nodes: Sequence[Node], progress: Progress) -> None: ...
+
+
+@dataclass
+class UpReport:
+    image: ImageRef | None = None
+    started: list[str] = field(default_factory=list)  # hosts whose container was (re)started
+    kept: list[str] = field(default_factory=list)  # hosts whose container already matched
+    nodes_alive: int = 0
+    cpus: int = 0
+
+
+def make_nodes(config: ClusterConfig, connect: Callable[[Host], Runner]) -> list[Node]:
+    """The head first, then the workers, each with its own runner and remote directory."""
+    hosts = [(config.inventory.head, cmd.Role.HEAD)] + [
+        (w, cmd.Role.WORKER) for w in config.inventory.workers
+    ]
+    return [Node(h, role, connect(h), cmd.RemoteLayout(config.remote_dir_for(h))) for h, role in hosts]
+
+
+def node_ip(host: Host) -> str:
+    """The address Ray advertises: Ray must never fall back to 127.0.0.1 on a multi-host cluster."""
+    try:
+        return str(ipaddress.ip_address(host.address))
+    except ValueError:
+        try:
+            return socket.gethostbyname(host.address)
+        except OSError as err:
+            raise RemoteError(f"{host.name}: cannot resolve the host name ({err})") from None
+
+
+def preflight(nodes: Sequence[Node]) -> dict[str, Facts]:
+    """SSH, docker, CPUs and disk on every host in parallel; nothing is changed anywhere."""
+
+    def check(node: Node) -> Facts:
+        runner = node.runner
+        docker = runner.run(cmd.docker_server_version_command(), check=False)
+        if not docker.ok:
+            raise RemoteError(
+                f"{node.name}: the Docker daemon is not usable: {tail(docker.stderr) or 'no answer'}",
+                hint=f"Install Docker on {node.name} and let its SSH user run `docker` (docker group).",
+            )
+        cpus = check_cpus(node.host, runner.run(cmd.count_cpus_command()).stdout)
+        free = cmd.parse_disk_free(runner.run(cmd.disk_free_command(node.layout.root, nearest=True)).stdout)
+        if free < MIN_FREE_BYTES:
+            raise RemoteError(
+                f"{node.name}: only {free / 1024**3:.1f} GiB free under {node.layout.root}; "
+                f"the Ray image needs {MIN_FREE_BYTES / 1024**3:.0f} GiB.",
+                hint="Free some space or point cluster.remote_dir at a larger disk.",
+            )
+        return Facts(cpus, docker.stdout.strip(), free)
+
+    by_runner = {node.name: node for node in nodes}
+    return run_in_parallel([n.runner for n in nodes], lambda r: check(by_runner[r.host]), what="preflight")
+
+
+def ensure_token(nodes: Sequence[Node]) -> None:
+    """One Ray auth token for the cluster: kept from the head if it has one, else made here;
+    written 0600 on every host and never shown."""
+    head = nodes[0]
+    found = head.runner.run(cmd.read_file_command(head.layout.token_file), check=False, secret=True)
+    token = found.stdout.strip() if found.ok and found.stdout.strip() else secrets.token_hex(32)
+
+    def place(node: Node) -> None:
+        node.runner.run(cmd.make_dirs_command(node.layout.secrets_dir, mode=0o700))
+        node.runner.run(
+            cmd.write_file_command(node.layout.token_file, 0o600), stdin=token + "\n", secret=True
+        )
+
+    by_runner = {node.name: node for node in nodes}
+    run_in_parallel(
+        [n.runner for n in nodes], lambda r: place(by_runner[r.host]), what="placing the Ray token"
+    )
+
+
+def _ray_node(config: ClusterConfig, node: Node, image: ImageRef, cpus: int, env_file: bool) -> cmd.RayNode:
+    return cmd.RayNode(
+        cluster=config.name,
+        role=node.role,
+        image=image.image_id,
+        image_id=image.image_id,
+        node_ip=node_ip(node.host),
+        cpus=cpus,
+        shm_size=config.shm_size,
+        token_file=node.layout.token_file,
+        mounts=cmd.synced_mounts(node.layout, with_data=config.sync.data_dir is not None),
+        env_file=node.layout.env_file if env_file else None,
+    )
+
+
+def start_command(config: ClusterConfig, node: Node, image: ImageRef, cpus: int, head_ip: str) -> str:
+    env_file = node.runner.run(cmd.file_exists_command(node.layout.env_file), check=False).ok
+    ray_node = _ray_node(config, node, image, cpus, env_file)
+    if node.role is cmd.Role.HEAD:
+        return cmd.start_head_command(ray_node, config.ray)
+    return cmd.start_worker_command(ray_node, head_ip, config.ray)
+
+
+def ensure_container(node: Node, config: ClusterConfig, command: str, *, force: bool = False) -> bool:
+    """Keep a running container with the same spec; otherwise replace it. True if (re)started."""
+    current = cmd.parse_containers(node.runner.run(cmd.list_containers_command(config.name)).stdout)
+    mine = [c for c in current if c.role == node.role]
+    wanted = cmd.spec_of(command)
+    if not force and len(mine) == 1 and mine[0].spec == wanted and mine[0].state == "running":
+        return False
+    if mine:
+        node.runner.run(cmd.remove_containers_command(config.name, node.role))
+    node.runner.run(command)
+    return True
+
+
+def up(
+    config: ClusterConfig,
+    nodes: Sequence[Node],
+    image_steps: ImageSteps,
+    sync_steps: SyncSteps,
+    progress: Progress,
+    *,
+    timeout: float = NODES_TIMEOUT_SECONDS,
+) -> UpReport:
+    """Preflight, image, sync, token, head then workers, and wait until every node is alive.
+
+    A failure before the containers start changes no container anywhere; a failure while
+    starting them removes the containers this run started, so no host is left half-configured.
+    """
+    report = UpReport()
+    head, workers = nodes[0], list(nodes[1:])
+    progress(f"Preflight on {len(nodes)} host(s): SSH, Docker, CPUs, disk")
+    facts = preflight(nodes)
+    image = image_steps.ensure(head, progress)
+    report.image = image
+    if workers:
+        image_steps.ship(head, workers, image, progress)
+    image_steps.verify(nodes, image)
+    sync_steps.sync(nodes, progress)
+    ensure_token(nodes)
+
+    head_ip = node_ip(head.host)
+    started: list[Node] = []
+    try:
+        progress(f"Starting the Ray head on {head.name}")
+        head_restarted = ensure_container(
+            head, config, start_command(config, head, image, facts[head.name].cpus, head_ip)
+        )
+        if head_restarted:
+            started.append(head)
+
+        def start_worker(runner: Runner) -> bool:
+            node = by_runner[runner.host]
+            command = start_command(config, node, image, facts[node.name].cpus, head_ip)
+            # Workers of a restarted head hold a dead GCS connection: restart them too.
+            return ensure_container(node, config, command, force=head_restarted)
+
+        by_runner = {n.name: n for n in workers}
+        if workers:
+            progress(f"Starting {len(workers)} Ray worker(s) in parallel")
+        result = gather_results([w.runner for w in workers], start_worker)
+        started += [by_runner[h] for h, restarted in result.successes.items() if restarted]
+        result.raise_for_failures("starting Ray workers")
+        expected = {node_ip(n.host): facts[n.name].cpus for n in nodes}
+        report.nodes_alive, report.cpus = wait_for_nodes(config, head, nodes, expected, progress, timeout)
+    except BaseException:
+        _remove_started(config, started)
+        raise
+    report.started = [n.name for n in started]
+    report.kept = [n.name for n in nodes if n not in started]
+    return report
+
+
+def _remove_started(config: ClusterConfig, started: Sequence[Node]) -> None:
+    for node in started:
+        try:
+            node.runner.run(cmd.remove_containers_command(config.name, node.role))
+        except Exception:  # best effort: the original error is the one to report
+            log.warning("%s: could not remove the container started by this run", node.name, exc_info=True)
+
+
+def wait_for_nodes(
+    config: ClusterConfig,
+    head: Node,
+    nodes: Sequence[Node],
+    expected: dict[str, int],
+    progress: Progress,
+    timeout: float,
+) -> tuple[int, int]:
+    """Poll the head until Ray reports every expected node alive with its CPUs."""
+    head_ip = node_ip(head.host)
+    container = cmd.container_name(config.name, cmd.Role.HEAD, head_ip)
+    probe = cmd.ray_nodes_command(container, head_ip, config.ray.gcs)
+    progress(f"Waiting for {len(expected)} Ray node(s) to join ({sum(expected.values())} CPUs)")
+    deadline = time.monotonic() + timeout
+    alive: dict[str, float] = {}
+    while True:
+        result = head.runner.run(probe, check=False, timeout=60)
+        if result.ok:
+            alive = {ip: cpus for ip, cpus in json.loads(result.stdout.strip().splitlines()[-1])}
+            if all(alive.get(ip) == cpus for ip, cpus in expected.items()):
+                return len(alive), int(sum(alive.values()))
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1.0)  # a poll interval between probes, not synchronisation: the deadline decides
+    missing = [n for n in nodes if alive.get(node_ip(n.host)) != expected[node_ip(n.host)]]
+    details = []
+    for node in missing:
+        name = cmd.container_name(config.name, node.role, node_ip(node.host))
+        logs = node.runner.run(cmd.container_logs_command(name), check=False)
+        details.append(f"  - {node.name}: not alive; last log lines:\n{tail(logs.stdout + logs.stderr)}")
+    raise RemoteError(
+        f"Ray nodes did not all join within {timeout:.0f} s:\n" + "\n".join(details),
+        hint="Check that the hosts reach each other on the Ray ports (see [ray] in the config), "
+        "then run `shapcluster up` again.",
+    )
+
+
+def down(config: ClusterConfig, nodes: Sequence[Node], *, purge: bool = False) -> dict[str, str]:
+    """Remove this cluster's containers on every reachable host (found by label, so no local
+    state is needed); with purge also its images and synced files. Unreachable hosts are
+    reported after the others are cleaned."""
+
+    def clean(runner: Runner) -> str:
+        node = by_runner[runner.host]
+        removed = runner.run(cmd.remove_containers_command(config.name)).stdout.split()
+        if purge:
+            runner.run(cmd.remove_images_command(config.image.name))
+            runner.run(shlex.join(["rm", "-rf", "--", node.layout.root]))
+        return f"{len(removed)} container(s) removed" + (", images and files purged" if purge else "")
+
+    by_runner = {n.name: n for n in nodes}
+    return run_in_parallel([n.runner for n in nodes], clean, what="down")
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    host: str
+    role: str
+    reachable: bool
+    container: str  # state, or "none"
+    image_id: str
+    error: str = ""
+
+
+def status(config: ClusterConfig, nodes: Sequence[Node]) -> list[HostStatus]:
+    def look(runner: Runner) -> list[cmd.ContainerInfo]:
+        return cmd.parse_containers(runner.run(cmd.list_containers_command(config.name)).stdout)
+
+    result = gather_results([n.runner for n in nodes], look)
+    rows = []
+    for node in nodes:
+        if node.name in result.failures:
+            rows.append(HostStatus(node.name, node.role, False, "?", "?", str(result.failures[node.name])))
+            continue
+        mine = [c for c in result.successes[node.name] if c.role == node.role]
+        state = ", ".join(c.state for c in mine) or "none"
+        rows.append(HostStatus(node.name, node.role, True, state, mine[0].image_id if mine else "-"))
+    return rows
+
+
+@contextmanager
+def open_nodes(
+    config: ClusterConfig, connect: Callable[[Host], Runner] | None = None
+) -> Iterator[list[Node]]:
+    """Nodes with live runners (SSH unless told otherwise), closed again afterwards."""
+    if connect is None:
+        from shapcluster.remote.ssh import SshRunner
+
+        def connect(host: Host) -> Runner:
+            return SshRunner(host, config.ssh)
+
+    nodes = make_nodes(config, connect)
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            node.runner.close()

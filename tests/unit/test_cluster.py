@@ -1,0 +1,208 @@
+"""Orchestration of up/down/status with fake runners: order, idempotence, failures, clean-up."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from shapcluster import cluster
+from shapcluster import commands as cmd
+from shapcluster.config import ClusterConfig, load_cluster_config
+from shapcluster.errors import RemoteError
+from shapcluster.remote.fake import FakeRunner
+
+IPS = {"10.9.0.1": 2, "10.9.0.2": 1, "10.9.0.3": 2}
+DF = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/vda 100 1 52428800 1% /\n"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> ClusterConfig:
+    (tmp_path / "workers.txt").write_text("10.9.0.2 cpus=1\n10.9.0.3\n")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "shapcluster.toml").write_text(
+        '[cluster]\nname = "lab"\nremote_dir = "/srv/sc"\n[head]\nhost = "root@10.9.0.1"\ncpus = 2\n'
+        '[workers]\nfile = "workers.txt"\n[sync]\napp_dir = "app"\n'
+    )
+    return load_cluster_config(tmp_path / "shapcluster.toml")
+
+
+def healthy(host: str) -> FakeRunner:
+    runner = FakeRunner(host)
+    runner.respond(r"^docker version", stdout="20.10.24\n")
+    runner.respond(r"^nproc$", stdout="2\n")
+    runner.respond(r"df -P -k", stdout=DF)
+    runner.respond(r"^test -f .*env\.list", exit_code=1)
+    runner.respond(r"^cat -- .*ray-auth-token", exit_code=1)
+    runner.respond(r"^docker exec .* python -c", stdout=json.dumps([[ip, float(c)] for ip, c in IPS.items()]))
+    return runner
+
+
+class Steps:
+    """Image and sync steps that only record what they were asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def ensure(self, head: cluster.Node, progress: cluster.Progress) -> cluster.ImageRef:
+        self.calls.append(f"ensure {head.name}")
+        return cluster.ImageRef("shapcluster-ray:abc", "sha256:0123")
+
+    def ship(self, head, workers: Sequence[cluster.Node], image, progress) -> None:
+        self.calls.append(f"ship {head.name} -> {','.join(w.name for w in workers)}")
+
+    def verify(self, nodes: Sequence[cluster.Node], image) -> None:
+        self.calls.append(f"verify {len(nodes)}")
+
+    def sync(self, nodes: Sequence[cluster.Node], progress) -> None:
+        self.calls.append(f"sync {len(nodes)}")
+
+
+def nodes_for(config: ClusterConfig, runners: dict[str, FakeRunner]) -> list[cluster.Node]:
+    return cluster.make_nodes(config, lambda host: runners[host.address])
+
+
+def run_up(config, runners, steps=None, timeout=5.0) -> cluster.UpReport:
+    steps = steps or Steps()
+    return cluster.up(config, nodes_for(config, runners), steps, steps, lambda _: None, timeout=timeout)
+
+
+def running(runner: FakeRunner, ip: str, earlier: FakeRunner) -> None:
+    """Script `docker ps` to show the container the earlier run started on this host."""
+    (run,) = docker_runs(earlier)
+    role = "head" if ip == "10.9.0.1" else "worker"
+    line = f"id|n|{role}|sha256:0123|{cmd.spec_of(run)}|running|Up\n"
+    runner.respond(r"^docker ps --all --no-trunc", stdout=line)
+
+
+def docker_runs(runner: FakeRunner) -> list[str]:
+    return [c for c in runner.commands if c.startswith("docker run ")]
+
+
+def test_up_on_fresh_hosts_starts_head_then_workers_and_waits(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    steps = Steps()
+    report = run_up(config, runners, steps)
+    assert steps.calls == ["ensure 10.9.0.1", "ship 10.9.0.1 -> 10.9.0.2,10.9.0.3", "verify 3", "sync 3"]
+    assert report.started == ["10.9.0.1", "10.9.0.2", "10.9.0.3"] and report.kept == []
+    assert (report.nodes_alive, report.cpus) == (3, 5)
+    (head_run,) = docker_runs(runners["10.9.0.1"])
+    assert "ray start --head --node-ip-address=10.9.0.1" in head_run and "--num-cpus=2" in head_run
+    (worker_run,) = docker_runs(runners["10.9.0.2"])
+    assert "--address=10.9.0.1:6379 --node-ip-address=10.9.0.2" in worker_run and "--num-cpus=1" in worker_run
+    assert "--mount type=bind,source=/srv/sc/app,target=/shapcluster/app,readonly" in worker_run
+
+
+def test_one_token_is_written_0600_to_every_host_and_never_in_a_command(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    run_up(config, runners)
+    tokens = set()
+    for runner in runners.values():
+        pairs = zip(runner.commands, runner.stdins, strict=True)
+        (command, stdin) = next((c, s) for c, s in pairs if "ray-auth-token" in c and s)
+        assert "chmod 0600" in command
+        tokens.add(stdin)
+        assert all(stdin.strip() not in c for c in runner.commands)
+    assert len(tokens) == 1 and len(tokens.pop().strip()) == 64
+
+
+def test_existing_token_on_the_head_is_kept(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.1"].respond(r"^cat -- .*ray-auth-token", stdout="feedc0de" * 8 + "\n")
+    run_up(config, runners)
+    stdins = [s for r in runners.values() for c, s in zip(r.commands, r.stdins, strict=True) if s]
+    assert stdins and all(s.strip() == "feedc0de" * 8 for s in stdins)
+
+
+def test_second_up_with_nothing_changed_restarts_nothing(config):
+    first = {ip: healthy(ip) for ip in IPS}
+    run_up(config, first)
+    again = {ip: healthy(ip) for ip in IPS}
+    for ip, runner in again.items():
+        running(runner, ip, first[ip])
+    report = run_up(config, again)
+    assert report.started == [] and report.kept == list(IPS)
+    assert all(docker_runs(r) == [] for r in again.values())
+
+
+def test_changed_cpus_restart_only_that_worker(config, tmp_path):
+    first = {ip: healthy(ip) for ip in IPS}
+    run_up(config, first)
+    (tmp_path / "workers.txt").write_text("10.9.0.2 cpus=2\n10.9.0.3\n")  # worker 2 gets a CPU more
+    changed = load_cluster_config(config.path)
+    again = {ip: healthy(ip) for ip in IPS}
+    for ip, runner in again.items():
+        running(runner, ip, first[ip])
+    again["10.9.0.1"].respond(r"^docker exec .* python -c", stdout=json.dumps([[ip, 2.0] for ip in IPS]))
+    report = run_up(changed, again)
+    assert report.started == ["10.9.0.2"]
+    assert any(c.startswith("ids=$(docker ps") and "role=worker" in c for c in again["10.9.0.2"].commands)
+
+
+def test_unreachable_worker_fails_preflight_and_nothing_is_started(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.3"].fail(r".", "cannot connect: connection refused")
+    steps = Steps()
+    expected = r"preflight failed on 1 of 3 hosts:\n  - 10\.9\.0\.3: cannot connect"
+    with pytest.raises(RemoteError, match=expected):
+        run_up(config, runners, steps)
+    assert steps.calls == []
+    assert all(docker_runs(r) == [] for r in runners.values())
+
+
+def test_host_without_docker_is_named_with_what_to_do(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.2"].respond(r"^docker version", exit_code=127, stderr="sh: docker: not found")
+    with pytest.raises(RemoteError) as caught:
+        run_up(config, runners)
+    assert "10.9.0.2: the Docker daemon is not usable: sh: docker: not found" in caught.value.message
+    assert "Install Docker on 10.9.0.2" in (caught.value.hint or "")
+
+
+def test_too_many_cpus_configured_is_refused_in_preflight(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.3"].respond(r"^nproc$", stdout="1\n")
+    runners["10.9.0.1"].respond(r"^nproc$", stdout="1\n")  # head asks for 2 of 1
+    with pytest.raises(RemoteError, match=r"10\.9\.0\.1"):
+        run_up(config, runners)
+
+
+def test_failed_worker_start_removes_what_this_run_started(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.3"].respond(r"^docker run ", exit_code=125, stderr="docker: Error response: boom")
+    with pytest.raises(RemoteError, match=r"starting Ray workers failed on 1 of 2 hosts:\n  - 10\.9\.0\.3"):
+        run_up(config, runners)
+    for ip, role in (("10.9.0.1", cmd.Role.HEAD), ("10.9.0.2", cmd.Role.WORKER)):
+        assert runners[ip].commands[-1] == cmd.remove_containers_command("lab", role)
+    assert docker_runs(runners["10.9.0.3"])  # tried, failed, nothing of it left to remove
+
+
+def test_nodes_that_never_join_are_named_with_their_log(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    two_alive = json.dumps([["10.9.0.1", 2.0], ["10.9.0.2", 1.0]])
+    runners["10.9.0.1"].respond(r"^docker exec .* python -c", stdout=two_alive)
+    runners["10.9.0.3"].respond(r"^docker logs", stdout="Failed to connect to GCS at 10.9.0.1:6379\n")
+    with pytest.raises(RemoteError) as caught:
+        run_up(config, runners, timeout=0.0)
+    assert "10.9.0.3: not alive" in caught.value.message
+    assert "Failed to connect to GCS" in caught.value.message
+    assert "10.9.0.2: not alive" not in caught.value.message
+
+
+def test_down_cleans_reachable_hosts_and_names_the_unreachable(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.1"].respond(r"^ids=\$\(docker ps", stdout="c1\n")
+    runners["10.9.0.2"].fail(r".", "cannot connect")
+    with pytest.raises(RemoteError, match=r"down failed on 1 of 3 hosts:\n  - 10\.9\.0\.2: cannot connect"):
+        cluster.down(config, nodes_for(config, runners))
+    for ip in ("10.9.0.1", "10.9.0.3"):
+        assert runners[ip].commands == [cmd.remove_containers_command("lab")]
+
+
+def test_down_purge_removes_images_and_files(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    result = cluster.down(config, nodes_for(config, runners), purge=True)
+    assert result["10.9.0.2"] == "0 container(s) removed, images and files purged"
+    assert runners["10.9.0.2"].commands[-1] == "rm -rf -- /srv/sc"
