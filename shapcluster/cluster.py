@@ -252,18 +252,12 @@ def wait_for_nodes(
     timeout: float,
 ) -> tuple[int, int]:
     """Poll the head until Ray reports every expected node alive with its CPUs."""
-    head_ip = node_ip(head.host)
-    container = cmd.container_name(config.name, cmd.Role.HEAD, head_ip)
-    probe = cmd.ray_nodes_command(container, head_ip, config.ray.gcs)
     progress(f"Waiting for {len(expected)} Ray node(s) to join ({sum(expected.values())} CPUs)")
     deadline = time.monotonic() + timeout
-    alive: dict[str, float] = {}
     while True:
-        result = head.runner.run(probe, check=False, timeout=60)
-        if result.ok:
-            alive = {ip: cpus for ip, cpus in json.loads(result.stdout.strip().splitlines()[-1])}
-            if all(alive.get(ip) == cpus for ip, cpus in expected.items()):
-                return len(alive), int(sum(alive.values()))
+        alive = _alive_nodes(config, head)
+        if all(alive.get(ip) == cpus for ip, cpus in expected.items()):
+            return len(alive), int(sum(alive.values()))
         if time.monotonic() > deadline:
             break
         time.sleep(1.0)  # a poll interval between probes, not synchronisation: the deadline decides
@@ -304,23 +298,53 @@ class HostStatus:
     reachable: bool
     container: str  # state, or "none"
     image_id: str
+    image_matches: bool  # the same image as the head's container
+    ray_alive: bool
+    cpus: float
     error: str = ""
 
 
 def status(config: ClusterConfig, nodes: Sequence[Node]) -> list[HostStatus]:
+    """Per host: reachable, this cluster's container and its image, and what Ray says."""
+
     def look(runner: Runner) -> list[cmd.ContainerInfo]:
         return cmd.parse_containers(runner.run(cmd.list_containers_command(config.name)).stdout)
 
     result = gather_results([n.runner for n in nodes], look)
+    alive = _alive_nodes(config, nodes[0]) if nodes[0].name in result.successes else {}
+    head_image = next((c.image_id for c in result.successes.get(nodes[0].name, []) if c.role == "head"), None)
     rows = []
     for node in nodes:
         if node.name in result.failures:
-            rows.append(HostStatus(node.name, node.role, False, "?", "?", str(result.failures[node.name])))
+            error = str(result.failures[node.name])
+            rows.append(HostStatus(node.name, node.role, False, "?", "?", False, False, 0, error))
             continue
         mine = [c for c in result.successes[node.name] if c.role == node.role]
-        state = ", ".join(c.state for c in mine) or "none"
-        rows.append(HostStatus(node.name, node.role, True, state, mine[0].image_id if mine else "-"))
+        image = mine[0].image_id if mine else "-"
+        ip = node_ip(node.host)
+        rows.append(
+            HostStatus(
+                node.name, node.role, True, ", ".join(c.state for c in mine) or "none", image,
+                bool(mine) and image == head_image, ip in alive, alive.get(ip, 0),
+            )
+        )  # fmt: skip
     return rows
+
+
+def _alive_nodes(config: ClusterConfig, head: Node) -> dict[str, float]:
+    """Node IP -> CPUs of the alive Ray nodes, asked of the head container; {} if it cannot say."""
+    head_ip = node_ip(head.host)
+    probe = cmd.ray_nodes_command(
+        cmd.container_name(config.name, cmd.Role.HEAD, head_ip), head_ip, config.ray.gcs
+    )
+    result = head.runner.run(probe, check=False, timeout=60)
+    lines = result.stdout.strip().splitlines()
+    if not result.ok or not lines:
+        return {}
+    try:
+        return {str(ip): float(cpus) for ip, cpus in json.loads(lines[-1])}
+    except (ValueError, TypeError):
+        return {}
 
 
 @contextmanager
@@ -340,3 +364,34 @@ def open_nodes(
     finally:
         for node in nodes:
             node.runner.close()
+
+
+def plan_up(config: ClusterConfig, image_tag: str) -> dict[str, list[str]]:
+    """What `up` would do on each host, for --dry-run: computed from the config alone, so no
+    host is contacted and nothing changes."""
+    head = config.inventory.head
+    head_ip = node_ip(head)
+    plan: dict[str, list[str]] = {}
+    for host in config.inventory.hosts:
+        layout = cmd.RemoteLayout(config.remote_dir_for(host))
+        is_head = host == head
+        cpus = f"{host.cpus} CPUs" if host.cpus else "all CPUs (nproc)"
+        steps = [f"check SSH, Docker, CPUs ({cpus}) and free disk under {layout.root}"]
+        if is_head:
+            steps.append(f"build image {image_tag} from the build context unless it exists")
+        else:
+            steps.append(f"receive image {image_tag} from {head.name} unless its ID is here")
+        steps.append("verify the image ID and the Python/Ray/shap/scikit-learn versions match the head's")
+        folders = [f"app -> {layout.app_dir}"] + (
+            [f"data -> {layout.data_dir}"] if config.sync.data_dir else []
+        )
+        steps.append(f"sync {', '.join(folders)} (changed files only)")
+        steps.append(f"write the Ray token to {layout.token_file} (0600)")
+        if is_head:
+            steps.append(f"start the Ray head on {head_ip}:{config.ray.gcs} unless the same container runs")
+        else:
+            steps.append(
+                f"start a Ray worker joining {head_ip}:{config.ray.gcs} unless the same container runs"
+            )
+        plan[host.name] = steps
+    return plan

@@ -11,7 +11,7 @@ import typer
 from shapcluster import cluster, console
 from shapcluster.cli._errors import translate_errors
 from shapcluster.config import load_cluster_config
-from shapcluster.errors import NotImplementedYetError
+from shapcluster.steps import DEFAULT_CONTEXT, DockerImageSteps, FileSyncSteps
 
 ConfigOption = Annotated[
     Path,
@@ -23,26 +23,61 @@ ConfigOption = Annotated[
 DEFAULT_CONFIG = Path("shapcluster.toml")
 
 
-def _not_built(what: str) -> NotImplementedYetError:
-    return NotImplementedYetError(
-        f"`shapcluster {what}` is not built yet: building and shipping the image and syncing files "
-        "arrive with the rest of the cluster life-cycle work.",
-        hint="Run the job on this machine meanwhile: shapcluster submit --local",
-    )
+def _progress(line: str) -> None:
+    console.console.print(f"[dim]…[/] {line}", soft_wrap=True)
 
 
 @translate_errors
-def up(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Build one Ray image, start the head and the workers, and wait until every node is alive."""
-    load_cluster_config(config)  # a broken config is reported even before the command exists
-    raise _not_built("up")
+def up(
+    config: ConfigOption = DEFAULT_CONFIG,
+    wheelhouse: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SHAPCLUSTER_WHEELHOUSE",
+            help="Air-gapped build: a folder of cp311 wheels for docker/requirements.txt "
+            "(default: docker/wheels).",
+        ),
+    ] = None,
+    context: Annotated[
+        Path, typer.Option(help="The image's build context (a Dockerfile and requirements.txt).")
+    ] = DEFAULT_CONTEXT,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for every Ray node to join.")
+    ] = 120.0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would happen on each host; contact none.")
+    ] = False,
+) -> None:
+    """Build one Ray image, start the head and the workers, and wait until every node is alive.
+
+    Running it again with nothing changed restarts nothing."""
+    settings = load_cluster_config(config)
+    steps = DockerImageSteps(settings, context, wheelhouse)
+    if dry_run:
+        for host, lines in cluster.plan_up(settings, steps.planned_tag()).items():
+            console.console.print(f"[bold]{host}[/]")
+            for line in lines:
+                console.console.print(f"  - {line}", soft_wrap=True)
+        return
+    with cluster.open_nodes(settings) as nodes:
+        report = cluster.up(settings, nodes, steps, FileSyncSteps(settings), _progress, timeout=timeout)
+    image = report.image.tag if report.image else "?"
+    nodes_text = f"{report.nodes_alive} Ray nodes alive, {report.cpus} CPUs"
+    changes = f"kept {len(report.kept)}, restarted {len(report.started)}"
+    console.console.print(
+        f"[green]✓[/] cluster {settings.name} is up: {nodes_text}; {changes}; image {image}"
+    )
 
 
 @translate_errors
 def sync(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Copy the app code and data to every host (only what changed)."""
-    load_cluster_config(config)
-    raise _not_built("sync")
+    settings = load_cluster_config(config)
+    with cluster.open_nodes(settings) as nodes:
+        FileSyncSteps(settings).sync(nodes, _progress)
+    console.console.print(
+        f"[green]✓[/] app{' and data' if settings.sync.data_dir else ''} in sync on every host"
+    )
 
 
 @translate_errors

@@ -16,17 +16,24 @@ the lab tests rather than skip them quietly.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from shapcluster.config import ImageConfig, SshConfig
+from shapcluster.images import BuiltImage, SshImageTransfer, ensure_image, ship_image
+from shapcluster.inventory import Host
+from shapcluster.remote.ssh import SshRunner
 from tests.lab import base_image
 from tests.lab.lab import DEFAULT_HOSTS, Lab, missing_tools
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER_DIR = REPO / "docker"
+log = logging.getLogger(__name__)
 CLUSTER_REQUIREMENTS = DOCKER_DIR / "requirements.txt"
 
 
@@ -52,9 +59,8 @@ def require_lab(extra_tools: Sequence[str] = ()) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the slow Ray lab tests (image build and ship, minutes) after everything else, so the
-    quick lab smoke tests fail first when the lab itself is broken."""
-    items.sort(key=lambda item: item.path.name == "test_lab_ray.py")
+    """The quick lab smoke tests first, so they fail first when the lab itself is broken."""
+    items.sort(key=lambda item: item.path.parent.name == "lab" and item.path.name != "test_lab_smoke.py")
 
 
 @pytest.fixture(scope="session")
@@ -121,3 +127,52 @@ def lab_base_image(lab: Lab, base_image_tar: Path) -> str:
     lab.import_image(lab.head, base_image_tar, tag)
     lab.ship_image(tag, lab.head, lab.workers)
     return tag
+
+
+IMAGE_NAME = "shapcluster/images-test"
+
+
+def ssh_options(lab: Lab, known_hosts: Path | None = None) -> SshConfig:
+    return SshConfig(
+        user="root",
+        key=lab.ssh_key,
+        known_hosts=known_hosts or lab.known_hosts,
+        accept_new_host_keys=False,
+        connect_timeout=10,
+    )
+
+
+def hosts(lab: Lab) -> list[Host]:
+    return [Host(address=h.ip, user="root", port=h.ssh_port, source="lab") for h in lab.hosts]
+
+
+@pytest.fixture(scope="session")
+def built_image(lab: Lab, lab_base_image: str, wheelhouse: Path) -> BuiltImage:
+    """The cluster image built ONCE per session on the head with shapcluster.images; every lab
+    test that needs the image (and `shapcluster up`, which then finds it) reuses it."""
+    lines: list[str] = []
+    started = time.monotonic()
+    built = ensure_image(
+        hosts(lab)[0], ssh_options(lab), ImageConfig(IMAGE_NAME, lab_base_image), DOCKER_DIR, wheelhouse,
+        lines.append,
+    )  # fmt: skip
+    log.info("image built in %.0f s; %d progress lines", time.monotonic() - started, len(lines))
+    assert any("Step" in line for line in lines), lines[-20:]  # the build log reached progress
+    return built
+
+
+@pytest.fixture(scope="session")
+def shipped_image(lab: Lab, built_image: BuiltImage) -> Iterator[BuiltImage]:
+    ssh = ssh_options(lab)
+    runners = [SshRunner(host, ssh) for host in hosts(lab)]
+    try:
+        lines: list[str] = []
+        shipped = ship_image(
+            runners[0], runners[1:], built_image.tag, built_image.image_id, lines.append,
+            transfer=SshImageTransfer(hosts(lab), ssh),
+        )  # fmt: skip
+        assert shipped == [h.name for h in hosts(lab)[1:]], lines
+        yield built_image
+    finally:
+        for runner in runners:
+            runner.close()

@@ -34,19 +34,9 @@ def test_version():
     assert result.exit_code == 0 and result.output.startswith("shapcluster ")
 
 
-@pytest.fixture
-def cluster_config(tmp_path: Path) -> Path:
-    (tmp_path / "workers.txt").write_text("10.9.0.2\n")
-    (tmp_path / "app").mkdir()
-    path = tmp_path / "shapcluster.toml"
-    path.write_text('[head]\nhost = "10.9.0.1"\n[workers]\nfile = "workers.txt"\n[sync]\napp_dir = "app"\n')
-    return path
-
-
-@pytest.mark.parametrize("command", [["up"], ["sync"], ["creds", "refresh"], ["submit"]])
-def test_unbuilt_commands_fail_loudly(command, cluster_config):
-    args = [*command, "--config", str(cluster_config)] if command[0] in {"up", "sync"} else command
-    result = invoke(*args)
+@pytest.mark.parametrize("command", [["creds", "refresh"], ["submit"]])
+def test_unbuilt_commands_fail_loudly(command):
+    result = invoke(*command)
     assert result.exit_code == ExitStatus.NOT_IMPLEMENTED, result.output
     assert "not built yet" in result.output
     assert "shapcluster submit --local" in result.output
@@ -117,3 +107,18 @@ def test_bad_test_size_is_an_input_error():
     result = invoke("submit", "--local", "--test-size", "1.5")
     assert result.exit_code == ExitStatus.INPUT
     assert "--test-size must be between 0 and 1" in result.output
+
+
+def test_up_dry_run_prints_a_plan_per_host_and_contacts_none(tmp_path):
+    (tmp_path / "workers.txt").write_text("10.9.0.2 cpus=1\n")
+    (tmp_path / "app").mkdir()
+    config = tmp_path / "shapcluster.toml"
+    config.write_text('[head]\nhost = "10.9.0.1"\n[workers]\nfile = "workers.txt"\n[sync]\napp_dir = "app"\n')
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "ray-2.60.0-cp311-cp311-manylinux2014_x86_64.whl").write_bytes(b"not really")
+    result = invoke("up", "--config", str(config), "--wheelhouse", str(wheels), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "10.9.0.1\n  - check SSH, Docker, CPUs (all CPUs (nproc))" in result.output
+    assert "receive image shapcluster-ray:" in result.output
+    assert "start a Ray worker joining 10.9.0.1:6379" in result.output

@@ -206,3 +206,19 @@ def test_down_purge_removes_images_and_files(config):
     result = cluster.down(config, nodes_for(config, runners), purge=True)
     assert result["10.9.0.2"] == "0 container(s) removed, images and files purged"
     assert runners["10.9.0.2"].commands[-1] == "rm -rf -- /srv/sc"
+
+
+def test_status_reports_containers_image_match_ray_and_unreachable_hosts(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.1"].respond(r"^docker ps --all --no-trunc", stdout="a|n|head|sha256:0123|s|running|Up\n")
+    runners["10.9.0.2"].respond(
+        r"^docker ps --all --no-trunc", stdout="b|n|worker|sha256:9999|s|running|Up\n"
+    )
+    runners["10.9.0.3"].fail(r".", "cannot connect")
+    two_alive = json.dumps([["10.9.0.1", 2.0], ["10.9.0.2", 1.0]])
+    runners["10.9.0.1"].respond(r"^docker exec .* python -c", stdout=two_alive)
+    rows = {r.host: r for r in cluster.status(config, nodes_for(config, runners))}
+    head, worker, lost = rows["10.9.0.1"], rows["10.9.0.2"], rows["10.9.0.3"]
+    assert (head.container, head.image_matches, head.ray_alive, head.cpus) == ("running", True, True, 2.0)
+    assert (worker.image_matches, worker.ray_alive, worker.cpus) == (False, True, 1.0)
+    assert (lost.reachable, lost.ray_alive) == (False, False) and "cannot connect" in lost.error

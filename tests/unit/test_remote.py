@@ -444,6 +444,10 @@ def test_ssh_runs_commands_and_writes_files(tmp_path: Path, sshd: Sshd) -> None:
     runner.put_text("AWS_SECRET=x\n", str(target))
     assert target.read_text() == "AWS_SECRET=x\n"
     assert target.stat().st_mode & 0o777 == 0o600
+    # fabric alone feeds stdin a byte per 10 ms poll: this would take over 3 minutes.
+    bulk = "".join(f"line {i}: {'x' * 60}\n" for i in range(300))
+    result = runner.run("wc -c", stdin=bulk)
+    assert result.stdout.strip() == str(len(bulk.encode()))
     runner.close()
 
 

@@ -1,0 +1,152 @@
+"""`shapcluster up` against the same work done by hand, on a fresh three-host lab, in one run.
+
+The by-hand sequence (the issue's reference): `docker build` over SSH from a wheelhouse on the
+head, `docker save | docker load` over SSH to both workers, then `docker run` of the Ray head
+and the two workers with token auth until all three nodes are alive. Then `shapcluster up`
+from the same clean state (no image, no build cache), `up` again with nothing changed, and
+`down`. Prints one JSON object. Needs root and the lab's tools (.ci/lab-deps.sh); run it
+alone on the machine: the hosts share its cores.
+
+Run: `.venv/bin/python benchmarks/cluster_up.py`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.lab import base_image  # noqa: E402  (the lab library lives with the tests)
+from tests.lab.lab import Host, Lab, poll_until  # noqa: E402
+
+MANUAL_TAG = "manual/ray:bench"
+NODES_SCRIPT = (
+    "import ray; ray.init(address='{addr}', logging_level='ERROR'); "
+    "print(sum(1 for n in ray.nodes() if n['Alive']))"
+)
+
+
+def shapcluster(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "shapcluster", *args], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"shapcluster {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return time.monotonic() - started, result
+
+
+def write_config(folder: Path, lab: Lab, base: str) -> Path:
+    (folder / "workers.txt").write_text("".join(f"root@{w.ip} cpus=1\n" for w in lab.workers))
+    path = folder / "shapcluster.toml"
+    path.write_text(
+        f'[cluster]\nname = "bench"\nremote_dir = "{lab.dir}/bench/{{host}}"\nshm_size = "512m"\n'
+        f'[head]\nhost = "root@{lab.head.ip}"\ncpus = 1\n[workers]\nfile = "workers.txt"\n'
+        f'[ssh]\nkey = "{lab.ssh_key}"\nknown_hosts = "{lab.known_hosts}"\n'
+        f'[image]\nname = "bench/ray"\nbase = "{base}"\n[sync]\napp_dir = "{REPO / "app"}"\n'
+    )
+    return path
+
+
+def by_hand(lab: Lab, base: str, wheelhouse: Path, work: Path) -> dict[str, float]:
+    context = work / "context"
+    context.mkdir()
+    for name in ("Dockerfile", "requirements.txt"):
+        shutil.copy(REPO / "docker" / name, context / name)
+    shutil.copytree(wheelhouse, context / "wheels", copy_function=os.link)
+    env = {**os.environ, "HOME": str(lab.client_home), "DOCKER_HOST": f"ssh://root@{lab.head.ip}"}
+    times: dict[str, float] = {}
+
+    started = time.monotonic()
+    subprocess.run(
+        ["docker", "build", "--quiet", "--build-arg", f"BASE_IMAGE={base}", "-t", MANUAL_TAG, str(context)],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    times["build"] = time.monotonic() - started
+
+    started = time.monotonic()
+    lab.ship_image(MANUAL_TAG, lab.head, lab.workers)
+    times["ship"] = time.monotonic() - started
+
+    started = time.monotonic()
+    token = secrets.token_hex(32)
+    for host in lab.hosts:
+        (host.remote_dir / "token").write_text(token)
+        (host.remote_dir / "token").chmod(0o600)
+
+    def start(host: Host) -> None:
+        role = ["--head", "--port=6379"] if host is lab.head else [f"--address={lab.head.ip}:6379"]
+        host.docker(
+            "run", "-d", "--name", f"manual-{host.name}", "--network", "host", "--shm-size", "512m",
+            "-e", "RAY_AUTH_MODE=token", "-e", "RAY_AUTH_TOKEN_PATH=/token",
+            "-v", f"{host.remote_dir / 'token'}:/token:ro", MANUAL_TAG,
+            "ray", "start", *role, f"--node-ip-address={host.ip}", "--num-cpus=1",
+            f"--temp-dir=/tmp/ray-manual-{host.name}", "--include-dashboard=false", "--block",
+        )  # fmt: skip
+
+    start(lab.head)
+    with ThreadPoolExecutor(len(lab.workers)) as pool:
+        list(pool.map(start, lab.workers))
+    probe = NODES_SCRIPT.format(addr=f"{lab.head.ip}:6379")
+
+    def all_alive() -> bool:
+        out = lab.head.docker("exec", "manual-head", "python", "-c", probe, check=False)
+        return out.strip().splitlines()[-1:] == [str(len(lab.hosts))]
+
+    poll_until(all_alive, timeout=180, what="all three manual Ray nodes alive")
+    times["start_ray"] = time.monotonic() - started
+    times["total"] = times["build"] + times["ship"] + times["start_ray"]
+    for host in lab.hosts:
+        host.docker("rm", "-f", f"manual-{host.name}", check=False)
+        host.docker("rmi", "-f", MANUAL_TAG, check=False)
+    return times
+
+
+def main() -> None:
+    wheelhouse = base_image.make_wheelhouse(REPO / "docker" / "requirements.txt")
+    tarball = base_image.make_base_image()
+    lab = Lab.create()
+    try:
+        base = "bench/base:1"
+        lab.import_image(lab.head, tarball, base)
+        lab.ship_image(base, lab.head, lab.workers)
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            config = write_config(work, lab, base)
+            cold, _ = shapcluster("up", "--config", str(config), "--wheelhouse", str(wheelhouse))
+            warm, result = shapcluster("up", "--config", str(config), "--wheelhouse", str(wheelhouse))
+            restarted = "restarted 0" not in result.stdout
+            down, _ = shapcluster("down", "--config", str(config))
+            shapcluster("down", "--config", str(config), "--purge")
+            manual = by_hand(lab, base, wheelhouse, work)
+    finally:
+        lab.destroy()
+    report = {
+        "lab": "3 hosts in network namespaces sharing this machine's cores",
+        "by_hand_seconds": {k: round(v, 1) for k, v in manual.items()},
+        "shapcluster_seconds": {"cold_up": round(cold, 1), "warm_up": round(warm, 1), "down": round(down, 1)},
+        "cold_up_vs_by_hand": round(cold / manual["total"], 3),
+        "warm_up_restarted_containers": restarted,
+        "targets": {
+            "cold_up_vs_by_hand_at_most": 1.2,
+            "warm_up_seconds_at_most": 10,
+            "down_seconds_at_most": 15,
+        },
+    }
+    report["targets_met"] = cold / manual["total"] <= 1.2 and warm <= 10 and not restarted and down <= 15
+    json.dump(report, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The real image and sync steps of ``cluster.up``: docker-py over SSH, and file sync."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from shapcluster import images, sync
+from shapcluster.cluster import ImageRef, Node, Progress
+from shapcluster.config import ClusterConfig
+
+# The image's build context: docker/ beside the package in a checkout of the project.
+DEFAULT_CONTEXT = Path(__file__).resolve().parent.parent / "docker"
+
+
+class DockerImageSteps:
+    def __init__(self, config: ClusterConfig, context_dir: Path, wheelhouse: Path | None) -> None:
+        self.config = config
+        self.context_dir = context_dir
+        self.wheelhouse = wheelhouse
+
+    def planned_tag(self) -> str:
+        """The tag `ensure` would build, from local files only (checks the context too)."""
+        ray_version = images.client_ray_version()
+        wheels = images.check_context(self.context_dir, self.wheelhouse, ray_version)
+        digest = images.context_hash(self.context_dir, self.config.image.base, ray_version, wheels)
+        return images.image_tag(self.config.image.name, digest)
+
+    def ensure(self, head: Node, progress: Progress) -> ImageRef:
+        built = images.ensure_image(
+            head.host, self.config.ssh, self.config.image, self.context_dir, self.wheelhouse, progress
+        )
+        return ImageRef(built.tag, built.image_id)
+
+    def ship(self, head: Node, workers: Sequence[Node], image: ImageRef, progress: Progress) -> None:
+        transfer = images.SshImageTransfer([n.host for n in (head, *workers)], self.config.ssh)
+        images.ship_image(
+            head.runner, [w.runner for w in workers], image.tag, image.image_id, progress, transfer=transfer
+        )
+
+    def verify(self, nodes: Sequence[Node], image: ImageRef) -> None:
+        images.verify_identical([n.runner for n in nodes], image.tag, image.image_id)
+
+
+class FileSyncSteps:
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+
+    def sync(self, nodes: Sequence[Node], progress: Progress) -> None:
+        reported: set[tuple[str, str]] = set()
+
+        def on_progress(event: sync.SyncProgress) -> None:
+            # One line per host and folder when it finishes; the file count is what matters.
+            if event.files_done == event.files_total and (event.host, event.remote_dir) not in reported:
+                reported.add((event.host, event.remote_dir))
+                progress(f"{event.host}: {event.remote_dir} in sync ({event.files_total} file(s) sent)")
+
+        sync.sync_project(
+            [n.runner for n in nodes],
+            {n.name: n.layout for n in nodes},
+            self.config.sync,
+            progress=on_progress,
+        )
