@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import docker  # noqa: E402
 
 from tests.lab import base_image  # noqa: E402  (the lab library lives with the tests)
 from tests.lab.lab import Host, Lab, poll_until  # noqa: E402
@@ -59,19 +61,24 @@ def write_config(folder: Path, lab: Lab, base: str) -> Path:
 
 
 def by_hand(lab: Lab, base: str, wheelhouse: Path, work: Path) -> dict[str, float]:
-    context = work / "context"
-    context.mkdir()
-    for name in ("Dockerfile", "requirements.txt"):
-        shutil.copy(REPO / "docker" / name, context / name)
-    shutil.copytree(wheelhouse, context / "wheels", copy_function=os.link)
-    env = {**os.environ, "HOME": str(lab.client_home), "DOCKER_HOST": f"ssh://root@{lab.head.ip}"}
+    context = work / "context.tar"
+    with tarfile.open(context, "w") as tar:
+        for name in ("Dockerfile", "requirements.txt"):
+            tar.add(REPO / "docker" / name, arcname=name)
+        tar.add(wheelhouse, arcname="wheels")
     times: dict[str, float] = {}
 
+    # docker-py over SSH, as a person scripting it would; it reads the lab's key from $HOME/.ssh.
+    os.environ["HOME"] = str(lab.client_home)
+    client = docker.DockerClient(base_url=lab.head.ssh_url, timeout=1800)
     started = time.monotonic()
-    subprocess.run(
-        ["docker", "build", "--quiet", "--build-arg", f"BASE_IMAGE={base}", "-t", MANUAL_TAG, str(context)],
-        env=env, check=True, capture_output=True,
-    )  # fmt: skip
+    try:
+        with context.open("rb") as stream:
+            client.images.build(
+                fileobj=stream, custom_context=True, tag=MANUAL_TAG, buildargs={"BASE_IMAGE": base}, rm=True
+            )
+    finally:
+        client.close()
     times["build"] = time.monotonic() - started
 
     started = time.monotonic()
@@ -85,13 +92,14 @@ def by_hand(lab: Lab, base: str, wheelhouse: Path, work: Path) -> dict[str, floa
         (host.remote_dir / "token").chmod(0o600)
 
     def start(host: Host) -> None:
-        role = ["--head", "--port=6379"] if host is lab.head else [f"--address={lab.head.ip}:6379"]
+        head = ["--head", "--port=6379", "--include-dashboard=false"]
+        role = head if host is lab.head else [f"--address={lab.head.ip}:6379"]
         host.docker(
             "run", "-d", "--name", f"manual-{host.name}", "--network", "host", "--shm-size", "512m",
             "-e", "RAY_AUTH_MODE=token", "-e", "RAY_AUTH_TOKEN_PATH=/token",
             "-v", f"{host.remote_dir / 'token'}:/token:ro", MANUAL_TAG,
             "ray", "start", *role, f"--node-ip-address={host.ip}", "--num-cpus=1",
-            f"--temp-dir=/tmp/ray-manual-{host.name}", "--include-dashboard=false", "--block",
+            f"--temp-dir=/tmp/ray-manual-{host.name}", "--block",
         )  # fmt: skip
 
     start(lab.head)
@@ -103,7 +111,13 @@ def by_hand(lab: Lab, base: str, wheelhouse: Path, work: Path) -> dict[str, floa
         out = lab.head.docker("exec", "manual-head", "python", "-c", probe, check=False)
         return out.strip().splitlines()[-1:] == [str(len(lab.hosts))]
 
-    poll_until(all_alive, timeout=180, what="all three manual Ray nodes alive")
+    try:
+        poll_until(all_alive, timeout=180, what="all three manual Ray nodes alive")
+    except Exception:
+        for host in lab.hosts:
+            logs = host.docker("logs", "--tail", "15", f"manual-{host.name}", check=False)
+            print(f"--- {host.name}:\n{logs}", file=sys.stderr)
+        raise
     times["start_ray"] = time.monotonic() - started
     times["total"] = times["build"] + times["ship"] + times["start_ray"]
     for host in lab.hosts:
@@ -115,6 +129,7 @@ def by_hand(lab: Lab, base: str, wheelhouse: Path, work: Path) -> dict[str, floa
 def main() -> None:
     wheelhouse = base_image.make_wheelhouse(REPO / "docker" / "requirements.txt")
     tarball = base_image.make_base_image()
+    home = os.environ.get("HOME", "")
     lab = Lab.create()
     try:
         base = "bench/base:1"
@@ -128,8 +143,12 @@ def main() -> None:
             restarted = "restarted 0" not in result.stdout
             down, _ = shapcluster("down", "--config", str(config))
             shapcluster("down", "--config", str(config), "--purge")
+            print(
+                f"shapcluster: cold up {cold:.1f} s, warm up {warm:.1f} s, down {down:.1f} s", file=sys.stderr
+            )
             manual = by_hand(lab, base, wheelhouse, work)
     finally:
+        os.environ["HOME"] = home
         lab.destroy()
     report = {
         "lab": "3 hosts in network namespaces sharing this machine's cores",

@@ -146,16 +146,19 @@ def hosts(lab: Lab) -> list[Host]:
     return [Host(address=h.ip, user="root", port=h.ssh_port, source="lab") for h in lab.hosts]
 
 
+def ensure_lab_image(lab: Lab, base: str, wheelhouse: Path, lines: list[str]) -> BuiltImage:
+    """shapcluster.images.ensure_image for the lab's head, progress lines collected in ``lines``."""
+    config = ImageConfig(IMAGE_NAME, base)
+    return ensure_image(hosts(lab)[0], ssh_options(lab), config, DOCKER_DIR, wheelhouse, lines.append)
+
+
 @pytest.fixture(scope="session")
 def built_image(lab: Lab, lab_base_image: str, wheelhouse: Path) -> BuiltImage:
     """The cluster image built ONCE per session on the head with shapcluster.images; every lab
     test that needs the image (and `shapcluster up`, which then finds it) reuses it."""
     lines: list[str] = []
     started = time.monotonic()
-    built = ensure_image(
-        hosts(lab)[0], ssh_options(lab), ImageConfig(IMAGE_NAME, lab_base_image), DOCKER_DIR, wheelhouse,
-        lines.append,
-    )  # fmt: skip
+    built = ensure_lab_image(lab, lab_base_image, wheelhouse, lines)
     log.info("image built in %.0f s; %d progress lines", time.monotonic() - started, len(lines))
     assert any("Step" in line for line in lines), lines[-20:]  # the build log reached progress
     return built
