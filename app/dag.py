@@ -27,7 +27,7 @@ from ray import ObjectRef
 
 from app import compare, etl, kernel_shap, model, results
 from app.config import EXACT, JobConfig
-from app.errors import DataError, ExplanationsDisagreeError, JobError
+from app.errors import ExplanationsDisagreeError, JobError
 from app.report import Reporter
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,6 @@ def outputs_step(model_box: list[Ref], rows: np.ndarray, background: np.ndarray)
             "fx": kernel_shap.model_outputs(fitted.predict_proba, rows),
             "fnull": kernel_shap.expected_output(fitted.predict_proba, background),
             "classes": [str(c) for c in fitted.classes_],
-            "node": ray.get_runtime_context().get_node_id(),
         }
 
 
@@ -277,12 +276,12 @@ def _init_ray(config: JobConfig, reporter: Reporter) -> bool:
     if config.ray_address:
         ray.init(address=config.ray_address, logging_level=logging.WARNING)
         return True
-    # Ray's start-up notices (token auth on, a local instance started) are not the user's concern
-    # on a local run; real warnings after start-up still show.
     # Joins the cluster named by RAY_ADDRESS (set by the Jobs API), else starts one here.
     if "RAY_ADDRESS" not in os.environ:
         cpus = config.cpus or os.cpu_count()
         reporter.info(f"Starting a local Ray instance with {cpus} CPUs (a few seconds)...")
+    # Ray's start-up notices (token auth on, a local instance started) are not the user's concern
+    # on a local run; real warnings after start-up still show.
     ray.init(num_cpus=config.cpus, include_dashboard=False, logging_level=logging.ERROR)
     logging.getLogger("ray").setLevel(logging.WARNING)
     return True
@@ -332,7 +331,8 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     timings = _Timings()
     prepared = _prepare(config, source, reporter, timings)
     n_rows, n_features = prepared.data.rows.shape
-    workers = config.workers or _cluster_cpus()
+    cpus = _cluster_cpus()
+    workers = config.workers or cpus
     ours, plans = _ours_branch(
         prepared.model_box,
         prepared.data,
@@ -374,8 +374,9 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     timings.add("compare_results", t0)
 
     out_dir = Path(config.output_dir) / (config.run_id or results.new_run_id())
-    summary = _summary(config, prepared, explanation, comparison, timings, ours, reference)
-    summary["run_id"] = out_dir.name
+    summary = _summary(
+        config, out_dir.name, cpus, prepared, explanation, comparison, timings, ours, reference
+    )
     t0 = time.perf_counter()
     classes = prepared.outputs["classes"]
     names, row_ids = prepared.info["features"], prepared.data.row_ids.tolist()
@@ -435,6 +436,8 @@ def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings:
 
 def _summary(
     config: JobConfig,
+    run_id: str,
+    cpus: int,
     prepared: _Prepared,
     explanation: kernel_shap.Explanation,
     comparison: compare.Comparison,
@@ -444,7 +447,7 @@ def _summary(
 ) -> dict[str, Any]:
     info, data = prepared.info, prepared.data
     return {
-        "run_id": None,
+        "run_id": run_id,
         "data": info["source"],
         "label": info["label"],
         "rows": len(data.rows),
@@ -458,7 +461,7 @@ def _summary(
         "link": config.link.value,
         "model": {"type": "RandomForestClassifier", **prepared.model_info},
         "expected_value": explanation.expected_value.tolist(),
-        "cpus": _cluster_cpus(),
+        "cpus": cpus,
         "workers": ours.window,
         "tasks": {"ours": len(ours.done), "reference": len(reference.done)},
         "cpu_seconds": {"ours": ours.cpu_seconds, "reference": reference.cpu_seconds},
@@ -485,6 +488,3 @@ def _create_model(split_ref: Ref, config: JobConfig, reporter: Reporter) -> tupl
         infos[best]["seconds"],
     )
     return candidates[best][0], infos[best]
-
-
-__all__ = ["DataError", "run_job"]

@@ -17,17 +17,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from shapcluster import commands as cmd
 from shapcluster.config import ClusterConfig
 from shapcluster.errors import RemoteError
 from shapcluster.inventory import Host, check_cpus
 from shapcluster.remote.base import Runner, tail
-from shapcluster.remote.group import gather_results, run_in_parallel
+from shapcluster.remote.group import GroupResult, gather_results, run_in_parallel
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+T = TypeVar("T")
 MIN_FREE_BYTES = 4 * 1024**3  # the image alone is about 1.5 GB, unpacked more
 NODES_TIMEOUT_SECONDS = 120.0
 
@@ -97,6 +98,18 @@ def node_ip(host: Host) -> str:
             raise RemoteError(f"{host.name}: cannot resolve the host name ({err})") from None
 
 
+def gather_on_nodes(nodes: Sequence[Node], action: Callable[[Node], T]) -> GroupResult[T]:
+    """``action(node)`` on every node in parallel, outcomes keyed by host name."""
+    by_host = {node.name: node for node in nodes}
+    return gather_results([n.runner for n in nodes], lambda runner: action(by_host[runner.host]))
+
+
+def run_on_nodes(nodes: Sequence[Node], action: Callable[[Node], T], *, what: str) -> dict[str, T]:
+    """``action(node)`` on every node in parallel; one error naming every host that failed."""
+    by_host = {node.name: node for node in nodes}
+    return run_in_parallel([n.runner for n in nodes], lambda runner: action(by_host[runner.host]), what=what)
+
+
 def preflight(nodes: Sequence[Node]) -> dict[str, Facts]:
     """SSH, docker, CPUs and disk on every host in parallel; nothing is changed anywhere."""
 
@@ -118,8 +131,7 @@ def preflight(nodes: Sequence[Node]) -> dict[str, Facts]:
             )
         return Facts(cpus, docker.stdout.strip(), free)
 
-    by_runner = {node.name: node for node in nodes}
-    return run_in_parallel([n.runner for n in nodes], lambda r: check(by_runner[r.host]), what="preflight")
+    return run_on_nodes(nodes, check, what="preflight")
 
 
 def ensure_token(nodes: Sequence[Node]) -> None:
@@ -135,10 +147,7 @@ def ensure_token(nodes: Sequence[Node]) -> None:
             cmd.write_file_command(node.layout.token_file, 0o600), stdin=token + "\n", secret=True
         )
 
-    by_runner = {node.name: node for node in nodes}
-    run_in_parallel(
-        [n.runner for n in nodes], lambda r: place(by_runner[r.host]), what="placing the Ray token"
-    )
+    run_on_nodes(nodes, place, what="placing the Ray token")
 
 
 def _ray_node(config: ClusterConfig, node: Node, image: ImageRef, cpus: int, env_file: bool) -> cmd.RayNode:
@@ -164,10 +173,14 @@ def start_command(config: ClusterConfig, node: Node, image: ImageRef, cpus: int,
     return cmd.start_worker_command(ray_node, head_ip, config.ray)
 
 
+def containers_on(runner: Runner, cluster: str) -> list[cmd.ContainerInfo]:
+    """This cluster's containers on one host, running or not."""
+    return cmd.parse_containers(runner.run(cmd.list_containers_command(cluster)).stdout)
+
+
 def ensure_container(node: Node, config: ClusterConfig, command: str, *, force: bool = False) -> bool:
     """Keep a running container with the same spec; otherwise replace it. True if (re)started."""
-    current = cmd.parse_containers(node.runner.run(cmd.list_containers_command(config.name)).stdout)
-    mine = [c for c in current if c.role == node.role]
+    mine = [c for c in containers_on(node.runner, config.name) if c.role == node.role]
     wanted = cmd.spec_of(command)
     if not force and len(mine) == 1 and mine[0].spec == wanted and mine[0].state == "running":
         return False
@@ -213,17 +226,15 @@ def up(
         if head_restarted:
             started.append(head)
 
-        def start_worker(runner: Runner) -> bool:
-            node = by_runner[runner.host]
+        def start_worker(node: Node) -> bool:
             command = start_command(config, node, image, facts[node.name].cpus, head_ip)
             # Workers of a restarted head hold a dead GCS connection: restart them too.
             return ensure_container(node, config, command, force=head_restarted)
 
-        by_runner = {n.name: n for n in workers}
         if workers:
             progress(f"Starting {len(workers)} Ray worker(s) in parallel")
-        result = gather_results([w.runner for w in workers], start_worker)
-        started += [by_runner[h] for h, restarted in result.successes.items() if restarted]
+        result = gather_on_nodes(workers, start_worker)
+        started += [w for w in workers if result.successes.get(w.name)]
         result.raise_for_failures("starting Ray workers")
         expected = {node_ip(n.host): facts[n.name].cpus for n in nodes}
         report.nodes_alive, report.cpus = wait_for_nodes(config, head, nodes, expected, progress, timeout)
@@ -279,16 +290,14 @@ def down(config: ClusterConfig, nodes: Sequence[Node], *, purge: bool = False) -
     state is needed); with purge also its images and synced files. Unreachable hosts are
     reported after the others are cleaned."""
 
-    def clean(runner: Runner) -> str:
-        node = by_runner[runner.host]
-        removed = runner.run(cmd.remove_containers_command(config.name)).stdout.split()
+    def clean(node: Node) -> str:
+        removed = node.runner.run(cmd.remove_containers_command(config.name)).stdout.split()
         if purge:
-            runner.run(cmd.remove_images_command(config.image.name))
-            runner.run(shlex.join(["rm", "-rf", "--", node.layout.root]))
+            node.runner.run(cmd.remove_images_command(config.image.name))
+            node.runner.run(shlex.join(["rm", "-rf", "--", node.layout.root]))
         return f"{len(removed)} container(s) removed" + (", images and files purged" if purge else "")
 
-    by_runner = {n.name: n for n in nodes}
-    return run_in_parallel([n.runner for n in nodes], clean, what="down")
+    return run_on_nodes(nodes, clean, what="down")
 
 
 @dataclass(frozen=True)
@@ -307,10 +316,7 @@ class HostStatus:
 def status(config: ClusterConfig, nodes: Sequence[Node]) -> list[HostStatus]:
     """Per host: reachable, this cluster's container and its image, and what Ray says."""
 
-    def look(runner: Runner) -> list[cmd.ContainerInfo]:
-        return cmd.parse_containers(runner.run(cmd.list_containers_command(config.name)).stdout)
-
-    result = gather_results([n.runner for n in nodes], look)
+    result = gather_results([n.runner for n in nodes], lambda runner: containers_on(runner, config.name))
     alive = _alive_nodes(config, nodes[0]) if nodes[0].name in result.successes else {}
     head_image = next((c.image_id for c in result.successes.get(nodes[0].name, []) if c.role == "head"), None)
     rows = []

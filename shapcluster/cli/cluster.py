@@ -82,18 +82,23 @@ def sync(config: ConfigOption = DEFAULT_CONFIG) -> None:
 
 @translate_errors
 def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Show each host's reachability, this cluster's container and the image it runs."""
+    """Per host: reachable, container, image (and whether it is the head's), Ray node, CPUs."""
     settings = load_cluster_config(config)
     with cluster.open_nodes(settings) as nodes:
         rows = cluster.status(settings, nodes)
     console.print_table(
         f"Cluster {settings.name}",
-        ("host", "role", "reachable", "container", "image", "error"),
+        ("host", "role", "reachable", "container", "image", "same image", "Ray node", "CPUs", "error"),
         (
-            (r.host, r.role, "yes" if r.reachable else "NO", r.container, r.image_id[:19], r.error)
+            (
+                r.host, r.role, "yes" if r.reachable else "NO", r.container, r.image_id[:19],
+                "yes" if r.image_matches else "NO", "alive" if r.ray_alive else "-", f"{r.cpus:g}", r.error,
+            )
             for r in rows
         ),
-    )
+    )  # fmt: skip
+    alive = [r for r in rows if r.ray_alive]
+    console.console.print(f"{len(alive)} of {len(rows)} Ray nodes alive, {sum(r.cpus for r in alive):g} CPUs")
 
 
 @translate_errors

@@ -4,6 +4,7 @@ real dockerd per host, the image built over SSH from a wheelhouse, real multi-no
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ print(json.dumps({{ip: ray.get(ref, timeout=120) for ip, ref in refs.items()}}))
 def shapcluster(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shapcluster", *args],
+        env={**os.environ, "COLUMNS": "200"},  # a terminal-wide table, not 80 columns of wrapped cells
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -130,6 +132,7 @@ def test_up_again_and_down(lab: Lab, config: Path, wheelhouse: Path) -> None:
 
     status = shapcluster("status", "--config", str(config))
     assert status.returncode == 0 and status.stdout.count("running") == 3, status.stdout
+    assert "3 of 3 Ray nodes alive, 3 CPUs" in status.stdout
 
     down = shapcluster("down", "--config", str(config), "--purge")
     assert down.returncode == 0, down.stderr
