@@ -27,6 +27,11 @@ SPEC_LABEL = "shapcluster.spec"
 CONTAINER_TOKEN_PATH = "/run/secrets/ray-auth-token"
 CONTAINER_APP_DIR = "/shapcluster/app"
 CONTAINER_DATA_DIR = "/shapcluster/data"
+CONTAINER_RESULTS_DIR = "/shapcluster/results"  # head only, writable: jobs write results/<job-id>/
+# Mounted as a directory (read-only) so that a refresh, which renames new files into place,
+# is seen by running containers; a single-file bind mount would keep the old inode.
+CONTAINER_AWS_DIR = "/run/secrets/aws"
+CONTAINER_AWS_CREDENTIALS = f"{CONTAINER_AWS_DIR}/credentials"
 
 STOP_TIMEOUT_SECONDS = 15
 _PS_FIELDS = (
@@ -69,6 +74,23 @@ class RemoteLayout:
     @property
     def env_file(self) -> str:
         return f"{self.secrets_dir}/env.list"
+
+    @property
+    def aws_dir(self) -> str:
+        return f"{self.secrets_dir}/aws"
+
+    @property
+    def aws_credentials_file(self) -> str:
+        return f"{self.aws_dir}/credentials"
+
+    @property
+    def aws_meta_file(self) -> str:
+        """Not secret: role, session name and expiry of the credentials, for status and submit."""
+        return f"{self.aws_dir}/meta.json"
+
+    @property
+    def results_dir(self) -> str:
+        return f"{self.root}/results"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ Everything the user sees goes through here, so secrets can be masked in one plac
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable
 
 from rich.console import Console
@@ -14,28 +13,10 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from shapcluster.errors import ShapclusterError
+from shapcluster.secrets import mask_secrets
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
-
-_MASK = "****"
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
-
-
-def register_secret(value: str) -> None:
-    """Remember a secret so that any later output or log line shows it masked."""
-    if len(value) >= 4:
-        with _secrets_lock:
-            _secrets.add(value)
-
-
-def mask_secrets(text: str) -> str:
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
-        text = text.replace(secret, _MASK)
-    return text
 
 
 class _MaskingFilter(logging.Filter):
