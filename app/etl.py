@@ -6,6 +6,7 @@ Every problem becomes one DataError naming the source and what is wrong with it.
 from __future__ import annotations
 
 import io
+import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -81,9 +82,15 @@ def _read_s3(uri: str) -> bytes:
         raise DataError(f"{uri}: expected s3://bucket/key.")
     try:
         # A new session each time: credentials refreshed on disk are picked up by a running job.
-        # boto3 honours the standard AWS environment, AWS_ENDPOINT_URL(_S3) included.
-        body = boto3.session.Session().client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+        # Naming AWS_PROFILE explicitly makes boto3 read that profile's (refreshable) credentials
+        # file instead of static AWS_ACCESS_KEY_ID/... in the environment, which a running
+        # container cannot update; shapcluster's env.list sets both. boto3 honours the rest of
+        # the standard AWS environment, AWS_ENDPOINT_URL(_S3) included.
+        session = boto3.session.Session(profile_name=os.environ.get("AWS_PROFILE") or None)
+        body = session.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
         return bytes(body.read())
+    except botocore.exceptions.ProfileNotFound as err:
+        raise DataError(f"{uri}: {err}. Check AWS_PROFILE and your AWS credentials file.") from None
     except botocore.exceptions.NoCredentialsError:
         raise DataError(
             f"{uri}: no AWS credentials found. Set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "

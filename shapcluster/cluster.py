@@ -17,9 +17,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol, TypeVar
 
 from shapcluster import commands as cmd
+from shapcluster import creds
 from shapcluster.config import ClusterConfig
 from shapcluster.errors import RemoteError
 from shapcluster.inventory import Host, check_cpus
@@ -68,6 +70,12 @@ class ImageSteps(Protocol):
 
 class SyncSteps(Protocol):
     def sync(self, nodes: Sequence[Node], progress: Progress) -> None: ...
+
+
+class CredentialSteps(Protocol):
+    """Make sure every host holds AWS credentials that do not expire soon."""
+
+    def ensure(self, nodes: Sequence[Node], progress: Progress) -> None: ...
 
 
 @dataclass
@@ -150,7 +158,37 @@ def ensure_token(nodes: Sequence[Node]) -> None:
     run_on_nodes(nodes, place, what="placing the Ray token")
 
 
-def _ray_node(config: ClusterConfig, node: Node, image: ImageRef, cpus: int, env_file: bool) -> cmd.RayNode:
+def write_credentials(nodes: Sequence[Node], credentials: creds.RoleCredentials, now: datetime) -> None:
+    """Credentials file, env.list, then meta.json on every host: each written atomically, 0600."""
+    files = (
+        ("aws_credentials_file", creds.credentials_file_text(credentials)),
+        ("env_file", creds.env_list_text(credentials)),
+        ("aws_meta_file", creds.meta_text(credentials, now)),
+    )
+
+    def place(node: Node) -> None:
+        node.runner.run(cmd.make_dirs_command(node.layout.secrets_dir, node.layout.aws_dir, mode=0o700))
+        for attribute, text in files:
+            path = getattr(node.layout, attribute)
+            node.runner.run(cmd.write_file_command(path, 0o600), stdin=text, secret=True)
+
+    run_on_nodes(nodes, place, what="writing AWS credentials")
+
+
+def read_credentials(node: Node) -> creds.CredentialsMeta | None:
+    """What the host's meta.json says about its credentials; None if it has none."""
+    found = node.runner.run(cmd.read_file_command(node.layout.aws_meta_file), check=False)
+    return creds.parse_meta(found.stdout) if found.ok else None
+
+
+def _ray_node(
+    config: ClusterConfig, node: Node, image: ImageRef, cpus: int, *, env_file: bool, aws: bool
+) -> cmd.RayNode:
+    mounts = cmd.synced_mounts(node.layout, with_data=config.sync.data_dir is not None)
+    if node.role is cmd.Role.HEAD:
+        mounts += (cmd.Mount(node.layout.results_dir, cmd.CONTAINER_RESULTS_DIR, read_only=False),)
+    if aws:
+        mounts += (cmd.Mount(node.layout.aws_dir, cmd.CONTAINER_AWS_DIR),)
     return cmd.RayNode(
         cluster=config.name,
         role=node.role,
@@ -160,14 +198,17 @@ def _ray_node(config: ClusterConfig, node: Node, image: ImageRef, cpus: int, env
         cpus=cpus,
         shm_size=config.shm_size,
         token_file=node.layout.token_file,
-        mounts=cmd.synced_mounts(node.layout, with_data=config.sync.data_dir is not None),
+        mounts=mounts,
         env_file=node.layout.env_file if env_file else None,
     )
 
 
-def start_command(config: ClusterConfig, node: Node, image: ImageRef, cpus: int, head_ip: str) -> str:
-    env_file = node.runner.run(cmd.file_exists_command(node.layout.env_file), check=False).ok
-    ray_node = _ray_node(config, node, image, cpus, env_file)
+def start_command(
+    config: ClusterConfig, node: Node, image: ImageRef, cpus: int, head_ip: str, *, aws: bool = False
+) -> str:
+    """``aws``: the host holds role credentials (env.list and the aws folder, see creds)."""
+    env_file = aws or node.runner.run(cmd.file_exists_command(node.layout.env_file), check=False).ok
+    ray_node = _ray_node(config, node, image, cpus, env_file=env_file, aws=aws)
     if node.role is cmd.Role.HEAD:
         return cmd.start_head_command(ray_node, config.ray)
     return cmd.start_worker_command(ray_node, head_ip, config.ray)
@@ -198,6 +239,7 @@ def up(
     progress: Progress,
     *,
     timeout: float = NODES_TIMEOUT_SECONDS,
+    credential_steps: CredentialSteps | None = None,
 ) -> UpReport:
     """Preflight, image, sync, token, head then workers, and wait until every node is alive.
 
@@ -215,19 +257,23 @@ def up(
     image_steps.verify(nodes, image)
     sync_steps.sync(nodes, progress)
     ensure_token(nodes)
+    head.runner.run(cmd.make_dirs_command(head.layout.results_dir))
+    aws = credential_steps is not None
+    if credential_steps is not None:
+        credential_steps.ensure(nodes, progress)
 
     head_ip = node_ip(head.host)
     started: list[Node] = []
     try:
         progress(f"Starting the Ray head on {head.name}")
         head_restarted = ensure_container(
-            head, config, start_command(config, head, image, facts[head.name].cpus, head_ip)
+            head, config, start_command(config, head, image, facts[head.name].cpus, head_ip, aws=aws)
         )
         if head_restarted:
             started.append(head)
 
         def start_worker(node: Node) -> bool:
-            command = start_command(config, node, image, facts[node.name].cpus, head_ip)
+            command = start_command(config, node, image, facts[node.name].cpus, head_ip, aws=aws)
             # Workers of a restarted head hold a dead GCS connection: restart them too.
             return ensure_container(node, config, command, force=head_restarted)
 
@@ -311,27 +357,34 @@ class HostStatus:
     ray_alive: bool
     cpus: float
     error: str = ""
+    credentials: creds.CredentialsMeta | None = None  # AWS role credentials on this host
 
 
 def status(config: ClusterConfig, nodes: Sequence[Node]) -> list[HostStatus]:
-    """Per host: reachable, this cluster's container and its image, and what Ray says."""
+    """Per host: reachable, this cluster's container and its image, what Ray says, and the
+    expiry of its AWS credentials."""
 
-    result = gather_results([n.runner for n in nodes], lambda runner: containers_on(runner, config.name))
+    def look(node: Node) -> tuple[list[cmd.ContainerInfo], creds.CredentialsMeta | None]:
+        return containers_on(node.runner, config.name), read_credentials(node)
+
+    result = gather_on_nodes(nodes, look)
     alive = _alive_nodes(config, nodes[0]) if nodes[0].name in result.successes else {}
-    head_image = next((c.image_id for c in result.successes.get(nodes[0].name, []) if c.role == "head"), None)
+    head_containers = result.successes.get(nodes[0].name, ([], None))[0]
+    head_image = next((c.image_id for c in head_containers if c.role == "head"), None)
     rows = []
     for node in nodes:
         if node.name in result.failures:
             error = str(result.failures[node.name])
             rows.append(HostStatus(node.name, node.role, False, "?", "?", False, False, 0, error))
             continue
-        mine = [c for c in result.successes[node.name] if c.role == node.role]
+        containers, meta = result.successes[node.name]
+        mine = [c for c in containers if c.role == node.role]
         image = mine[0].image_id if mine else "-"
         ip = node_ip(node.host)
         rows.append(
             HostStatus(
                 node.name, node.role, True, ", ".join(c.state for c in mine) or "none", image,
-                bool(mine) and image == head_image, ip in alive, alive.get(ip, 0),
+                bool(mine) and image == head_image, ip in alive, alive.get(ip, 0), credentials=meta,
             )
         )  # fmt: skip
     return rows

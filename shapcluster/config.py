@@ -68,6 +68,21 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class AwsConfig:
+    """Temporary AWS credentials for the containers (STS assume-role); see shapcluster.creds."""
+
+    role_arn: str | None  # None: read from roles_file
+    roles_file: Path
+    roles_file_explicit: bool  # a roles file named in the config must exist
+    session_name: str
+    duration_seconds: int
+    region: str | None  # None: the region of your own AWS configuration
+    profile: str | None  # your AWS profile that may assume the role; None: the default chain
+    endpoint_url: str | None  # an S3/STS-compatible endpoint instead of AWS's own
+    refresh_margin_seconds: int  # `up` refreshes credentials that expire sooner than this
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     path: Path
     name: str
@@ -80,6 +95,7 @@ class ClusterConfig:
     image: ImageConfig
     ray: RayPorts
     sync: SyncConfig
+    aws: AwsConfig
 
     def remote_dir_for(self, host: Host) -> str:
         return self.remote_dir.replace(HOST_PLACEHOLDER, host.address)
@@ -110,7 +126,7 @@ def parse_cluster_config(text: str, path: Path) -> ClusterConfig:
     reader = _Reader(path, text)
     tables = {
         name: reader.table(data, name)
-        for name in ("cluster", "head", "workers", "ssh", "image", "ray", "sync")
+        for name in ("cluster", "head", "workers", "ssh", "image", "ray", "sync", "aws")
     }
     for unknown in sorted(set(data) - set(tables)):
         reader.problem(
@@ -145,6 +161,7 @@ def parse_cluster_config(text: str, path: Path) -> ClusterConfig:
     defaults = RayPorts()
     ray = RayPorts(**{field: ray_t.port(key, getattr(defaults, field)) for key, field in _RAY_PORT_KEYS})
     sync = SyncConfig(app_dir=sync_t.path("app_dir", "app"), data_dir=sync_t.optional_path("data_dir"))
+    aws = _parse_aws(tables["aws"], name, workers_file)
     for table in tables.values():
         table.reject_unknown_keys()
 
@@ -165,7 +182,48 @@ def parse_cluster_config(text: str, path: Path) -> ClusterConfig:
         image=image,
         ray=ray,
         sync=sync,
+        aws=aws,
     )
+
+
+_SESSION_NAME_RE = re.compile(r"^[\w+=,.@-]{2,64}$")  # STS RoleSessionName
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
+_URL_RE = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+ROLE_ARN_RE = re.compile(r"^arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$")
+ROLE_ARN_EXAMPLE = "arn:aws:iam::123456789012:role/shap-reader"
+MIN_DURATION, MAX_DURATION = 900, 43200  # what STS accepts for assume-role
+
+
+def _parse_aws(table: _Table, cluster_name: str, workers_file: Path) -> AwsConfig:
+    duration = table.positive_int("duration_seconds") or 3600
+    if not MIN_DURATION <= duration <= MAX_DURATION:
+        table.reader.problem(
+            "aws", "duration_seconds", f"{duration} is invalid: expected {MIN_DURATION} to {MAX_DURATION}"
+        )
+    margin = table.positive_int("refresh_margin_seconds") or 900
+    if margin >= duration:
+        table.reader.problem(
+            "aws",
+            "refresh_margin_seconds",
+            f"{margin} must be shorter than aws.duration_seconds ({duration})",
+        )
+    roles_file = table.optional_path("roles_file")
+    arn_expected = f"an ARN like {ROLE_ARN_EXAMPLE}"
+    region_expected = "an AWS region such as eu-west-1"
+    return AwsConfig(
+        role_arn=table.optional_string("role_arn", pattern=ROLE_ARN_RE, expected=arn_expected),
+        roles_file=roles_file or workers_file.parent / "iamroles.txt",
+        roles_file_explicit=roles_file is not None,
+        session_name=table.string(
+            "session_name", f"shapcluster-{cluster_name}", pattern=_SESSION_NAME_RE,
+            expected="2 to 64 letters, digits or +=,.@_-",
+        ),
+        duration_seconds=duration,
+        region=table.optional_string("region", pattern=_REGION_RE, expected=region_expected),
+        profile=table.optional_string("profile"),
+        endpoint_url=table.optional_string("endpoint_url", pattern=_URL_RE, expected="an http(s):// URL"),
+        refresh_margin_seconds=margin,
+    )  # fmt: skip
 
 
 # (config key, RayPorts field); defaults come from RayPorts itself.

@@ -1,13 +1,14 @@
-"""The real image and sync steps of ``cluster.up``: docker-py over SSH, and file sync."""
+"""The real steps of ``cluster.up``: docker-py over SSH, file sync, and STS credentials."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
-from shapcluster import images, sync
+from shapcluster import cluster, creds, images, sync
 from shapcluster.cluster import ImageRef, Node, Progress
-from shapcluster.config import ClusterConfig
+from shapcluster.config import AwsConfig, ClusterConfig
 
 # The image's build context: docker/ beside the package in a checkout of the project.
 DEFAULT_CONTEXT = Path(__file__).resolve().parent.parent / "docker"
@@ -61,3 +62,56 @@ class FileSyncSteps:
             self.config.sync,
             progress=on_progress,
         )
+
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RoleCredentialSteps:
+    """STS credentials for the role on every host: `up` refreshes them when any host lacks them,
+    holds another role's, or they expire within aws.refresh_margin_seconds; `creds refresh`
+    always does."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        role_arn: str,
+        *,
+        assume: Callable[[AwsConfig, str], creds.RoleCredentials] = creds.assume_role,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.config = config
+        self.role_arn = role_arn
+        self.assume = assume
+        self.clock = clock
+
+    def stale_hosts(self, nodes: Sequence[Node]) -> list[str]:
+        now, margin = self.clock(), self.config.aws.refresh_margin_seconds
+        metas = cluster.run_on_nodes(nodes, cluster.read_credentials, what="reading AWS credentials")
+        return [
+            host
+            for host, meta in metas.items()
+            if meta is None or meta.role_arn != self.role_arn or meta.seconds_left(now) < margin
+        ]
+
+    def ensure(self, nodes: Sequence[Node], progress: Progress) -> None:
+        stale = self.stale_hosts(nodes)
+        if stale:
+            progress(f"AWS credentials missing or expiring on {', '.join(stale)}: assuming {self.role_arn}")
+            self.refresh(nodes, progress)
+
+    def assume_role(self) -> creds.RoleCredentials:
+        return self.assume(self.config.aws, self.role_arn)
+
+    def refresh(
+        self, nodes: Sequence[Node], progress: Progress, credentials: creds.RoleCredentials | None = None
+    ) -> creds.RoleCredentials:
+        """Write fresh credentials to every host (assumed here unless given)."""
+        fresh = credentials or self.assume_role()
+        progress(f"Writing credentials to {len(nodes)} host(s)")
+        cluster.write_credentials(nodes, fresh, self.clock())
+        return fresh

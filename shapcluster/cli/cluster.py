@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from shapcluster import cluster, console
+from shapcluster import cluster, console, creds
 from shapcluster.cli._errors import translate_errors
 from shapcluster.config import load_cluster_config
-from shapcluster.steps import DEFAULT_CONTEXT, DockerImageSteps, FileSyncSteps
+from shapcluster.steps import DEFAULT_CONTEXT, DockerImageSteps, FileSyncSteps, RoleCredentialSteps, utc_now
 
 ConfigOption = Annotated[
     Path,
@@ -23,7 +23,7 @@ ConfigOption = Annotated[
 DEFAULT_CONFIG = Path("shapcluster.toml")
 
 
-def _progress(line: str) -> None:
+def progress(line: str) -> None:
     console.console.print(f"[dim]…[/] {line}", soft_wrap=True)
 
 
@@ -59,8 +59,13 @@ def up(
             for line in lines:
                 console.console.print(f"  - {line}", soft_wrap=True)
         return
+    role_arn = creds.resolve_role_arn(settings.aws, required=False)
+    credential_steps = RoleCredentialSteps(settings, role_arn) if role_arn else None
     with cluster.open_nodes(settings) as nodes:
-        report = cluster.up(settings, nodes, steps, FileSyncSteps(settings), _progress, timeout=timeout)
+        report = cluster.up(
+            settings, nodes, steps, FileSyncSteps(settings), progress,
+            timeout=timeout, credential_steps=credential_steps,
+        )  # fmt: skip
     image = report.image.tag if report.image else "?"
     nodes_text = f"{report.nodes_alive} Ray nodes alive, {report.cpus} CPUs"
     changes = f"kept {len(report.kept)}, restarted {len(report.started)}"
@@ -74,7 +79,7 @@ def sync(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Copy the app code and data to every host (only what changed)."""
     settings = load_cluster_config(config)
     with cluster.open_nodes(settings) as nodes:
-        FileSyncSteps(settings).sync(nodes, _progress)
+        FileSyncSteps(settings).sync(nodes, progress)
     console.console.print(
         f"[green]✓[/] app{' and data' if settings.sync.data_dir else ''} in sync on every host"
     )
@@ -99,6 +104,23 @@ def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
     )  # fmt: skip
     alive = [r for r in rows if r.ray_alive]
     console.console.print(f"{len(alive)} of {len(rows)} Ray nodes alive, {sum(r.cpus for r in alive):g} CPUs")
+    _print_credentials(rows)
+
+
+def _print_credentials(rows: list[cluster.HostStatus]) -> None:
+    held = {r.host: r.credentials for r in rows if r.reachable}
+    metas = [m for m in held.values() if m is not None]
+    if not metas:
+        return
+    now = utc_now()
+    soonest = min(metas, key=lambda m: m.expiration)
+    line = f"AWS credentials for {soonest.role_arn} expire {creds.describe_expiry(soonest.expiration, now)}"
+    missing = sorted(host for host, meta in held.items() if meta is None)
+    if soonest.seconds_left(now) <= 0 or missing:
+        gaps = f"; none on {', '.join(missing)}" if missing else ""
+        console.console.print(f"[yellow]![/] {line}{gaps}: run `shapcluster creds refresh`")
+    else:
+        console.console.print(line)
 
 
 @translate_errors

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from shapcluster import cluster, console, creds
 from shapcluster.cli._errors import translate_errors
-from shapcluster.errors import NotImplementedYetError
+from shapcluster.cli.cluster import DEFAULT_CONFIG, ConfigOption, progress
+from shapcluster.config import load_cluster_config
+from shapcluster.steps import RoleCredentialSteps, utc_now
 
 app = typer.Typer(
     help="Temporary AWS credentials (STS assume-role) for the cluster's containers.", no_args_is_help=True
@@ -14,9 +17,21 @@ app = typer.Typer(
 
 @app.command()
 @translate_errors
-def refresh() -> None:
-    """Assume the configured IAM role and write fresh credentials to every host."""
-    raise NotImplementedYetError(
-        "`shapcluster creds refresh` is not built yet.",
-        hint="Meanwhile the job reads s3:// data with your own AWS environment: shapcluster submit --local",
+def refresh(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Assume the configured IAM role and write fresh credentials to every host.
+
+    Running containers pick the new keys up at their next S3 read; nothing restarts."""
+    settings = load_cluster_config(config)
+    role_arn = creds.resolve_role_arn(settings.aws, required=True)
+    assert role_arn is not None  # required=True raises instead
+    steps = RoleCredentialSteps(settings, role_arn)
+    progress(f"Assuming {role_arn} (session {settings.aws.session_name})")
+    # Ask STS before touching any host: a refused role changes nothing anywhere.
+    fresh = steps.assume_role()
+    with cluster.open_nodes(settings) as nodes:
+        steps.refresh(nodes, progress, fresh)
+        hosts = len(nodes)
+    console.console.print(
+        f"[green]✓[/] credentials for {role_arn} on {hosts} host(s); "
+        f"they expire {creds.describe_expiry(fresh.expiration, utc_now())}"
     )
