@@ -425,7 +425,7 @@ def open_nodes(
             node.runner.close()
 
 
-def plan_up(config: ClusterConfig, image_tag: str) -> dict[str, list[str]]:
+def plan_up(config: ClusterConfig, image_tag: str, role_arn: str | None = None) -> dict[str, list[str]]:
     """What `up` would do on each host, for --dry-run: computed from the config alone, so no
     host is contacted and nothing changes."""
     head = config.inventory.head
@@ -446,6 +446,11 @@ def plan_up(config: ClusterConfig, image_tag: str) -> dict[str, list[str]]:
         )
         steps.append(f"sync {', '.join(folders)} (changed files only)")
         steps.append(f"write the Ray token to {layout.token_file} (0600)")
+        if role_arn:
+            steps.append(
+                f"write credentials of {role_arn} to {layout.env_file} and {layout.aws_dir} (0600) "
+                "unless they are fresh"
+            )
         if is_head:
             steps.append(f"start the Ray head on {head_ip}:{config.ray.gcs} unless the same container runs")
         else:

@@ -53,13 +53,13 @@ def up(
     Running it again with nothing changed restarts nothing."""
     settings = load_cluster_config(config)
     steps = DockerImageSteps(settings, context, wheelhouse)
+    role_arn = creds.resolve_role_arn(settings.aws, required=False)
     if dry_run:
-        for host, lines in cluster.plan_up(settings, steps.planned_tag()).items():
+        for host, lines in cluster.plan_up(settings, steps.planned_tag(), role_arn).items():
             console.console.print(f"[bold]{host}[/]")
             for line in lines:
                 console.console.print(f"  - {line}", soft_wrap=True)
         return
-    role_arn = creds.resolve_role_arn(settings.aws, required=False)
     credential_steps = RoleCredentialSteps(settings, role_arn) if role_arn else None
     with cluster.open_nodes(settings) as nodes:
         report = cluster.up(

@@ -340,3 +340,8 @@ def test_refresh_without_a_role_says_where_to_put_it(tmp_path):
     done = run_cli(["creds", "refresh", "-c", str(tmp_path / "shapcluster.toml")], {})
     assert done.returncode == 3
     assert f"{tmp_path / 'iamroles.txt'}: roles file not found" in done.stderr.replace("\n", "")
+
+
+def test_shipped_roles_example_is_valid():
+    example = Path(__file__).resolve().parents[2] / "inventory" / "iamroles.txt.example"
+    assert creds.parse_roles_file(example.read_text(), str(example)) == ROLE_ARN

@@ -1,0 +1,220 @@
+"""A cluster with an IAM role on the three-host lab: `up` hands STS credentials to every
+container, `creds refresh` reaches running processes without a restart, and the SHAP job runs
+through `submit` (Ray Jobs API over an SSH tunnel) on data read from S3 or the synced folder.
+
+S3, STS and IAM are a real HTTP server (moto, IAM checks on) listening on the lab bridge, so
+containers inside the host namespaces reach it exactly as they would reach AWS.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shapcluster import commands as cmd
+from shapcluster.images import BuiltImage
+from tests import aws_server
+from tests.aws_server import ROLE_ARN, AwsWorld
+from tests.conftest import WINE_CSV
+from tests.lab.conftest import IMAGE_NAME
+from tests.lab.lab import Host, Lab
+
+pytestmark = pytest.mark.lab
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER = "jobs"
+S3_URI = f"s3://{aws_server.BUCKET}/{aws_server.KEY}"
+
+
+@dataclass(frozen=True)
+class RoleCluster:
+    lab: Lab
+    world: AwsWorld
+    config: Path
+    data_dir: Path
+    env: dict[str, str]  # the user's shell: alice's own keys, nothing else of AWS
+
+    def cli(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shapcluster", *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+    def remote_dir(self, host: Host) -> Path:
+        return self.lab.dir / CLUSTER / host.ip
+
+    def env_list(self, host: Host) -> dict[str, str]:
+        text = (self.remote_dir(host) / "secrets" / "env.list").read_text()
+        return dict(line.split("=", 1) for line in text.splitlines())
+
+    def container(self, host: Host) -> str:
+        role = cmd.Role.HEAD if host == self.lab.head else cmd.Role.WORKER
+        return cmd.container_name(CLUSTER, role, host.ip)
+
+    def secrets_in(self, text: str) -> list[str]:
+        """Every secret the cluster knows of that appears in ``text``."""
+        known = [self.world.alice.secret_access_key, self.world.bob.secret_access_key]
+        for host in self.lab.hosts:
+            values = self.env_list(host)
+            known += [values["AWS_SECRET_ACCESS_KEY"], values["AWS_SESSION_TOKEN"]]
+        token = (self.remote_dir(self.lab.head) / "secrets" / "ray-auth-token").read_text().strip()
+        return [secret for secret in [*known, token] if secret in text]
+
+
+def user_env(keys: aws_server.Keys, home: Path) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "SHAPCLUSTER_"))}
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        **env, **keys.env(), "COLUMNS": "200",
+        "AWS_CONFIG_FILE": str(home / "aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }  # fmt: skip
+
+
+def write_config(folder: Path, lab: Lab, base_image: str, world: AwsWorld, data_dir: Path) -> Path:
+    (folder / "workers.txt").write_text("".join(f"root@{w.ip} cpus=1\n" for w in lab.workers))
+    config = folder / "shapcluster.toml"
+    config.write_text(
+        f'[cluster]\nname = "{CLUSTER}"\nremote_dir = "{lab.dir}/{CLUSTER}/{{host}}"\nshm_size = "512m"\n'
+        f'[head]\nhost = "root@{lab.head.ip}"\ncpus = 1\n'
+        f'[workers]\nfile = "workers.txt"\n'
+        f'[ssh]\nkey = "{lab.ssh_key}"\nknown_hosts = "{lab.known_hosts}"\n'
+        f'[image]\nname = "{IMAGE_NAME}"\nbase = "{base_image}"\n'
+        f'[sync]\napp_dir = "{REPO / "app"}"\ndata_dir = "{data_dir}"\n'
+        f'[aws]\nrole_arn = "{ROLE_ARN}"\nregion = "{aws_server.REGION}"\nendpoint_url = "{world.url}"\n'
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def role_cluster(
+    lab: Lab, lab_base_image: str, shipped_image: BuiltImage, wheelhouse: Path, tmp_path_factory
+) -> Iterator[RoleCluster]:
+    """`shapcluster up` with a role configured; down (not purged: later tests reuse the image)."""
+    folder = tmp_path_factory.mktemp("role-cluster")
+    data_dir = folder / "data"
+    data_dir.mkdir()
+    shutil.copy(WINE_CSV, data_dir / "winequality-red.csv")  # a temp copy, never into git
+    with aws_server.aws_world(lab.bridge_ip, WINE_CSV) as world:
+        config = write_config(folder, lab, lab_base_image, world, data_dir)
+        cluster = RoleCluster(lab, world, config, data_dir, user_env(world.alice, folder / "home"))
+        try:
+            up = cluster.cli("up", "-c", str(config), "--wheelhouse", str(wheelhouse))
+            assert up.returncode == 0, up.stdout + up.stderr
+            assert "AWS credentials missing or expiring" in up.stdout
+            assert cluster.secrets_in(up.stdout + up.stderr) == []
+            yield cluster
+        finally:
+            lab.ensure_running()
+            down = cluster.cli("down", "-c", str(config), timeout=300)
+            assert down.returncode == 0, down.stderr
+
+
+def test_up_gives_every_host_working_credentials_0600(role_cluster: RoleCluster) -> None:
+    lab = role_cluster.lab
+    keys = set()
+    for host in lab.hosts:
+        secrets_dir = role_cluster.remote_dir(host) / "secrets"
+        for path in (secrets_dir / "env.list", secrets_dir / "aws" / "credentials"):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        values = role_cluster.env_list(host)
+        keys.add(values["AWS_ACCESS_KEY_ID"])
+        s3 = role_cluster.world.client(
+            "s3",
+            aws_server.Keys(values["AWS_ACCESS_KEY_ID"], values["AWS_SECRET_ACCESS_KEY"]),
+            values["AWS_SESSION_TOKEN"],
+        )
+        assert s3.head_object(Bucket=aws_server.BUCKET, Key=aws_server.KEY)["ContentLength"] > 0
+        # The container was started with them (and with the refreshable profile).
+        env = host.docker("exec", role_cluster.container(host), "env")
+        assert f"AWS_ACCESS_KEY_ID={values['AWS_ACCESS_KEY_ID']}" in env
+        assert "AWS_PROFILE=shapcluster" in env
+    assert len(keys) == 1  # one assume-role, the same keys everywhere
+
+    status = role_cluster.cli("status", "-c", str(role_cluster.config))
+    assert status.returncode == 0, status.stderr
+    assert f"AWS credentials for {ROLE_ARN} expire" in status.stdout
+    assert re.search(r"\(in (59|60) min\)", status.stdout), status.stdout
+
+
+# A process in a running container that keeps reading S3 the way the job does (a new boto3
+# session per read, naming AWS_PROFILE) and reports when the keys it gets change.
+WATCHER = f"""
+import os, sys, time, boto3
+first, deadline = None, time.monotonic() + 240
+while time.monotonic() < deadline:
+    session = boto3.session.Session(profile_name=os.environ["AWS_PROFILE"])
+    key = session.get_credentials().get_frozen_credentials().access_key
+    if first is None:
+        first = key
+        print("READY", key, flush=True)
+    elif key != first:
+        s3 = session.client("s3")
+        body = s3.get_object(Bucket="{aws_server.BUCKET}", Key="{aws_server.KEY}")["Body"].read()
+        print("NEW", key, len(body), flush=True)
+        sys.exit(0)
+    time.sleep(0.2)  # the watcher's poll interval; its deadline ends it
+sys.exit(1)
+"""
+
+
+def _lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line.strip())
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def test_refresh_reaches_a_running_process_without_a_restart(role_cluster: RoleCluster) -> None:
+    lab, worker = role_cluster.lab, role_cluster.lab.workers[0]
+    container = role_cluster.container(worker)
+    started = {
+        h.name: h.docker("inspect", "-f", "{{.State.StartedAt}}", role_cluster.container(h))
+        for h in lab.hosts
+    }
+    old_key = role_cluster.env_list(worker)["AWS_ACCESS_KEY_ID"]
+
+    watcher = subprocess.Popen(
+        worker.nsenter(["docker", "exec", container, "python", "-c", WATCHER]),
+        env={**os.environ, "DOCKER_HOST": worker.docker_host}, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines = _lines(watcher)
+        assert lines.get(timeout=120) == f"READY {old_key}"
+
+        refresh = role_cluster.cli("creds", "refresh", "-c", str(role_cluster.config))
+        output = refresh.stdout + refresh.stderr
+        assert refresh.returncode == 0, output
+        assert f"credentials for {ROLE_ARN} on 3 host(s)" in refresh.stdout
+        assert role_cluster.secrets_in(output) == []
+
+        new_keys = {h.name: role_cluster.env_list(h)["AWS_ACCESS_KEY_ID"] for h in lab.hosts}
+        assert len(set(new_keys.values())) == 1 and old_key not in new_keys.values()
+        new_key = new_keys[worker.name]
+        seen = lines.get(timeout=60)
+        assert seen.startswith(f"NEW {new_key} "), seen  # read S3 with the new keys
+        assert watcher.wait(timeout=30) == 0
+    finally:
+        watcher.kill()
+        watcher.wait()
+    after = {
+        h.name: h.docker("inspect", "-f", "{{.State.StartedAt}}", role_cluster.container(h))
+        for h in lab.hosts
+    }
+    assert after == started  # nothing restarted
