@@ -1,4 +1,7 @@
-"""Compare our SHAP values with the reference: differences both ways, additivity, a verdict."""
+"""Compare our SHAP values with the reference: differences both ways, additivity, a verdict.
+
+Without the reference (``--no-reference``) only our additivity can be checked: ``check_ours``.
+"""
 
 from __future__ import annotations
 
@@ -26,12 +29,41 @@ class Comparison:
         return "match" if self.match else "MISMATCH"
 
     def to_dict(self) -> dict[str, float | bool | str]:
-        return {**asdict(self), "verdict": self.verdict}
+        return {"skipped": False, **asdict(self), "verdict": self.verdict}
+
+
+@dataclass(frozen=True)
+class AdditivityCheck:
+    """Our values checked alone, the reference explainer skipped: additivity is all there is."""
+
+    tolerance: float
+    additivity_error_ours: float
+    match: bool  # our values add up within the tolerance: the only check that ran passed
+
+    @property
+    def verdict(self) -> str:
+        return "additive" if self.match else "NOT ADDITIVE"
+
+    def to_dict(self) -> dict[str, float | bool | str]:
+        return {
+            "skipped": True,
+            "reason": "--no-reference: shap.KernelExplainer did not run",
+            **asdict(self),
+            "verdict": self.verdict,
+        }
 
 
 def additivity_error(values: FloatArray, expected: FloatArray, outputs: FloatArray) -> float:
     """Local accuracy: the values of each row and class add up to f(x) - E[f]."""
     return float(np.abs(values.sum(axis=1) + expected[None, :] - outputs).max(initial=0.0))
+
+
+def check_ours(
+    ours: FloatArray, ours_expected: FloatArray, outputs: FloatArray, tolerance: float = 1e-6
+) -> AdditivityCheck:
+    """Shapes as in compare_results, for a run without the reference."""
+    error = additivity_error(ours, ours_expected, outputs)
+    return AdditivityCheck(tolerance=tolerance, additivity_error_ours=error, match=bool(error <= tolerance))
 
 
 def compare_results(

@@ -33,6 +33,7 @@ class JobConfig:
     run_id: str | None = None
     cpus: int | None = None  # CPUs of a local Ray instance the job starts itself
     ray_address: str | None = None
+    reference: bool = True  # False (--no-reference): our explainer alone, e.g. to time it
 
     def __post_init__(self) -> None:
         positive: dict[str, int | None] = {
@@ -66,6 +67,8 @@ class JobConfig:
             flag = "--" + f.name.replace("_", "-")
             if f.name == "sweep":
                 argv += [flag, ",".join(str(n) for n in value)]
+            elif isinstance(value, bool):  # switches default to on and are turned off by --no-<name>
+                argv.append("--no-" + f.name.replace("_", "-"))
             else:
                 argv += [flag, str(value)]
         return argv
@@ -116,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--run-id", default=None, help="name of the results folder (default: time-based)")
     add("--cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     add("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local instance)")
+    add(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip shap.KernelExplainer: only our explainer runs (its wall time is then ours alone)",
+    )
     return parser
 
 

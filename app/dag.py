@@ -7,6 +7,14 @@
 
 Each step is a plain function from etl/model/kernel_shap/compare; this module only wires them.
 Large values (data, model, background) go into the object store once and tasks share them.
+``--no-reference`` leaves out run_default_shap.
+
+A lost worker node does not fail the job: every task is retried up to MAX_RETRIES times on
+system failures only (a worker process or node lost; an exception from our code fails at once),
+and no work is pinned to a node. What the explainers read (model, background, rows) was put by
+the driver, so it lives with the driver on the head; a task's result lost with its node before
+the driver fetched it is recomputed by Ray from the task's lineage. summary.json names the nodes
+the explainers started on and those lost meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any, TypeAlias, cast
 import numpy as np
 import ray
 from ray import ObjectRef
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from app import compare, etl, kernel_shap, model, results
 from app.config import EXACT, JobConfig
@@ -32,8 +41,14 @@ from app.report import Reporter
 
 log = logging.getLogger(__name__)
 Ref: TypeAlias = ObjectRef[Any]
-OURS = "distributed KernelSHAP"
+OURS = "distributed KernelSHAP"  # the explainers' step names in summary.json's wall_seconds
 REFERENCE = "shap.KernelExplainer"
+MAX_RETRIES = 3  # reruns of a task whose worker or node was lost (Ray's default, made explicit)
+# What ray.get raises once those retries (or lineage reconstruction) are used up.
+_LOST = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError)
+# Longest wait for a node to show it is alive at the end: Ray's own health checks take ~15 s
+# (up to a minute if checks time out) to declare a killed node dead.
+NODE_CHECK_SECONDS = 60.0
 
 # Deserialised model per worker process: tasks get the Ref boxed in a list so Ray does
 # not resolve it per task, and each worker unpickles the forest once instead of once a block.
@@ -55,7 +70,7 @@ def _single_threaded() -> Any:
     return threadpool_limits(limits=1)
 
 
-@ray.remote(num_returns=2)
+@ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False)
 def etl_step(source: str | None, label: str) -> tuple[etl.Dataset, dict[str, Any]]:
     start = time.perf_counter()
     dataset = etl.load_dataset(source, label)
@@ -71,24 +86,24 @@ def etl_step(source: str | None, label: str) -> tuple[etl.Dataset, dict[str, Any
     return dataset, info
 
 
-@ray.remote
+@ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)
 def split_step(dataset: etl.Dataset, test_size: float, seed: int) -> model.Split:
     return model.split_data(dataset, test_size, seed)
 
 
-@ray.remote(num_returns=2)
+@ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False)
 def create_model_step(split: model.Split, trees: int, seed: int) -> tuple[Any, dict[str, Any]]:
     trained = model.train_forest(split, trees, seed)
     info = {"trees": trees, "score": trained.score, "seconds": trained.seconds}
     return trained.model, info
 
 
-@ray.remote
+@ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)
 def get_data_to_explain_step(split: model.Split, rows: int, background: int, seed: int) -> model.ExplainData:
     return model.get_data_to_explain(split, rows, background, seed)
 
 
-@ray.remote
+@ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)
 def outputs_step(model_box: list[Ref], rows: np.ndarray, background: np.ndarray) -> dict[str, Any]:
     fitted = _resolve(model_box)
     with _single_threaded():
@@ -99,7 +114,7 @@ def outputs_step(model_box: list[Ref], rows: np.ndarray, background: np.ndarray)
         }
 
 
-@ray.remote(num_cpus=1, max_retries=3)
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
 def coalition_block_step(
     model_box: list[Ref], rows: np.ndarray, background: np.ndarray, masks: np.ndarray
 ) -> tuple[np.ndarray, float]:
@@ -112,7 +127,7 @@ def coalition_block_step(
     return ey, time.perf_counter() - start
 
 
-@ray.remote(num_cpus=1, max_retries=3)
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
 def reference_chunk_step(
     model_box: list[Ref], rows: np.ndarray, background: np.ndarray, nsamples: int | str, link: str
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -269,6 +284,46 @@ def _cluster_cpus() -> int:
     return int(resources.get("CPU", 1))
 
 
+def _alive_nodes() -> list[dict[str, Any]]:
+    """The Ray nodes alive now: id, IP and CPUs of each."""
+    return [
+        {"id": node["NodeID"], "ip": node["NodeManagerAddress"], "cpus": int(node["Resources"].get("CPU", 0))}
+        for node in ray.nodes()  # type: ignore[no-untyped-call]
+        if node["Alive"]
+    ]
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def node_alive_step() -> bool:
+    return True
+
+
+def _lost_nodes(started: list[dict[str, Any]], timeout: float = NODE_CHECK_SECONDS) -> list[dict[str, Any]]:
+    """The nodes of ``started`` that died: declared dead by Ray, or unable to run a no-op.
+
+    Ray declares a node dead only once its health checks have failed for a while, and a run
+    can end sooner; so every other node it still counts alive gets a no-op task pinned to it
+    (a check, not work). A dead node's no-op fails once Ray declares it dead, or times out.
+    """
+    here = ray.get_runtime_context().get_node_id()  # the driver's: alive, as we are
+    alive = {node["id"] for node in _alive_nodes()}
+    probes: dict[Ref, str] = {}
+    for node_id in (alive & {node["id"] for node in started}) - {here}:
+        pinned = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        probes[node_alive_step.options(scheduling_strategy=pinned).remote()] = node_id
+    answered: list[Ref] = []
+    if probes:
+        answered, _ = ray.wait(list(probes), num_returns=len(probes), timeout=timeout)
+    responsive = {here}
+    for ref in answered:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError:
+            continue
+        responsive.add(probes[ref])
+    return [{"id": node["id"], "ip": node["ip"]} for node in started if node["id"] not in responsive]
+
+
 def _init_ray(config: JobConfig, reporter: Reporter) -> bool:
     """Join the cluster the job was submitted to, or start a local instance. True if we started it."""
     if ray.is_initialized():
@@ -277,12 +332,19 @@ def _init_ray(config: JobConfig, reporter: Reporter) -> bool:
         ray.init(address=config.ray_address, logging_level=logging.WARNING)
         return True
     # Joins the cluster named by RAY_ADDRESS (set by the Jobs API), else starts one here.
-    if "RAY_ADDRESS" not in os.environ:
+    joining = "RAY_ADDRESS" in os.environ
+    if not joining:
         cpus = config.cpus or os.cpu_count()
         reporter.info(f"Starting a local Ray instance with {cpus} CPUs (a few seconds)...")
     # Ray's start-up notices (token auth on, a local instance started) are not the user's concern
-    # on a local run; real warnings after start-up still show.
-    ray.init(num_cpus=config.cpus, include_dashboard=False, logging_level=logging.ERROR)
+    # on a local run; real warnings after start-up still show. --cpus sizes only a local instance
+    # (Ray refuses num_cpus when joining a cluster).
+    # address="local": always a new instance, never whatever cluster `ray start` last made on
+    # this machine (ray.init() alone would join that one).
+    if joining:
+        ray.init(include_dashboard=False, logging_level=logging.ERROR)
+    else:
+        ray.init(address="local", num_cpus=config.cpus, include_dashboard=False, logging_level=logging.ERROR)
     logging.getLogger("ray").setLevel(logging.WARNING)
     return True
 
@@ -301,9 +363,20 @@ def run_job(config: JobConfig, reporter: Reporter | None = None) -> dict[str, An
         if isinstance(cause, JobError):
             raise cause from None  # the user needs the app's message, not Ray's wrapping
         raise
+    except _LOST as err:
+        raise JobError(
+            f"Ray lost workers or nodes more often than {MAX_RETRIES} retries per task cover "
+            f"({type(err).__name__}: {_first_line(err)}). Check that the cluster's nodes are up "
+            "(`ray status` on the head) and submit the job again."
+        ) from err
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _first_line(err: Exception, limit: int = 200) -> str:
+    line = (str(err).strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 @dataclass
@@ -343,63 +416,125 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
         config.batch_size,
     )
     if not all(plan.exact for plan, _ in plans.values()):
+        consequence = "both explainers estimate and will differ by sampling noise"
         reporter.warn(
             f"sampling mode: {n_features} features need {kernel_shap.exact_nsamples(n_features)} coalitions "
-            "for exact values; both explainers estimate and will differ by sampling noise. "
+            f"for exact values; {consequence if config.reference else 'our explainer estimates'}. "
             "Pass --nsamples exact for exact values."
         )
-    reference = _reference_branch(
-        prepared.model_box, prepared.data, prepared.background_ref, prepared.nsamples, config.link, workers
-    )
-    with reporter.progress({OURS: sum(u for _, u, _ in ours.pending), REFERENCE: n_rows}) as advance:
-        _drive([ours, reference], advance)
+    branches = [ours]
+    if config.reference:
+        branches.append(
+            _reference_branch(
+                prepared.model_box,
+                prepared.data,
+                prepared.background_ref,
+                prepared.nsamples,
+                config.link,
+                workers,
+            )
+        )
+    totals = {OURS: sum(u for _, u, _ in ours.pending), REFERENCE: n_rows}
+    nodes = _alive_nodes()
+    if len(nodes) > 1:
+        reporter.info(f"Explaining on {len(nodes)} Ray nodes with {cpus} CPUs.")
+    with reporter.progress({b.name: totals[b.name] for b in branches}) as advance:
+        _drive(branches, advance)
+    nodes_lost = _lost_nodes(nodes)
     explanation = _solve_ours(ours, plans, prepared.outputs, config.link, n_rows, n_features)
     ours.finished = time.perf_counter()
-    ref_values = np.concatenate([reference.done[k][0] for k in sorted(reference.done)])
-    ref_values = ref_values.reshape(n_rows, n_features, -1)
-    ref_expected = np.atleast_1d(next(iter(reference.done.values()))[1])
-    for branch in (ours, reference):
-        note = f"{branch.cpu_seconds:.2f} CPU s in {len(branch.done)} tasks, concurrently"
+    for branch in branches:
+        concurrently = ", concurrently" if len(branches) > 1 else ""
+        note = f"{branch.cpu_seconds:.2f} CPU s in {len(branch.done)} tasks{concurrently}"
         timings.rows.append((branch.name, (branch.finished or time.perf_counter()) - branch.started, note))
 
     t0 = time.perf_counter()
-    comparison = compare.compare_results(
-        explanation.values,
-        explanation.expected_value,
-        ref_values,
-        ref_expected,
-        config.link.apply(prepared.outputs["fx"]),
-        config.tolerance,
-    )
+    comparison, ref_values = _compare(config, prepared, explanation, branches[1:])
     timings.add("compare_results", t0)
 
     out_dir = Path(config.output_dir) / (config.run_id or results.new_run_id())
-    summary = _summary(
-        config, out_dir.name, cpus, prepared, explanation, comparison, timings, ours, reference
+    cluster = {"cpus": cpus, "nodes": nodes, "nodes_lost": nodes_lost}
+    summary = _summary(config, out_dir.name, cluster, prepared, explanation, comparison, timings, branches)
+    _write_results(out_dir, summary, prepared, explanation, ref_values)
+    reporter.summary(
+        timings.rows,
+        _verdict(comparison),
+        comparison.match,
+        str(out_dir),
+        nodes_lost=[node["ip"] for node in nodes_lost],
+        reference=config.reference,
     )
+    if not comparison.match:
+        raise ExplanationsDisagreeError(_disagreement(comparison, out_dir / "summary.json"))
+    return summary
+
+
+def _compare(
+    config: JobConfig,
+    prepared: _Prepared,
+    explanation: kernel_shap.Explanation,
+    reference_branches: list[_Branch],
+) -> tuple[compare.Comparison | compare.AdditivityCheck, np.ndarray | None]:
+    """Ours against the reference's values (returned too), or ours alone if it was skipped."""
+    outputs = config.link.apply(prepared.outputs["fx"])
+    if not reference_branches:
+        check = compare.check_ours(explanation.values, explanation.expected_value, outputs, config.tolerance)
+        return check, None
+    (reference,) = reference_branches
+    ref_values = np.concatenate([reference.done[k][0] for k in sorted(reference.done)])
+    ref_values = ref_values.reshape(explanation.values.shape[0], explanation.values.shape[1], -1)
+    ref_expected = np.atleast_1d(next(iter(reference.done.values()))[1])
+    comparison = compare.compare_results(
+        explanation.values, explanation.expected_value, ref_values, ref_expected, outputs, config.tolerance
+    )
+    return comparison, ref_values
+
+
+def _write_results(
+    out_dir: Path,
+    summary: dict[str, Any],
+    prepared: _Prepared,
+    explanation: kernel_shap.Explanation,
+    ref_values: np.ndarray | None,
+) -> None:
+    """The CSVs (the reference's only if it ran), the plot, then summary.json with their time."""
     t0 = time.perf_counter()
     classes = prepared.outputs["classes"]
     names, row_ids = prepared.info["features"], prepared.data.row_ids.tolist()
-    for file_name, values in (
-        ("shap_values.csv", explanation.values),
-        ("reference_shap_values.csv", ref_values),
-    ):
+    tables = {"shap_values.csv": explanation.values}
+    if ref_values is not None:
+        tables["reference_shap_values.csv"] = ref_values
+    for file_name, values in tables.items():
         results.write_csv(out_dir / file_name, results.values_frame(values, row_ids, names, classes))
     results.write_plot(out_dir / "shap_summary.png", explanation.values, prepared.data.rows, names, classes)
     summary["wall_seconds"]["write_results"] = time.perf_counter() - t0
     results.write_summary(out_dir / "summary.json", summary)
 
-    verdict = (
-        f"Verdict: {comparison.verdict} — max |ours - shap| = {comparison.max_abs_diff:.3g}, "
-        f"additivity error {comparison.additivity_error_ours:.3g} (tolerance {config.tolerance:g})"
-    )
-    reporter.summary(timings.rows, verdict, comparison.match, str(out_dir))
-    if not comparison.match:
-        raise ExplanationsDisagreeError(
-            f"our KernelSHAP and shap.KernelExplainer differ by up to {comparison.max_abs_diff:.3g} "
-            f"(tolerance {config.tolerance:g}); see {out_dir / 'summary.json'}"
+
+def _verdict(comparison: compare.Comparison | compare.AdditivityCheck) -> str:
+    tolerance = f"(tolerance {comparison.tolerance:g})"
+    if isinstance(comparison, compare.AdditivityCheck):
+        return (
+            f"Verdict: {comparison.verdict} — reference skipped (--no-reference), "
+            f"additivity error {comparison.additivity_error_ours:.3g} {tolerance}"
         )
-    return summary
+    return (
+        f"Verdict: {comparison.verdict} — max |ours - shap| = {comparison.max_abs_diff:.3g}, "
+        f"additivity error {comparison.additivity_error_ours:.3g} {tolerance}"
+    )
+
+
+def _disagreement(comparison: compare.Comparison | compare.AdditivityCheck, summary_path: Path) -> str:
+    tolerance = f"(tolerance {comparison.tolerance:g})"
+    if isinstance(comparison, compare.AdditivityCheck):
+        return (
+            f"our KernelSHAP values break additivity by up to {comparison.additivity_error_ours:.3g} "
+            f"{tolerance}; see {summary_path}"
+        )
+    return (
+        f"our KernelSHAP and shap.KernelExplainer differ by up to {comparison.max_abs_diff:.3g} "
+        f"{tolerance}; see {summary_path}"
+    )
 
 
 def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings: _Timings) -> _Prepared:
@@ -420,6 +555,9 @@ def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings:
     t0 = time.perf_counter()
     split_ref = split_step.remote(dataset_ref, config.test_size, config.seed)
     model_ref, model_info = _create_model(split_ref, config, reporter)
+    # The driver's own copy lives on the head with the driver: a worker node lost later cannot
+    # take the model with it and make Ray re-run etl, split and training from lineage mid-run.
+    model_ref = ray.put(ray.get(model_ref))
     timings.add("create_model", t0, f"{model_info['trees']} trees")
 
     t0 = time.perf_counter()
@@ -437,15 +575,16 @@ def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings:
 def _summary(
     config: JobConfig,
     run_id: str,
-    cpus: int,
+    cluster: dict[str, Any],
     prepared: _Prepared,
     explanation: kernel_shap.Explanation,
-    comparison: compare.Comparison,
+    comparison: compare.Comparison | compare.AdditivityCheck,
     timings: _Timings,
-    ours: _Branch,
-    reference: _Branch,
+    branches: list[_Branch],
 ) -> dict[str, Any]:
+    """summary.json; the reference's entries are absent when it was skipped (--no-reference)."""
     info, data = prepared.info, prepared.data
+    keys = {OURS: "ours", REFERENCE: "reference"}
     return {
         "run_id": run_id,
         "data": info["source"],
@@ -461,10 +600,12 @@ def _summary(
         "link": config.link.value,
         "model": {"type": "RandomForestClassifier", **prepared.model_info},
         "expected_value": explanation.expected_value.tolist(),
-        "cpus": cpus,
-        "workers": ours.window,
-        "tasks": {"ours": len(ours.done), "reference": len(reference.done)},
-        "cpu_seconds": {"ours": ours.cpu_seconds, "reference": reference.cpu_seconds},
+        "cpus": cluster["cpus"],  # the cluster's, when the explainers started
+        "nodes": cluster["nodes"],  # alive when the explainers started: id, ip, cpus
+        "nodes_lost": cluster["nodes_lost"],  # of those, dead when they finished: id, ip
+        "workers": branches[0].window,
+        "tasks": {keys[b.name]: len(b.done) for b in branches},
+        "cpu_seconds": {keys[b.name]: b.cpu_seconds for b in branches},
         "wall_seconds": {name: seconds for name, seconds, _ in timings.rows},
         "comparison": comparison.to_dict(),
         "ray_version": ray.__version__,

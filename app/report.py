@@ -68,19 +68,34 @@ class Reporter:
         yield advance
 
     def summary(
-        self, timings: Sequence[tuple[str, float, str]], verdict: str, match: bool, where: str
+        self,
+        timings: Sequence[tuple[str, float, str]],
+        verdict: str,
+        match: bool,
+        where: str,
+        *,
+        nodes_lost: Sequence[str] = (),
+        reference: bool = True,
     ) -> None:
+        """The closing block; ``nodes_lost``: IPs of the nodes that died while the explainers ran."""
         table = Table(title="Timings")
         for column in ("step", "wall s", "note"):
             table.add_column(column)
         for name, seconds, note in timings:
             table.add_row(name, f"{seconds:.2f}", note)
         self.console.print(table)
-        self.console.print(
-            "[dim]The two explainers run at the same time on the same CPUs: compare their CPU seconds, "
-            "or run benchmarks/kernel_shap.py for each alone.[/]",
-            soft_wrap=True,
-        )
+        if reference:
+            self.console.print(
+                "[dim]The two explainers run at the same time on the same CPUs: compare their CPU seconds, "
+                "or run benchmarks/kernel_shap.py for each alone.[/]",
+                soft_wrap=True,
+            )
+        if nodes_lost:
+            count = len(nodes_lost)
+            self.warn(
+                f"{count} node{'s' if count > 1 else ''} lost during the run ({', '.join(nodes_lost)}); "
+                f"{'its' if count == 1 else 'their'} tasks were retried."
+            )
         colour = "green" if match else "red"
         self.console.print(f"[bold {colour}]{verdict}[/]", soft_wrap=True)
         self.console.print(f"Results: {where}", soft_wrap=True)

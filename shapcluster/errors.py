@@ -20,6 +20,7 @@ class ExitStatus(enum.IntEnum):
     REMOTE = 6  # a host could not be reached or a remote command failed
     JOB_FAILED = 7  # the job failed inside the app
     JOB_STOPPED = 8  # the job was stopped by the user
+    NO_CLUSTER = 9  # the head answers over SSH, but no cluster runs there (no container or dashboard)
 
 
 class ShapclusterError(Exception):
@@ -69,3 +70,12 @@ class JobFailedError(ShapclusterError):
 
 class JobStoppedError(ShapclusterError):
     exit_status = ExitStatus.JOB_STOPPED
+
+
+class NoClusterError(ShapclusterError):
+    """The head is reachable, but no cluster is up on it: start one with `shapcluster up`."""
+
+    exit_status = ExitStatus.NO_CLUSTER
+
+    def __init__(self, message: str, *, hint: str | None = "Start the cluster: shapcluster up") -> None:
+        super().__init__(message, hint=hint)

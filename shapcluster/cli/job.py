@@ -1,17 +1,22 @@
-"""`shapcluster submit`: run the SHAP job (locally with --local)."""
+"""`shapcluster submit` (on the cluster, or locally with --local), `jobs` and `logs`."""
 
 from __future__ import annotations
 
 from argparse import ArgumentTypeError
+from datetime import datetime
 from typing import Annotated
 
+import click
 import typer
 
 from app.config import parse_nsamples, parse_sweep
 from app.kernel_shap import Link
-from shapcluster import jobs
+from shapcluster import console, jobs
 from shapcluster.cli._errors import translate_errors
-from shapcluster.errors import InputError, NotImplementedYetError
+from shapcluster.cli.cluster import DEFAULT_CONFIG, ConfigOption
+from shapcluster.config import load_cluster_config
+from shapcluster.errors import InputError
+from shapcluster.secrets import mask_secrets
 
 _JOB = "Job options"
 _RUN = "Where it runs"
@@ -31,6 +36,26 @@ def _sweep(value: str | None) -> tuple[int, ...]:
         raise typer.BadParameter(str(err), param_hint="--sweep") from None
 
 
+def _print_log(line: str) -> None:
+    """One line of the job's log, as it is: no markup, secrets masked."""
+    console.console.print(mask_secrets(line), markup=False, highlight=False, soft_wrap=True)
+
+
+def _progress(line: str) -> None:
+    console.console.print(f"[dim]…[/] {mask_secrets(line)}", soft_wrap=True)
+
+
+def _warn(line: str) -> None:
+    console.err_console.print(f"[yellow]Warning:[/] {mask_secrets(line)}", soft_wrap=True)
+
+
+def _confirm_stop() -> bool:
+    try:
+        return typer.confirm("\nStop the job on the cluster? (no: it keeps running)", default=False)
+    except click.exceptions.Abort:  # a second Ctrl-C: leave the job alone
+        return False
+
+
 @translate_errors
 def submit(
     local: Annotated[
@@ -38,8 +63,13 @@ def submit(
     ] = False,
     cpus: Annotated[
         int | None,
-        typer.Option(min=1, help="CPUs of the local Ray instance (default: all).", rich_help_panel=_RUN),
+        typer.Option(
+            min=1,
+            help="CPUs of the local Ray instance (default: all); only with --local.",
+            rich_help_panel=_RUN,
+        ),
     ] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
     data: Annotated[
         str | None,
         typer.Option(
@@ -86,23 +116,44 @@ def submit(
     link: Annotated[
         Link, typer.Option(help="Link function of the explanation.", rich_help_panel=_JOB)
     ] = Link.IDENTITY,
+    reference: Annotated[
+        bool,
+        typer.Option(
+            "--reference/--no-reference",
+            help="Also run shap.KernelExplainer and compare (--no-reference: ours only, for benchmarks).",
+            rich_help_panel=_JOB,
+        ),
+    ] = True,
     output_dir: Annotated[
         str,
         typer.Option(
-            envvar="SHAPCLUSTER_OUTPUT_DIR", help="Results go to OUTPUT_DIR/<run-id>/.", rich_help_panel=_JOB
+            envvar="SHAPCLUSTER_OUTPUT_DIR",
+            help="Results go to OUTPUT_DIR/<run-id>/ (from a cluster: copied there when the job ends).",
+            rich_help_panel=_JOB,
         ),
     ] = "results",
     run_id: Annotated[
-        str | None, typer.Option(help="Results folder name (default: time-based).", rich_help_panel=_JOB)
+        str | None,
+        typer.Option(
+            help="Results folder name, and the job id on a cluster (default: time-based).",
+            rich_help_panel=_JOB,
+        ),
     ] = None,
 ) -> None:
     """Run the SHAP job: train, explain with our KernelSHAP and shap's side by side, compare.
 
-    Exit status: 0 match, 3 bad input, 4 the explainers disagree.
+    On the cluster of --config unless --local. The log follows live; Ctrl-C stops the job or leaves it.
+
+    Exit status: 0 match, 3 bad input, 4 the explainers disagree, 6 a host is unreachable
+    or Ray rejected the token, 7 the job failed, 8 it was stopped, 9 no cluster is up.
     """
     if run_id is not None and ("/" in run_id or run_id in {"", ".", ".."}):
         raise InputError(f"--run-id {run_id!r} must be a plain folder name.")
-    config = jobs.build_job_config(
+    if cpus is not None and not local:
+        raise typer.BadParameter(
+            "only applies with --local (a cluster's CPUs are set in its config)", param_hint="--cpus"
+        )
+    job = jobs.build_job_config(
         data=data,
         label=label,
         rows=rows,
@@ -116,13 +167,73 @@ def submit(
         seed=seed,
         tolerance=tolerance,
         link=link,
+        reference=reference,
         output_dir=output_dir,
         run_id=run_id,
         cpus=cpus,
     )
-    if not local:
-        raise NotImplementedYetError(
-            "Submitting to a cluster is not built yet.",
-            hint="Run the same job on this machine: shapcluster submit --local",
+    if local:
+        jobs.run_local(job)
+        return
+    outcome = jobs.submit(
+        load_cluster_config(config),
+        job,
+        on_log=_print_log,
+        confirm_stop=_confirm_stop,
+        progress=_progress,
+        warn=_warn,
+    )
+    if outcome.detached:
+        console.console.print(
+            f"Job {outcome.job_id} keeps running. Follow it: shapcluster logs {outcome.job_id} --follow",
+            soft_wrap=True,
         )
-    jobs.run_local(config)
+    elif outcome.results_dir is not None:
+        console.console.print(
+            f"[green]✓[/] job {outcome.job_id} succeeded; results: {outcome.results_dir}", soft_wrap=True
+        )
+    else:
+        console.console.print(
+            f"[green]✓[/] job {outcome.job_id} succeeded (it wrote no results)", soft_wrap=True
+        )
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+@translate_errors
+def list_jobs(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """The jobs submitted to the cluster: id, state, start, duration, command."""
+    settings = load_cluster_config(config)
+    rows = jobs.list_jobs(settings)
+    console.print_table(
+        f"Jobs on cluster {settings.name}",
+        ("job", "state", "started", "duration", "command"),
+        ((r.job_id, r.state, _when(r.start), _duration(r.seconds), r.entrypoint) for r in rows),
+    )
+
+
+@translate_errors
+def logs(
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="The job id (see `shapcluster jobs`).")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Print a cluster job's log (--follow: live, until it ends; Ctrl-C leaves it running)."""
+    settings = load_cluster_config(config)
+    try:
+        info = jobs.job_logs(settings, job_id, follow=follow, on_log=_print_log)
+    except KeyboardInterrupt:
+        console.console.print(f"\nJob {job_id} keeps running.", soft_wrap=True)
+        return
+    if follow:
+        console.console.print(f"Job {job_id}: {info.status}", soft_wrap=True)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
+import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -68,6 +72,17 @@ class Runner(Protocol):
         """Write ``text`` to a file on the host atomically; the text is never logged."""
         ...
 
+    def get(self, remote_path: str, local_path: Path, mode: int = 0o600) -> None:
+        """Copy one file from the host to ``local_path`` atomically (temp file, chmod, rename)."""
+        ...
+
+    def tunnel(self, remote_port: int, remote_host: str = "127.0.0.1") -> AbstractContextManager[int]:
+        """Forward a free port on this machine's 127.0.0.1 to ``remote_host:remote_port`` as the
+        host sees it, for as long as the context lasts; yields the local port. Services bound to
+        the host's loopback (the Ray dashboard) are reached this way, never opened to the network.
+        """
+        ...
+
     def close(self) -> None: ...
 
 
@@ -95,6 +110,22 @@ def check_result(host: str, result: Result) -> Result:
     message = f"{host}: `{result.command}` exited with status {result.exit_code}"
     detail = tail(result.stderr) or tail(result.stdout)
     raise RemoteError(f"{message}:\n{detail}" if detail else message)
+
+
+def save_atomically(local_path: Path, mode: int, fill: Callable[[Path], object]) -> None:
+    """Create ``local_path`` through a temp file beside it: ``fill`` writes the temp file, which
+    gets ``mode`` and is renamed into place only when complete (removed on any failure)."""
+    local_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=local_path.parent, prefix=f".{local_path.name}.", suffix=".part")
+    os.close(fd)
+    temp = Path(name)
+    try:
+        fill(temp)
+        temp.chmod(mode)
+        os.replace(temp, local_path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def log_command(host: str, display: str) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from shapcluster.commands import write_file_command
 from shapcluster.errors import RemoteError
-from shapcluster.remote.base import Result, check_result, display_command
+from shapcluster.remote.base import Result, check_result, display_command, save_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +36,18 @@ class FakeRunner:
     Unscripted commands succeed with empty output, which is what a dry run wants.
     """
 
-    def __init__(self, host: str = "fake", *, dry_run: bool = False) -> None:
+    def __init__(self, host: str = "fake", *, dry_run: bool = False, tunnel_port: int | None = None) -> None:
         self._host = host
         self._dry_run = dry_run
         self._scripts: list[_Script] = []
         self._lock = threading.Lock()
         self.commands: list[str] = []  # the real command text, in order
         self.stdins: list[str | None] = []  # stdin of each command, same order
-        self.files: dict[str, tuple[bytes, int]] = {}  # remote path -> (content, mode)
+        self.files: dict[str, tuple[bytes, int]] = {}  # remote path -> (content, mode); get reads it
+        self.downloads: list[tuple[str, Path]] = []  # (remote path, local path) of each get
+        self.tunnels: list[tuple[str, int]] = []  # (remote host, remote port) of each tunnel opened
+        self.open_tunnels = 0
+        self._tunnel_port = tunnel_port  # the local port a tunnel yields; None: the remote port
         self.closed = False
 
     @property
@@ -88,6 +94,30 @@ class FakeRunner:
 
     def put_text(self, text: str, remote_path: str, mode: int = 0o600) -> None:
         self._store(text.encode(), remote_path, mode)
+
+    def get(self, remote_path: str, local_path: Path, mode: int = 0o600) -> None:
+        """Copy a file from ``files`` (put there by put/put_text or by a test); missing: RemoteError."""
+        if self._dry_run:
+            logger.info("%s: would copy %s to %s", self._host, remote_path, local_path)
+        with self._lock:
+            self.downloads.append((remote_path, local_path))
+            stored = self.files.get(remote_path)
+        if stored is None:
+            raise RemoteError(f"{self._host}: cannot copy {remote_path}: no such file")
+        save_atomically(local_path, mode, lambda temp: temp.write_bytes(stored[0]))
+
+    @contextmanager
+    def tunnel(self, remote_port: int, remote_host: str = "127.0.0.1") -> Iterator[int]:
+        if self._dry_run:
+            logger.info("%s: would forward a local port to %s:%d", self._host, remote_host, remote_port)
+        with self._lock:
+            self.tunnels.append((remote_host, remote_port))
+            self.open_tunnels += 1
+        try:
+            yield remote_port if self._tunnel_port is None else self._tunnel_port
+        finally:
+            with self._lock:
+                self.open_tunnels -= 1
 
     def close(self) -> None:
         self.closed = True

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from shapcluster.commands import write_file_command
 from shapcluster.errors import RemoteError
-from shapcluster.remote.base import Result, check_result, display_command, log_command, log_output
+from shapcluster.remote.base import (
+    Result,
+    check_result,
+    display_command,
+    log_command,
+    log_output,
+    save_atomically,
+)
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class LocalRunner:
@@ -45,6 +57,20 @@ class LocalRunner:
 
     def put_text(self, text: str, remote_path: str, mode: int = 0o600) -> None:
         self.run(write_file_command(remote_path, mode), stdin=text)
+
+    def get(self, remote_path: str, local_path: Path, mode: int = 0o600) -> None:
+        log_command(self._name, f"get {remote_path} -> {local_path}")
+        try:
+            save_atomically(local_path, mode, lambda temp: shutil.copyfile(remote_path, temp))
+        except OSError as err:
+            raise RemoteError(f"{self._name}: cannot copy {remote_path} to {local_path}: {err}") from None
+
+    @contextmanager
+    def tunnel(self, remote_port: int, remote_host: str = "127.0.0.1") -> Iterator[int]:
+        """No tunnel is needed on this machine: the port itself is already local."""
+        if remote_host not in LOOPBACK:
+            raise ValueError(f"LocalRunner forwards only to loopback addresses, not {remote_host!r}")
+        yield remote_port
 
     def close(self) -> None:
         """Nothing to close: every command is its own process."""

@@ -12,9 +12,12 @@ import hashlib
 import io
 import logging
 import secrets
+import select
 import shlex
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -26,9 +29,13 @@ from shapcluster.commands import install_file_command, make_dirs_command, write_
 from shapcluster.config import SshConfig
 from shapcluster.errors import InputError, RemoteError
 from shapcluster.inventory import DEFAULT_SSH_PORT, Host
-from shapcluster.remote.base import Result, check_result, display_command, log_command
+from shapcluster.remote.base import Result, check_result, display_command, log_command, save_atomically
 
 logger = logging.getLogger(__name__)
+
+KEEPALIVE_SECONDS = 30  # a followed job may print nothing for minutes; NATs must not drop the link
+_POLL_SECONDS = 0.2  # how often forwarding threads look whether their tunnel was closed
+_BUFFER = 1 << 16
 
 _known_hosts_lock = threading.Lock()  # hosts are contacted in parallel; appends must not interleave
 
@@ -255,8 +262,113 @@ class SshRunner:
     def put_text(self, text: str, remote_path: str, mode: int = 0o600) -> None:
         self.run(write_file_command(remote_path, mode), stdin=text)
 
+    def get(self, remote_path: str, local_path: Path, mode: int = 0o600) -> None:
+        log_command(self.host, f"get {remote_path} -> {local_path}")
+        try:
+            sftp = self._connection.sftp()  # also opens the connection
+        except Exception as err:
+            raise translate_ssh_error(err, self._host, self._options) from err
+        try:
+            save_atomically(local_path, mode, lambda temp: sftp.get(remote_path, str(temp)))
+        except paramiko.SSHException as err:
+            raise translate_ssh_error(err, self._host, self._options) from err
+        except OSError as err:  # a missing remote file arrives as IOError too
+            raise RemoteError(f"{self.host}: cannot copy {remote_path} to {local_path}: {err}") from err
+
+    @contextmanager
+    def tunnel(self, remote_port: int, remote_host: str = "127.0.0.1") -> Iterator[int]:
+        """Forward a free port on 127.0.0.1 here to ``remote_host:remote_port`` as the host sees
+        it, through direct-tcpip channels of this SSH connection (like ``ssh -L``)."""
+        try:
+            self._connection.open()
+            transport = self._connection.client.get_transport()
+        except Exception as err:
+            raise translate_ssh_error(err, self._host, self._options) from err
+        if transport is None or not transport.is_active():
+            raise RemoteError(f"{self.host}: the SSH connection closed before the tunnel could open")
+        transport.set_keepalive(KEEPALIVE_SECONDS)
+        forwarder = _Forwarder(transport, (remote_host, remote_port), self.host)
+        logger.debug(
+            "%s: forwarding 127.0.0.1:%d to %s:%d", self.host, forwarder.port, remote_host, remote_port
+        )
+        try:
+            yield forwarder.port
+        finally:
+            forwarder.close()
+
     def close(self) -> None:
         self._connection.close()
+
+
+class _Forwarder:
+    """A listener on 127.0.0.1 (free port) whose every connection is piped through its own
+    direct-tcpip channel. A destination that refuses is logged and the local connection closed,
+    so the client sees a refused connection as it would without the tunnel."""
+
+    def __init__(self, transport: paramiko.Transport, destination: tuple[str, int], host: str) -> None:
+        self._transport = transport
+        self._destination = destination
+        self._host = host
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._start(self._accept_loop)
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:  # each notices the event within one poll interval
+            thread.join(timeout=5)
+        self._listener.close()
+
+    def _start(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name=f"tunnel-{self.port}")
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            readable, _, _ = select.select([self._listener], [], [], _POLL_SECONDS)
+            if not readable:
+                continue
+            try:
+                client, peer = self._listener.accept()
+            except OSError:
+                return
+            self._start(self._pipe, client, peer)
+
+    def _pipe(self, client: socket.socket, peer: tuple[str, int]) -> None:
+        with client:
+            try:
+                channel = self._transport.open_channel("direct-tcpip", self._destination, peer, timeout=10)
+            except (paramiko.SSHException, OSError, EOFError) as err:
+                host, port = self._destination
+                logger.debug("%s: %s:%d refused a tunnelled connection: %s", self._host, host, port, err)
+                return
+            with channel:
+                self._copy_until_closed(client, channel)
+
+    def _copy_until_closed(self, client: socket.socket, channel: paramiko.Channel) -> None:
+        watched: list[Any] = [client, channel]
+        while not self._closed.is_set():
+            readable, _, _ = select.select(watched, [], [], _POLL_SECONDS)
+            try:
+                if client in readable:
+                    data = client.recv(_BUFFER)
+                    if not data:
+                        return
+                    channel.sendall(data)
+                if channel in readable:
+                    data = channel.recv(_BUFFER)
+                    if not data:
+                        return
+                    client.sendall(data)
+            except (OSError, EOFError, paramiko.SSHException):
+                return
 
 
 class _LogStream(io.StringIO):

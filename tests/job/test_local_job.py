@@ -47,6 +47,10 @@ def test_submit_local_runs_the_whole_dag(wine_csv: Path, tmp_path: Path):
     assert summary["nsamples"] == 2046 and summary["exact"] is True
     assert summary["classes"] == ["3", "4", "5", "6", "7", "8"]
     assert summary["cpus"] == 2
+    (node,) = summary["nodes"]  # a local run: one node
+    assert node["cpus"] == 2 and node["id"] and node["ip"]
+    assert summary["nodes_lost"] == [] and "node lost" not in result.output
+    assert summary["comparison"]["skipped"] is False
     for step in ("etl", "create_model", "get_data_to_explain", "compare_results", "write_results"):
         assert summary["wall_seconds"][step] >= 0
     ours = pd.read_csv(out / "shap_values.csv")
@@ -129,3 +133,23 @@ def test_bundled_dataset_when_no_data_is_given(local_ray, tmp_path, monkeypatch)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["features"] == 13 and summary["exact"] is True and summary["nsamples"] == 8190
     assert summary["comparison"]["verdict"] == "match"
+
+
+def test_no_reference_runs_our_explainer_alone(local_ray, wine_csv, tmp_path, capsys):
+    from app.__main__ import main
+
+    argv = ["--data", str(wine_csv), "--rows", "2", "--trees", "5", "--background", "20"]
+    status = main([*argv, "--no-reference", "--output-dir", str(tmp_path), "--run-id", "alone"])
+    assert status == 0
+    out = tmp_path / "alone"
+    assert sorted(p.name for p in out.iterdir()) == ["shap_summary.png", "shap_values.csv", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    comparison = summary["comparison"]
+    assert comparison["skipped"] is True and comparison["match"] is True
+    assert comparison["additivity_error_ours"] <= 1e-9
+    assert summary["wall_seconds"]["distributed KernelSHAP"] > 0  # what the scaling benchmark reads
+    assert "shap.KernelExplainer" not in summary["wall_seconds"]
+    assert summary["tasks"].keys() == summary["cpu_seconds"].keys() == {"ours"}
+    printed = capsys.readouterr().out
+    assert "reference skipped (--no-reference)" in printed
+    assert "shap.KernelExplainer" not in printed

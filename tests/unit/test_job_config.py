@@ -20,8 +20,15 @@ def test_argv_round_trip_keeps_every_option():
         link=Link.LOGIT,
         run_id="r1",
         output_dir="out",
+        reference=False,
     )
     assert parse_args(config.to_argv()) == config
+
+
+def test_no_reference_switch():
+    assert parse_args(["--no-reference"]) == JobConfig(reference=False)
+    assert JobConfig(reference=False).to_argv() == ["--no-reference"]
+    assert JobConfig().reference is True
 
 
 def test_defaults_produce_no_arguments():

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import select
 import socket
 import subprocess
 import threading
@@ -97,6 +99,26 @@ def test_fake_dry_run_logs_masked_commands(caplog: pytest.LogCaptureFixture) -> 
     fake.run("docker stop x")
     fake.run("login --password hunter2", secret=True)
     assert caplog.messages == ["w1: would run: docker stop x", "w1: would run: login ****"]
+
+
+def test_fake_get_copies_recorded_files_and_tunnels_are_recorded(tmp_path: Path) -> None:
+    fake = FakeRunner("h1", tunnel_port=40001)
+    fake.files["/r/results/j/summary.json"] = (b"{}\n", 0o644)
+    fake.get("/r/results/j/summary.json", tmp_path / "out" / "summary.json", 0o644)
+    assert (tmp_path / "out" / "summary.json").read_bytes() == b"{}\n"
+    assert (tmp_path / "out" / "summary.json").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(RemoteError, match="h1: cannot copy /r/missing: no such file"):
+        fake.get("/r/missing", tmp_path / "out" / "missing")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["summary.json"]  # no temp left
+    assert fake.downloads == [
+        ("/r/results/j/summary.json", tmp_path / "out" / "summary.json"),
+        ("/r/missing", tmp_path / "out" / "missing"),
+    ]
+    with fake.tunnel(8265) as port:
+        assert port == 40001 and fake.open_tunnels == 1
+    assert fake.tunnels == [("127.0.0.1", 8265)] and fake.open_tunnels == 0
+    with FakeRunner("h2").tunnel(8265) as port:
+        assert port == 8265
 
 
 # ---------------------------------------------------------------- group
@@ -198,6 +220,23 @@ def test_local_runner_writes_files_atomically(tmp_path: Path) -> None:
     assert (tmp_path / "copy").stat().st_mode & 0o777 == 0o644
     with pytest.raises(RemoteError, match="cannot read"):
         runner.put(tmp_path / "missing", str(tmp_path / "x"))
+
+
+def test_local_runner_gets_files_atomically_and_needs_no_tunnel(tmp_path: Path) -> None:
+    runner = LocalRunner("here")
+    source = tmp_path / "remote" / "shap_summary.png"
+    source.parent.mkdir()
+    source.write_bytes(b"\x89PNG" + bytes(range(256)))
+    runner.get(str(source), tmp_path / "local" / "plot.png", 0o644)
+    assert (tmp_path / "local" / "plot.png").read_bytes() == source.read_bytes()
+    assert (tmp_path / "local" / "plot.png").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(RemoteError, match=r"here: cannot copy .*/missing to .*/local/missing: "):
+        runner.get(str(tmp_path / "missing"), tmp_path / "local" / "missing")
+    assert [p.name for p in (tmp_path / "local").iterdir()] == ["plot.png"]
+    with runner.tunnel(8265) as port:
+        assert port == 8265
+    with pytest.raises(ValueError, match="loopback"), runner.tunnel(8265, "10.0.0.5"):
+        pass
 
 
 # ---------------------------------------------------------------- ssh, without a server
@@ -323,10 +362,12 @@ def test_keyscan_command_default_port() -> None:
 
 
 class _Server(paramiko.ServerInterface):
-    """A tiny sshd: public-key auth for one key, exec runs ``sh -c`` on this machine."""
+    """A tiny sshd: public-key auth for one key, exec runs ``sh -c`` on this machine, sftp serves
+    this machine's files, direct-tcpip connects to this machine's ports (like ``ssh -L``)."""
 
     def __init__(self, client_key: paramiko.PKey) -> None:
         self.client_key = client_key
+        self.forwards: dict[int, socket.socket] = {}  # channel id -> connected destination
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -341,6 +382,15 @@ class _Server(paramiko.ServerInterface):
             if kind == "session"
             else paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
         )
+
+    def check_channel_direct_tcpip_request(
+        self, chanid: int, origin: tuple[str, int], destination: tuple[str, int]
+    ) -> int:
+        try:
+            self.forwards[chanid] = socket.create_connection(destination, timeout=5)
+        except OSError:
+            return paramiko.common.OPEN_FAILED_CONNECT_FAILED
+        return paramiko.common.OPEN_SUCCEEDED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         threading.Thread(target=_execute, args=(channel, command.decode()), daemon=True).start()
@@ -371,6 +421,50 @@ def _execute(channel: paramiko.Channel, command: str) -> None:
     channel.send_exit_status(process.wait())
 
 
+def _pump(channel: paramiko.Channel, destination: socket.socket) -> None:
+    """Copy bytes both ways between a direct-tcpip channel and its destination until either closes."""
+    with channel, destination:
+        destination.settimeout(None)
+        while True:
+            readable, _, _ = select.select([channel, destination], [], [], 5)
+            source, sink = (channel, destination) if channel in readable else (destination, channel)
+            if not readable:
+                continue
+            data = source.recv(65536)
+            if not data:
+                return
+            sink.sendall(data)
+
+
+def _accept_forwards(transport: paramiko.Transport, server: _Server) -> None:
+    while transport.is_active():
+        channel = transport.accept(timeout=0.5)
+        if channel is not None and channel.get_id() in server.forwards:
+            destination = server.forwards.pop(channel.get_id())
+            threading.Thread(target=_pump, args=(channel, destination), daemon=True).start()
+
+
+class _LocalSftp(paramiko.SFTPServerInterface):
+    """Read-only SFTP over this machine's files: enough for ``sftp.get``."""
+
+    def stat(self, path: str) -> paramiko.SFTPAttributes | int:
+        try:
+            return paramiko.SFTPAttributes.from_stat(os.stat(path))
+        except OSError as err:
+            return paramiko.SFTPServer.convert_errno(err.errno)
+
+    lstat = stat
+
+    def open(self, path: str, flags: int, attr: paramiko.SFTPAttributes) -> paramiko.SFTPHandle | int:
+        try:
+            file = open(path, "rb")  # noqa: SIM115 - the handle owns it and closes it
+        except OSError as err:
+            return paramiko.SFTPServer.convert_errno(err.errno)
+        handle = paramiko.SFTPHandle(flags)
+        handle.readfile = file  # type: ignore[attr-defined]
+        return handle
+
+
 @dataclass
 class Sshd:
     port: int
@@ -396,9 +490,12 @@ def sshd(tmp_path: Path, host_key: paramiko.PKey) -> Iterator[Sshd]:
                 return
             transport = paramiko.Transport(sock)
             transport.add_server_key(host_key)
+            transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _LocalSftp)
             transports.append(transport)
+            server = _Server(client_key)
             with contextlib.suppress(paramiko.SSHException, EOFError):
-                transport.start_server(server=_Server(client_key))
+                transport.start_server(server=server)
+                threading.Thread(target=_accept_forwards, args=(transport, server), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
     yield Sshd(listener.getsockname()[1], host_key, key_file)
@@ -484,3 +581,99 @@ def test_ssh_closed_port_is_unreachable(tmp_path: Path) -> None:
     runner = SshRunner(Host("127.0.0.1", user="tester", port=port), ssh_options(tmp_path))
     with pytest.raises(RemoteError, match=rf"cannot reach SSH on port {port}"):
         runner.run("true")
+
+
+def test_ssh_get_downloads_a_file_atomically(tmp_path: Path, sshd: Sshd) -> None:
+    trust(tmp_path, sshd, sshd.host_key)
+    runner = ssh_runner(tmp_path, sshd)
+    remote = tmp_path / "remote.bin"
+    remote.write_bytes(bytes(range(256)) * 1000)
+    runner.get(str(remote), tmp_path / "down" / "copy.bin", 0o644)
+    assert (tmp_path / "down" / "copy.bin").read_bytes() == remote.read_bytes()
+    assert (tmp_path / "down" / "copy.bin").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(RemoteError, match=rf"127.0.0.1:{sshd.port}: cannot copy .*/nope to .*/down/nope: "):
+        runner.get(str(tmp_path / "nope"), tmp_path / "down" / "nope")
+    assert [p.name for p in (tmp_path / "down").iterdir()] == ["copy.bin"]  # no partial file left
+    runner.close()
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[int]:
+    """A TCP echo service on this machine's loopback, like the dashboard on the head's."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+def roundtrip(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(payload)
+        received = b""
+        while len(received) < len(payload):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def test_ssh_tunnel_forwards_a_local_port_to_the_hosts_loopback(tmp_path: Path, sshd: Sshd) -> None:
+    trust(tmp_path, sshd, sshd.host_key)
+    runner = ssh_runner(tmp_path, sshd)
+    with echo_server() as service, runner.tunnel(service) as local:
+        assert local != service
+        big = os.urandom(1 << 20)
+        results: dict[int, bytes] = {}
+        threads = [
+            threading.Thread(target=lambda i=i: results.__setitem__(i, roundtrip(local, big[i:] + b"x")))
+            for i in range(3)
+        ]  # concurrent connections, each through its own channel
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert results == {i: big[i:] + b"x" for i in range(3)}
+    with pytest.raises(ConnectionRefusedError):  # the tunnel is gone with its context
+        socket.create_connection(("127.0.0.1", local), timeout=5)
+    runner.close()
+
+
+def test_ssh_tunnel_to_a_closed_port_closes_the_local_connection(tmp_path: Path, sshd: Sshd) -> None:
+    trust(tmp_path, sshd, sshd.host_key)
+    runner = ssh_runner(tmp_path, sshd)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    with (
+        runner.tunnel(closed) as local,
+        socket.create_connection(("127.0.0.1", local), timeout=10) as conn,
+        contextlib.suppress(ConnectionResetError),  # closed or reset: either way, not left hanging
+    ):
+        assert conn.recv(1) == b""
+    runner.close()
+
+
+def test_ssh_tunnel_to_an_unreachable_host_is_a_remote_error(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runner = SshRunner(Host("127.0.0.1", user="tester", port=port), ssh_options(tmp_path))
+    with pytest.raises(RemoteError, match=rf"cannot reach SSH on port {port}"), runner.tunnel(8265):
+        pass
