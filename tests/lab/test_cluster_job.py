@@ -8,6 +8,7 @@ containers inside the host namespaces reach it exactly as they would reach AWS.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -20,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from shapcluster import commands as cmd
@@ -218,3 +221,126 @@ def test_refresh_reaches_a_running_process_without_a_restart(role_cluster: RoleC
         for h in lab.hosts
     }
     assert after == started  # nothing restarted
+
+
+# --- the SHAP job through `submit` (Ray Jobs API over an SSH tunnel) --------------------------
+
+# Small enough to be quick, big enough that a worker can be killed while the explainers run.
+JOB = ["--rows", "12", "--background", "50", "--trees", "50", "--seed", "3"]
+
+
+def shap_values(results: Path) -> np.ndarray:
+    frame = pd.read_csv(results / "shap_values.csv")
+    return frame.select_dtypes("number").to_numpy(dtype=float)
+
+
+@pytest.fixture(scope="module")
+def local_run(role_cluster: RoleCluster, tmp_path_factory) -> Path:
+    """The same job on a local Ray instance: what every cluster run must reproduce."""
+    out = tmp_path_factory.mktemp("local-results")
+    done = role_cluster.cli("submit", "--local", "--cpus", "2", "--data", str(WINE_CSV), *JOB,
+                            "--run-id", "local", "--output-dir", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out / "local"
+
+
+def submit(role_cluster: RoleCluster, out: Path, run_id: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return role_cluster.cli(
+        "submit", "-c", str(role_cluster.config), *JOB, *args, "--run-id", run_id, "--output-dir", str(out)
+    )
+
+
+def test_submit_reads_s3_and_the_synced_folder_and_matches_a_local_run(
+    role_cluster: RoleCluster, local_run: Path, tmp_path: Path
+) -> None:
+    lab = role_cluster.lab
+    from_s3 = submit(role_cluster, tmp_path, "from-s3", "--data", S3_URI)
+    output = from_s3.stdout + from_s3.stderr
+    assert from_s3.returncode == 0, output
+    assert role_cluster.secrets_in(output) == []
+    assert "Explaining on 3 Ray nodes with 3 CPUs." in from_s3.stdout  # the job's own log, relayed
+    assert f"job from-s3 succeeded; results: {tmp_path / 'from-s3'}" in from_s3.stdout
+
+    from_path = submit(
+        role_cluster, tmp_path, "from-path", "--data", str(role_cluster.data_dir / "winequality-red.csv")
+    )
+    assert from_path.returncode == 0, from_path.stdout + from_path.stderr
+
+    expected = shap_values(local_run)
+    for run in ("from-s3", "from-path"):
+        assert np.max(np.abs(shap_values(tmp_path / run) - expected)) <= 1e-9, run
+    summary = json.loads((tmp_path / "from-s3" / "summary.json").read_text())
+    assert summary["data"] == S3_URI and summary["comparison"]["match"] is True
+    assert sorted(n["ip"] for n in summary["nodes"]) == sorted(h.ip for h in lab.hosts)
+    assert summary["nodes_lost"] == []
+    block = summary["cluster"]
+    head_image = lab.head.docker("inspect", "-f", "{{.Image}}", role_cluster.container(lab.head))
+    assert block["job_id"] == "from-s3" and block["image_id"] == head_image
+    assert block["head"] == lab.head.ip and block["app_version"]
+    assert "credentials_expire" in block
+
+    listed = role_cluster.cli("jobs", "-c", str(role_cluster.config))
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"from-s3\s+.*SUCCEEDED", listed.stdout) and re.search(
+        r"from-path\s+.*SUCCEEDED", listed.stdout
+    )
+    logs = role_cluster.cli("logs", "from-s3", "-c", str(role_cluster.config))
+    assert logs.returncode == 0 and "Explaining on 3 Ray nodes" in logs.stdout
+
+
+def test_a_failing_job_and_an_unreachable_head_exit_distinctly(
+    role_cluster: RoleCluster, tmp_path: Path
+) -> None:
+    missing = submit(role_cluster, tmp_path, "missing", "--data", f"s3://{aws_server.BUCKET}/nope.csv")
+    assert missing.returncode == 3, missing.stdout + missing.stderr
+    assert f"s3://{aws_server.BUCKET}/nope.csv: the object does not exist" in missing.stderr
+
+    lab = role_cluster.lab
+    lab.stop_sshd(lab.head)
+    try:
+        unreachable = submit(role_cluster, tmp_path, "unreachable")
+    finally:
+        lab.ensure_running()
+    assert unreachable.returncode == 6, unreachable.stdout + unreachable.stderr
+    assert lab.head.ip in unreachable.stderr
+
+
+def test_the_job_survives_a_lost_worker(role_cluster: RoleCluster, local_run: Path, tmp_path: Path) -> None:
+    victim = role_cluster.lab.workers[1]
+    args = [
+        "submit",
+        "-c",
+        str(role_cluster.config),
+        *JOB,
+        "--data",
+        S3_URI,
+        "--run-id",
+        "lost",
+        "--output-dir",
+        str(tmp_path),
+    ]
+    job = subprocess.Popen(
+        [sys.executable, "-m", "shapcluster", *args],
+        env=role_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seen: list[str] = []
+    try:
+        lines = _lines(job)
+        while not any("Explaining on 3 Ray nodes" in line for line in seen):
+            seen.append(lines.get(timeout=300))  # the live log says the explainers started
+        victim.docker("kill", role_cluster.container(victim))
+        assert job.wait(timeout=600) == 0, "\n".join(seen)
+    finally:
+        job.kill()
+        job.wait()
+    summary = json.loads((tmp_path / "lost" / "summary.json").read_text())
+    assert [n["ip"] for n in summary["nodes_lost"]] == [victim.ip]
+    assert np.max(np.abs(shap_values(tmp_path / "lost") - shap_values(local_run))) <= 1e-9
+
+
+def test_submit_without_a_cluster_says_so(role_cluster: RoleCluster, tmp_path: Path) -> None:
+    down = role_cluster.cli("down", "-c", str(role_cluster.config), timeout=300)
+    assert down.returncode == 0, down.stderr
+    nothing = submit(role_cluster, tmp_path, "nothing")
+    assert nothing.returncode == 9, nothing.stdout + nothing.stderr
+    assert "No cluster is up" in nothing.stderr and "shapcluster up" in nothing.stderr

@@ -21,7 +21,19 @@ def invoke(*args: str):
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["submit"], ["up"], ["sync"], ["status"], ["down"], ["creds"], ["creds", "refresh"]]
+    "command",
+    [
+        [],
+        ["submit"],
+        ["up"],
+        ["sync"],
+        ["status"],
+        ["down"],
+        ["creds"],
+        ["creds", "refresh"],
+        ["jobs"],
+        ["logs"],
+    ],
 )
 def test_every_command_has_help(command):
     result = invoke(*command, "--help")
@@ -34,7 +46,10 @@ def test_version():
     assert result.exit_code == 0 and result.output.startswith("shapcluster ")
 
 
-@pytest.mark.parametrize("command", [["up"], ["sync"], ["status"], ["down"], ["creds", "refresh"]])
+@pytest.mark.parametrize(
+    "command",
+    [["up"], ["sync"], ["status"], ["down"], ["creds", "refresh"], ["submit"], ["jobs"], ["logs", "x"]],
+)
 def test_cluster_commands_name_a_missing_config(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = invoke(*command)
