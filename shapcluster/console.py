@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from shapcluster.errors import ShapclusterError
@@ -36,6 +37,24 @@ def setup_logging(*, debug: bool) -> None:
         force=True,
     )
     logging.getLogger("shapcluster").setLevel(logging.DEBUG if debug else logging.INFO)
+    # Their debug logs carry request and response bodies: STS's answer holds the new secret key
+    # before shapcluster can register it for masking. Never below WARNING, even with --debug.
+    for talkative in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(talkative).setLevel(logging.WARNING)
+
+
+def say(text: str, *, markup: bool = True) -> None:
+    """A line for the user on stdout, secrets masked; ``markup=False`` for text from elsewhere
+    (a job's log), whose brackets must print as they are."""
+    console.print(mask_secrets(text), markup=markup, highlight=False, soft_wrap=True)
+
+
+def progress(line: str) -> None:
+    console.print(f"[dim]…[/] {escape(mask_secrets(line))}", soft_wrap=True)
+
+
+def warn(line: str) -> None:
+    err_console.print(f"[yellow]Warning:[/] {escape(mask_secrets(line))}", soft_wrap=True)
 
 
 def print_error(err: ShapclusterError) -> None:

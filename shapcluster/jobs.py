@@ -568,9 +568,7 @@ def logs_on(session: Session, job_id: str, *, follow: bool, on_log: OnLog) -> Jo
 # --- the commands ----------------------------------------------------------------------------
 
 
-def credentials_warning(
-    meta: CredentialsMeta, previous: Sequence[JobRow], now: datetime
-) -> str | None:
+def credentials_warning(meta: CredentialsMeta, previous: Sequence[JobRow], now: datetime) -> str | None:
     """A warning when the AWS credentials on the head expire before this job likely ends: as
     long as the longest of the last few successful jobs, or DEFAULT_JOB_SECONDS without any."""
     durations = [r.seconds for r in previous if r.state == "SUCCEEDED" and r.seconds]

@@ -23,10 +23,6 @@ ConfigOption = Annotated[
 DEFAULT_CONFIG = Path("shapcluster.toml")
 
 
-def progress(line: str) -> None:
-    console.console.print(f"[dim]…[/] {line}", soft_wrap=True)
-
-
 @translate_errors
 def up(
     config: ConfigOption = DEFAULT_CONFIG,
@@ -56,22 +52,20 @@ def up(
     role_arn = creds.resolve_role_arn(settings.aws, required=False)
     if dry_run:
         for host, lines in cluster.plan_up(settings, steps.planned_tag(), role_arn).items():
-            console.console.print(f"[bold]{host}[/]")
+            console.say(f"[bold]{host}[/]")
             for line in lines:
-                console.console.print(f"  - {line}", soft_wrap=True)
+                console.say(f"  - {line}")
         return
     credential_steps = RoleCredentialSteps(settings, role_arn) if role_arn else None
     with cluster.open_nodes(settings) as nodes:
         report = cluster.up(
-            settings, nodes, steps, FileSyncSteps(settings), progress,
+            settings, nodes, steps, FileSyncSteps(settings), console.progress,
             timeout=timeout, credential_steps=credential_steps,
         )  # fmt: skip
     image = report.image.tag if report.image else "?"
     nodes_text = f"{report.nodes_alive} Ray nodes alive, {report.cpus} CPUs"
     changes = f"kept {len(report.kept)}, restarted {len(report.started)}"
-    console.console.print(
-        f"[green]✓[/] cluster {settings.name} is up: {nodes_text}; {changes}; image {image}"
-    )
+    console.say(f"[green]✓[/] cluster {settings.name} is up: {nodes_text}; {changes}; image {image}")
 
 
 @translate_errors
@@ -79,10 +73,8 @@ def sync(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Copy the app code and data to every host (only what changed)."""
     settings = load_cluster_config(config)
     with cluster.open_nodes(settings) as nodes:
-        FileSyncSteps(settings).sync(nodes, progress)
-    console.console.print(
-        f"[green]✓[/] app{' and data' if settings.sync.data_dir else ''} in sync on every host"
-    )
+        FileSyncSteps(settings).sync(nodes, console.progress)
+    console.say(f"[green]✓[/] app{' and data' if settings.sync.data_dir else ''} in sync on every host")
 
 
 @translate_errors
@@ -103,7 +95,7 @@ def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
         ),
     )  # fmt: skip
     alive = [r for r in rows if r.ray_alive]
-    console.console.print(f"{len(alive)} of {len(rows)} Ray nodes alive, {sum(r.cpus for r in alive):g} CPUs")
+    console.say(f"{len(alive)} of {len(rows)} Ray nodes alive, {sum(r.cpus for r in alive):g} CPUs")
     _print_credentials(rows)
 
 
@@ -118,9 +110,9 @@ def _print_credentials(rows: list[cluster.HostStatus]) -> None:
     missing = sorted(host for host, meta in held.items() if meta is None)
     if soonest.seconds_left(now) <= 0 or missing:
         gaps = f"; none on {', '.join(missing)}" if missing else ""
-        console.console.print(f"[yellow]![/] {line}{gaps}: run `shapcluster creds refresh`")
+        console.say(f"[yellow]![/] {line}{gaps}: run `shapcluster creds refresh`")
     else:
-        console.console.print(line)
+        console.say(line)
 
 
 @translate_errors
@@ -135,7 +127,7 @@ def down(
     with cluster.open_nodes(settings) as nodes:
         results = cluster.down(settings, nodes, purge=purge)
     for host, outcome in results.items():
-        console.console.print(f"[green]✓[/] {host}: {outcome}")
+        console.say(f"[green]✓[/] {host}: {outcome}")
 
 
 COMMANDS: dict[str, Callable[..., Any]] = {"up": up, "sync": sync, "status": status, "down": down}

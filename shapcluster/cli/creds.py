@@ -6,7 +6,7 @@ import typer
 
 from shapcluster import cluster, console, creds
 from shapcluster.cli._errors import translate_errors
-from shapcluster.cli.cluster import DEFAULT_CONFIG, ConfigOption, progress
+from shapcluster.cli.cluster import DEFAULT_CONFIG, ConfigOption
 from shapcluster.config import load_cluster_config
 from shapcluster.steps import RoleCredentialSteps, utc_now
 
@@ -25,13 +25,13 @@ def refresh(config: ConfigOption = DEFAULT_CONFIG) -> None:
     role_arn = creds.resolve_role_arn(settings.aws, required=True)
     assert role_arn is not None  # required=True raises instead
     steps = RoleCredentialSteps(settings, role_arn)
-    progress(f"Assuming {role_arn} (session {settings.aws.session_name})")
+    console.progress(f"Assuming {role_arn} (session {settings.aws.session_name})")
     # Ask STS before touching any host: a refused role changes nothing anywhere.
     fresh = steps.assume_role()
     with cluster.open_nodes(settings) as nodes:
-        steps.refresh(nodes, progress, fresh)
+        steps.refresh(nodes, console.progress, fresh)
         hosts = len(nodes)
-    console.console.print(
+    console.say(
         f"[green]✓[/] credentials for {role_arn} on {hosts} host(s); "
         f"they expire {creds.describe_expiry(fresh.expiration, utc_now())}"
     )

@@ -16,7 +16,6 @@ from shapcluster.cli._errors import translate_errors
 from shapcluster.cli.cluster import DEFAULT_CONFIG, ConfigOption
 from shapcluster.config import load_cluster_config
 from shapcluster.errors import InputError
-from shapcluster.secrets import mask_secrets
 
 _JOB = "Job options"
 _RUN = "Where it runs"
@@ -36,17 +35,8 @@ def _sweep(value: str | None) -> tuple[int, ...]:
         raise typer.BadParameter(str(err), param_hint="--sweep") from None
 
 
-def _print_log(line: str) -> None:
-    """One line of the job's log, as it is: no markup, secrets masked."""
-    console.console.print(mask_secrets(line), markup=False, highlight=False, soft_wrap=True)
-
-
-def _progress(line: str) -> None:
-    console.console.print(f"[dim]…[/] {mask_secrets(line)}", soft_wrap=True)
-
-
-def _warn(line: str) -> None:
-    console.err_console.print(f"[yellow]Warning:[/] {mask_secrets(line)}", soft_wrap=True)
+def _print_log_line(line: str) -> None:
+    console.say(line, markup=False)
 
 
 def _confirm_stop() -> bool:
@@ -178,24 +168,19 @@ def submit(
     outcome = jobs.submit(
         load_cluster_config(config),
         job,
-        on_log=_print_log,
+        on_log=_print_log_line,
         confirm_stop=_confirm_stop,
-        progress=_progress,
-        warn=_warn,
+        progress=console.progress,
+        warn=console.warn,
     )
     if outcome.detached:
-        console.console.print(
-            f"Job {outcome.job_id} keeps running. Follow it: shapcluster logs {outcome.job_id} --follow",
-            soft_wrap=True,
+        console.say(
+            f"Job {outcome.job_id} keeps running. Follow it: shapcluster logs {outcome.job_id} --follow"
         )
     elif outcome.results_dir is not None:
-        console.console.print(
-            f"[green]✓[/] job {outcome.job_id} succeeded; results: {outcome.results_dir}", soft_wrap=True
-        )
+        console.say(f"[green]✓[/] job {outcome.job_id} succeeded; results: {outcome.results_dir}")
     else:
-        console.console.print(
-            f"[green]✓[/] job {outcome.job_id} succeeded (it wrote no results)", soft_wrap=True
-        )
+        console.say(f"[green]✓[/] job {outcome.job_id} succeeded (it wrote no results)")
 
 
 def _when(moment: datetime | None) -> str:
@@ -231,9 +216,9 @@ def logs(
     """Print a cluster job's log (--follow: live, until it ends; Ctrl-C leaves it running)."""
     settings = load_cluster_config(config)
     try:
-        info = jobs.job_logs(settings, job_id, follow=follow, on_log=_print_log)
+        info = jobs.job_logs(settings, job_id, follow=follow, on_log=_print_log_line)
     except KeyboardInterrupt:
-        console.console.print(f"\nJob {job_id} keeps running.", soft_wrap=True)
+        console.say(f"\nJob {job_id} keeps running.")
         return
     if follow:
-        console.console.print(f"Job {job_id}: {info.status}", soft_wrap=True)
+        console.say(f"Job {job_id}: {info.status}")

@@ -23,7 +23,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        console.console.print(f"shapcluster {__version__}")
+        console.say(f"shapcluster {__version__}")
         raise typer.Exit()
 
 

@@ -78,7 +78,7 @@ def user_env(keys: aws_server.Keys, home: Path) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "SHAPCLUSTER_"))}
     home.mkdir(parents=True, exist_ok=True)
     return {
-        **env, **keys.env(), "COLUMNS": "200",
+        **env, **keys.env(), "COLUMNS": "100000",  # no line wraps inside a secret it might print
         "AWS_CONFIG_FILE": str(home / "aws-config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-credentials"),
         "AWS_EC2_METADATA_DISABLED": "true",
@@ -201,7 +201,8 @@ def test_refresh_reaches_a_running_process_without_a_restart(role_cluster: RoleC
         lines = _lines(watcher)
         assert lines.get(timeout=120) == f"READY {old_key}"
 
-        refresh = role_cluster.cli("creds", "refresh", "-c", str(role_cluster.config))
+        # --debug: every log line too must be free of secrets.
+        refresh = role_cluster.cli("--debug", "creds", "refresh", "-c", str(role_cluster.config))
         output = refresh.stdout + refresh.stderr
         assert refresh.returncode == 0, output
         assert f"credentials for {ROLE_ARN} on 3 host(s)" in refresh.stdout

@@ -253,6 +253,21 @@ def test_assume_role_returns_working_short_lived_credentials(world, config, monk
     assert body.startswith(b'"fixed acidity"')
 
 
+def test_debug_logs_never_show_the_new_credentials(world, config, monkeypatch, capsys):
+    from shapcluster import console
+
+    use_keys(monkeypatch, world.alice)
+    monkeypatch.setattr(console.err_console, "width", 100_000)  # no wrapping inside a secret
+    console.setup_logging(debug=True)
+    try:
+        fresh = creds.assume_role(aws_for(config, world.url), ROLE_ARN)
+    finally:
+        console.setup_logging(debug=False)
+    logged = capsys.readouterr().err
+    assert fresh.secret_access_key not in logged and fresh.session_token not in logged
+    assert world.alice.secret_access_key not in logged
+
+
 def test_access_denied_names_the_caller_the_role_and_the_fix(world, config, monkeypatch):
     use_keys(monkeypatch, world.bob)
     with pytest.raises(creds.CredentialsError) as err:
