@@ -11,7 +11,6 @@ import ipaddress
 import json
 import logging
 import secrets
-import shlex
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -332,15 +331,17 @@ def wait_for_nodes(
 
 
 def down(config: ClusterConfig, nodes: Sequence[Node], *, purge: bool = False) -> dict[str, str]:
-    """Remove this cluster's containers on every reachable host (found by label, so no local
-    state is needed); with purge also its images and synced files. Unreachable hosts are
-    reported after the others are cleaned."""
+    """Remove this cluster's containers and AWS credentials on every reachable host (found by
+    label, so no local state is needed); with purge also its images and synced files.
+    Unreachable hosts are reported after the others are cleaned."""
 
     def clean(node: Node) -> str:
         removed = node.runner.run(cmd.remove_containers_command(config.name)).stdout.split()
+        # Nothing runs to use them any more; `up` writes fresh ones.
+        node.runner.run(cmd.remove_paths_command(node.layout.aws_dir, node.layout.env_file))
         if purge:
             node.runner.run(cmd.remove_images_command(config.image.name))
-            node.runner.run(shlex.join(["rm", "-rf", "--", node.layout.root]))
+            node.runner.run(cmd.remove_paths_command(node.layout.root))
         return f"{len(removed)} container(s) removed" + (", images and files purged" if purge else "")
 
     return run_on_nodes(nodes, clean, what="down")

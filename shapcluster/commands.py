@@ -215,6 +215,10 @@ def remove_containers_command(cluster: str, role: Role | None = None) -> str:
     )
 
 
+def remove_paths_command(*paths: str) -> str:
+    return shlex.join(["rm", "-rf", "--", *paths])
+
+
 def count_cpus_command() -> str:
     return "nproc"
 

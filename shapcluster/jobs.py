@@ -348,6 +348,32 @@ def content_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def unsynced_files(head: cluster.Node, app_dir: Path) -> list[str] | None:
+    """Files of the local app folder that differ from (or are missing in) the head's synced copy,
+    and files only the head has; None when the head's app folder was never synced."""
+    from shapcluster import sync
+
+    found = head.runner.run(cmd.read_file_command(sync.manifest_path(head.layout.app_dir)), check=False)
+    remote = sync.parse_manifest(found.stdout, head.layout.app_dir) if found.ok else None
+    if remote is None:
+        return None
+    local = {path: file.sha256 for path, file in sync.scan_local_tree(app_dir).files.items()}
+    synced = {path: entry.sha256 for path, entry in remote.items()}
+    return sorted(path for path in local.keys() | synced.keys() if local.get(path) != synced.get(path))
+
+
+def sync_warning(differs: list[str] | None, app_dir: Path, head: str) -> str | None:
+    if differs == []:
+        return None
+    what = (
+        "was never synced"
+        if differs is None
+        else f"differs from {app_dir} in {len(differs)} file(s): {', '.join(differs[:5])}"
+        + (" …" if len(differs) > 5 else "")
+    )
+    return f"The app on {head} {what}; the job runs the synced copy. Run `shapcluster sync` first."
+
+
 def _git(folder: Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-C", str(folder), *args], capture_output=True, text=True, check=True, timeout=30
@@ -617,10 +643,13 @@ def submit(
             entrypoint=entrypoint,
             credentials_expiry=meta.expiration if meta else None,
         )
+        stale_app = sync_warning(unsynced_files(head, config.sync.app_dir), config.sync.app_dir, head.name)
+        if stale_app:
+            warn(stale_app)
         with open_session(head, config.ray.dashboard, client_factory) as session:
-            warning = meta and credentials_warning(meta, jobs_on(session), clock())
-            if warning:
-                warn(warning)
+            expiring = meta and credentials_warning(meta, jobs_on(session), clock())
+            if expiring:
+                warn(expiring)
             return run_job(
                 session,
                 job_id=job_id,

@@ -198,7 +198,10 @@ def test_down_cleans_reachable_hosts_and_names_the_unreachable(config):
     with pytest.raises(RemoteError, match=r"down failed on 1 of 3 hosts:\n  - 10\.9\.0\.2: cannot connect"):
         cluster.down(config, nodes_for(config, runners))
     for ip in ("10.9.0.1", "10.9.0.3"):
-        assert runners[ip].commands == [cmd.remove_containers_command("lab")]
+        assert runners[ip].commands == [
+            cmd.remove_containers_command("lab"),
+            "rm -rf -- /srv/sc/secrets/aws /srv/sc/secrets/env.list",  # the AWS credentials go too
+        ]
 
 
 def test_down_purge_removes_images_and_files(config):

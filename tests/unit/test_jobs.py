@@ -21,7 +21,7 @@ from ray.exceptions import AuthenticationError
 from typer.testing import CliRunner
 
 from app.config import JobConfig
-from shapcluster import jobs
+from shapcluster import jobs, sync
 from shapcluster.cli import app
 from shapcluster.config import ClusterConfig, load_cluster_config
 from shapcluster.creds import CredentialsMeta
@@ -359,6 +359,31 @@ def test_credentials_that_expire_before_the_job_likely_ends_are_warned_about() -
     assert jobs.credentials_warning(meta, [], now + timedelta(minutes=10)) is not None
 
 
+def synced_as_is(head: FakeRunner, config: ClusterConfig) -> None:
+    """Script the head's sync manifest to match the local app folder."""
+    tree = sync.scan_local_tree(config.sync.app_dir)
+    entries = {p: sync.ManifestEntry(f.sha256, f.size, f.mtime, f.mode) for p, f in tree.files.items()}
+    manifest = sync.manifest_path("/srv/sc/app")
+    head.respond(f"^cat -- {re.escape(manifest)}$", stdout=sync.render_manifest(entries))
+
+
+def test_submit_warns_when_the_heads_app_is_not_the_local_one(config: ClusterConfig) -> None:
+    never = Run(healthy_head(), Factory(FakeClient()))
+    warnings: list[str] = []
+    submit(config, never, warn=warnings.append)
+    assert warnings == ["The app on 10.9.0.1 was never synced; the job runs the synced copy. "
+                        "Run `shapcluster sync` first."]  # fmt: skip
+
+    changed = Run(healthy_head(), Factory(FakeClient()))
+    synced_as_is(changed.head, config)
+    (config.sync.app_dir / "__main__.py").write_text("print('changed')\n")
+    (config.sync.app_dir / "new.py").write_text("x = 1\n")
+    warnings.clear()
+    submit(config, changed, warn=warnings.append)
+    assert len(warnings) == 1 and "differs from" in warnings[0]
+    assert "in 2 file(s): __main__.py, new.py" in warnings[0]
+
+
 def test_wait_for_end_polls_until_the_deadline() -> None:
     client = FakeClient(status="RUNNING", exit_code=None)
     now = [0.0]
@@ -378,6 +403,7 @@ def test_submit_follows_the_log_fetches_results_and_records_the_cluster(config: 
     meta = {"role_arn": ROLE, "session_name": "s", "expiration": expiry.isoformat()}
     meta["refreshed_at"] = datetime.now(UTC).isoformat()
     run.head.respond(r"^cat -- /srv/sc/secrets/aws/meta.json$", stdout=json.dumps(meta))
+    synced_as_is(run.head, config)
     warnings: list[str] = []
     outcome = submit(config, run, warn=warnings.append)
     assert warnings == []  # an hour left; no job has taken longer than the 15 min guess
