@@ -20,7 +20,9 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,30 +128,37 @@ def by_hand(lab: Lab, base: str, wheelhouse: Path, work: Path) -> dict[str, floa
     return times
 
 
-def main() -> None:
+BASE_TAG = "bench/base:1"
+
+
+@contextmanager
+def bench_lab() -> Iterator[tuple[Lab, Path]]:
+    """A fresh three-host lab whose hosts all hold the base image BASE_TAG, and the wheelhouse;
+    the lab is destroyed afterwards, even on failure."""
     wheelhouse = base_image.make_wheelhouse(REPO / "docker" / "requirements.txt")
     tarball = base_image.make_base_image()
     home = os.environ.get("HOME", "")
     lab = Lab.create()
     try:
-        base = "bench/base:1"
-        lab.import_image(lab.head, tarball, base)
-        lab.ship_image(base, lab.head, lab.workers)
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            config = write_config(work, lab, base)
-            cold, _ = shapcluster("up", "--config", str(config), "--wheelhouse", str(wheelhouse))
-            warm, result = shapcluster("up", "--config", str(config), "--wheelhouse", str(wheelhouse))
-            restarted = "restarted 0" not in result.stdout
-            down, _ = shapcluster("down", "--config", str(config))
-            shapcluster("down", "--config", str(config), "--purge")
-            print(
-                f"shapcluster: cold up {cold:.1f} s, warm up {warm:.1f} s, down {down:.1f} s", file=sys.stderr
-            )
-            manual = by_hand(lab, base, wheelhouse, work)
+        lab.import_image(lab.head, tarball, BASE_TAG)
+        lab.ship_image(BASE_TAG, lab.head, lab.workers)
+        yield lab, wheelhouse
     finally:
         os.environ["HOME"] = home
         lab.destroy()
+
+
+def main() -> None:
+    with bench_lab() as (lab, wheelhouse), tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        config = write_config(work, lab, BASE_TAG)
+        cold, _ = shapcluster("up", "--config", str(config), "--wheelhouse", str(wheelhouse))
+        warm, result = shapcluster("up", "--config", str(config), "--wheelhouse", str(wheelhouse))
+        restarted = "restarted 0" not in result.stdout
+        down, _ = shapcluster("down", "--config", str(config))
+        shapcluster("down", "--config", str(config), "--purge")
+        print(f"shapcluster: cold up {cold:.1f} s, warm up {warm:.1f} s, down {down:.1f} s", file=sys.stderr)
+        manual = by_hand(lab, BASE_TAG, wheelhouse, work)
     report = {
         "lab": "3 hosts in network namespaces sharing this machine's cores",
         "by_hand_seconds": {k: round(v, 1) for k, v in manual.items()},

@@ -11,7 +11,6 @@ Run: `.venv/bin/python benchmarks/lab_scaling.py --cpus-list 1,2,3 --batch-sizes
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -21,38 +20,25 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import scaling  # noqa: E402  (beside this file)
-from cluster_up import shapcluster, write_config  # noqa: E402
+from cluster_up import BASE_TAG, bench_lab, shapcluster, write_config  # noqa: E402
 
 from tests.conftest import WINE_CSV  # noqa: E402  (../shared/data, never copied into git)
-from tests.lab import base_image  # noqa: E402  (the lab library lives with the tests)
-from tests.lab.lab import Lab  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    wheelhouse = base_image.make_wheelhouse(REPO / "docker" / "requirements.txt")
-    tarball = base_image.make_base_image()
-    home = os.environ.get("HOME", "")
-    lab = Lab.create()
-    try:
-        base = "bench/base:1"
-        lab.import_image(lab.head, tarball, base)
-        lab.ship_image(base, lab.head, lab.workers)
-        with tempfile.TemporaryDirectory() as tmp:
-            config = write_config(Path(tmp), lab, base)
-            data_dir = Path(tmp) / "data"  # the real wine file, synced to every host
-            data_dir.mkdir()
-            shutil.copy(WINE_CSV, data_dir / WINE_CSV.name)
-            with config.open("a") as file:  # [sync] is the config's last table
-                file.write(f'data_dir = "{data_dir}"\n')
-            shapcluster("up", "--config", str(config), "--wheelhouse", str(wheelhouse))
-            try:
-                data = ["--data", str(data_dir / WINE_CSV.name)]
-                return scaling.main(["--config", str(config), *data, *argv])
-            finally:
-                shapcluster("down", "--config", str(config), "--purge")
-    finally:
-        os.environ["HOME"] = home
-        lab.destroy()
+    with bench_lab() as (lab, wheelhouse), tempfile.TemporaryDirectory() as tmp:
+        config = write_config(Path(tmp), lab, BASE_TAG)
+        data_dir = Path(tmp) / "data"  # the real wine file, synced to every host
+        data_dir.mkdir()
+        shutil.copy(WINE_CSV, data_dir / WINE_CSV.name)
+        with config.open("a") as file:  # [sync] is the config's last table
+            file.write(f'data_dir = "{data_dir}"\n')
+        shapcluster("up", "--config", str(config), "--wheelhouse", str(wheelhouse))
+        try:
+            data = ["--data", str(data_dir / WINE_CSV.name)]
+            return scaling.main(["--config", str(config), *data, *argv])
+        finally:
+            shapcluster("down", "--config", str(config), "--purge")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ class ExitStatus(enum.IntEnum):
     USAGE = 2  # bad command-line usage (typer/click use 2 too)
     INPUT = 3  # invalid input data, inventory or configuration
     MISMATCH = 4  # the job ran but our explanations disagree with the reference
-    NOT_IMPLEMENTED = 5  # the command exists but is not built yet
+    NOT_IMPLEMENTED = 5  # reserved: was "not built yet"; every command is built now
     REMOTE = 6  # a host could not be reached or a remote command failed
     JOB_FAILED = 7  # the job failed inside the app
     JOB_STOPPED = 8  # the job was stopped by the user
@@ -50,12 +50,6 @@ class ResultsDisagreeError(ShapclusterError):
     """Our KernelSHAP and the reference disagree beyond the tolerance."""
 
     exit_status = ExitStatus.MISMATCH
-
-
-class NotImplementedYetError(ShapclusterError):
-    """A command whose issue is still open: it must fail loudly, never pretend."""
-
-    exit_status = ExitStatus.NOT_IMPLEMENTED
 
 
 class RemoteError(ShapclusterError):

@@ -18,11 +18,9 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import secrets
 import shlex
 import subprocess
-import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -33,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, cast
 
 from app.config import JobConfig
+from app.results import write_summary
 from shapcluster import cluster
 from shapcluster import commands as cmd
 from shapcluster.config import ClusterConfig
@@ -314,17 +313,7 @@ def add_cluster_block(summary_path: Path, block: Mapping[str, str]) -> bool:
     except (OSError, ValueError) as err:
         raise InputError(f"{summary_path}: cannot read the job's summary: {err}") from None
     summary["cluster"] = dict(block)
-    fd, temp = tempfile.mkstemp(dir=summary_path.parent, prefix=f".{summary_path.name}.")
-    try:
-        os.fchmod(fd, RESULTS_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(summary, indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, summary_path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_summary(summary_path, summary)  # atomically, 0644 like the job's own files
     return True
 
 

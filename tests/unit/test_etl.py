@@ -4,7 +4,6 @@ and one clear error per bad input."""
 from __future__ import annotations
 
 import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from app import etl
 from app.errors import DataError
+from tests.http_util import serve
 
 HEADER = '"fixed acidity";"pH";"alcohol";"quality"'
 
@@ -156,14 +156,8 @@ def http_server(tmp_path: Path) -> Iterator[str]:
         def log_message(self, *args):  # keep test output clean
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join()
+    with serve(Handler) as url:
+        yield url
 
 
 def test_url_loads_and_http_errors_are_clear(http_server):
