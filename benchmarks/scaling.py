@@ -33,7 +33,6 @@ import contextlib
 import csv
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -149,11 +148,6 @@ def parse_int_list(text: str, *, allow_auto: bool = False) -> tuple[Any, ...]:
 
 def batch_label(batch_size: BatchSize) -> str:
     return AUTO if batch_size is None else str(batch_size)
-
-
-def has_option(help_text: str, option: str) -> bool:
-    """Whether ``option`` (e.g. ``--no-reference``) appears as a whole option in a --help text."""
-    return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", help_text) is not None
 
 
 def submit_command(
@@ -344,18 +338,6 @@ def _tail(text: str, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def submit_help() -> str:
-    command = [sys.executable, "-m", "shapcluster", "submit", "--help"]
-    env = os.environ | {"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}  # no wrapped option names
-    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-    if result.returncode != 0:
-        raise BenchmarkError(
-            f"`{' '.join(command)}` failed with exit status {result.returncode}:\n"
-            f"{_tail(result.stdout + result.stderr)}"
-        )
-    return result.stdout
-
-
 def find_summary(runs_dir: Path, run_id: str, before: set[Path]) -> Path:
     """The run's summary.json: under its run id, else the one new folder (a cluster's job id)."""
     expected = runs_dir / run_id / "summary.json"
@@ -513,7 +495,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
-        help_text = submit_help()
         if args.local:
             target = ["--local", "--cpus", str(max(args.cpus_list))]
             if max(args.cpus_list) > (os.cpu_count() or 1):
@@ -522,19 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "the larger counts share cores and their speed-up means little"
                 )
         else:
-            if not has_option(help_text, "-c") and not has_option(help_text, "--config"):
-                raise BenchmarkError(
-                    "`shapcluster submit` has no -c/--config yet, so it cannot run on a cluster; "
-                    "use --local, or update shapcluster"
-                )
             target = ["-c", str(Path(args.config).resolve())]
         no_reference = not args.with_reference
-        if no_reference and not has_option(help_text, "--no-reference"):
-            _progress(
-                "warning: `shapcluster submit` has no --no-reference yet: shap's explainer runs beside "
-                "ours and shares the CPUs, so our wall times include that contention"
-            )
-            no_reference = False
         runs_dir = args.out / "runs"
         _progress(f"Writing to {args.out}")
         if args.local:

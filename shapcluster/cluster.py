@@ -26,6 +26,7 @@ from shapcluster.errors import RemoteError
 from shapcluster.inventory import Host, check_cpus
 from shapcluster.remote.base import Runner, tail
 from shapcluster.remote.group import GroupResult, gather_results, run_in_parallel
+from shapcluster.secrets import register_secret
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -141,12 +142,22 @@ def preflight(nodes: Sequence[Node]) -> dict[str, Facts]:
     return run_on_nodes(nodes, check, what="preflight")
 
 
+def read_token(head: Node) -> str | None:
+    """The cluster's Ray token as the head holds it (None if it has none), registered as a
+    secret the moment it is read."""
+    found = head.runner.run(cmd.read_file_command(head.layout.token_file), check=False, secret=True)
+    token = found.stdout.strip()
+    if not found.ok or not token:
+        return None
+    register_secret(token)
+    return token
+
+
 def ensure_token(nodes: Sequence[Node]) -> None:
     """One Ray auth token for the cluster: kept from the head if it has one, else made here;
     written 0600 on every host and never shown."""
-    head = nodes[0]
-    found = head.runner.run(cmd.read_file_command(head.layout.token_file), check=False, secret=True)
-    token = found.stdout.strip() if found.ok and found.stdout.strip() else secrets.token_hex(32)
+    token = read_token(nodes[0]) or secrets.token_hex(32)
+    register_secret(token)
 
     def place(node: Node) -> None:
         node.runner.run(cmd.make_dirs_command(node.layout.secrets_dir, mode=0o700))
@@ -159,16 +170,18 @@ def ensure_token(nodes: Sequence[Node]) -> None:
 
 def write_credentials(nodes: Sequence[Node], credentials: creds.RoleCredentials, now: datetime) -> None:
     """Credentials file, env.list, then meta.json on every host: each written atomically, 0600."""
-    files = (
-        ("aws_credentials_file", creds.credentials_file_text(credentials)),
-        ("env_file", creds.env_list_text(credentials)),
-        ("aws_meta_file", creds.meta_text(credentials, now)),
-    )
+    profile = creds.credentials_file_text(credentials)
+    env_list = creds.env_list_text(credentials)
+    meta = creds.meta_text(credentials, now)
 
     def place(node: Node) -> None:
-        node.runner.run(cmd.make_dirs_command(node.layout.secrets_dir, node.layout.aws_dir, mode=0o700))
-        for attribute, text in files:
-            path = getattr(node.layout, attribute)
+        layout = node.layout
+        node.runner.run(cmd.make_dirs_command(layout.secrets_dir, layout.aws_dir, mode=0o700))
+        for path, text in (
+            (layout.aws_credentials_file, profile),
+            (layout.env_file, env_list),
+            (layout.aws_meta_file, meta),
+        ):
             node.runner.run(cmd.write_file_command(path, 0o600), stdin=text, secret=True)
 
     run_on_nodes(nodes, place, what="writing AWS credentials")

@@ -46,7 +46,6 @@ from shapcluster.errors import (
 )
 from shapcluster.inventory import Host
 from shapcluster.remote.base import Runner, tail
-from shapcluster.secrets import register_secret
 
 log = logging.getLogger(__name__)
 
@@ -374,11 +373,9 @@ def _git(folder: Path, *args: str) -> str:
 
 
 def read_token(head: cluster.Node) -> str:
-    """The cluster's Ray token from the head, registered as a secret before anything else."""
-    found = head.runner.run(cmd.read_file_command(head.layout.token_file), check=False, secret=True)
-    token = found.stdout.strip()
-    register_secret(token)
-    if not found.ok or not token:
+    """The cluster's Ray token from the head (registered as a secret); NoClusterError without one."""
+    token = cluster.read_token(head)
+    if token is None:
         raise NoClusterError(
             f"{head.name}: no Ray token at {head.layout.token_file}: no cluster was started there."
         )

@@ -24,9 +24,6 @@ scaling = importlib.util.module_from_spec(_spec)
 sys.modules["scaling_bench"] = scaling  # dataclasses look their module up while building
 _spec.loader.exec_module(scaling)
 
-HELP_WITH = "│ --workers  <int>  Ray tasks at once.\n│ --no-reference   Leave shap's explainer out. │\n"
-HELP_WITHOUT = "│ --workers  <int>  Ray tasks at once.\n│ --cpus <int> CPUs │\n"
-
 
 def synthetic_runs():
     """batch 2: 1 CPU 10/11/12 s, 2 CPUs 5.5/6/7 s; auto: 2 CPUs 8/8 s, 4 CPUs 3/5 s."""
@@ -92,14 +89,6 @@ def test_usage_errors(argv):
 
 
 # ---- commands and summaries ------------------------------------------------------------------
-
-
-def test_has_option_matches_whole_options_only():
-    assert scaling.has_option(HELP_WITH, "--no-reference")
-    assert not scaling.has_option(HELP_WITHOUT, "--no-reference")
-    assert not scaling.has_option("--no-reference-x --reference", "--no-reference")
-    assert not scaling.has_option("--cpus  CPUs", "-c")
-    assert scaling.has_option("│ --config  -c  PATH │", "-c")
 
 
 def test_submit_command_is_exact(tmp_path):
@@ -282,7 +271,6 @@ def test_local_env_is_a_ray_instance_of_its_own():
 
 
 def test_local_runs_share_one_private_ray_dir_removed_after(tmp_path, monkeypatch, fake_job, capsys):
-    monkeypatch.setattr(scaling, "submit_help", lambda: HELP_WITH)
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert scaling.main(["--local", "--cpus-list", "1,2", "--nruns", "1", "--out", str(tmp_path)]) == 0
     dirs = {env["RAY_TMPDIR"] for env in fake_job.envs}
@@ -331,19 +319,15 @@ def fake_job(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("help_text", "reference"), [(HELP_WITH, False), (HELP_WITHOUT, True)], ids=["no-reference", "fallback"]
+    ("switch", "reference"), [([], False), (["--with-reference"], True)], ids=["default", "with-reference"]
 )
-def test_main_writes_everything_and_prints_json(
-    tmp_path, monkeypatch, capsys, fake_job, help_text, reference
-):
-    monkeypatch.setattr(scaling, "submit_help", lambda: help_text)
-    argv = ["--local", "--cpus-list", "1,2,4", "--batch-sizes", "auto,4", "--nruns", "2"]
+def test_main_writes_everything_and_prints_json(tmp_path, capsys, fake_job, switch, reference):
+    argv = ["--local", "--cpus-list", "1,2,4", "--batch-sizes", "auto,4", "--nruns", "2", *switch]
     assert scaling.main([*argv, "--rows", "4", "--out", str(tmp_path / "out")]) == 0
 
     captured = capsys.readouterr()
     report = json.loads(captured.out)
     assert report["reference_explainer"] is reference
-    assert ("has no --no-reference yet" in captured.err) is reference
     commands = fake_job.commands
     assert len(commands) == 12 and all(("--no-reference" in c) is not reference for c in commands)
     assert all(c[c.index("--cpus") + 1] == "4" and c[c.index("--rows") + 1] == "4" for c in commands)
@@ -359,7 +343,6 @@ def test_main_writes_everything_and_prints_json(
 
 
 def test_main_aborts_on_a_failed_run(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(scaling, "submit_help", lambda: HELP_WITH)
 
     def run_once(command, run_id, runs_dir, timeout, env=None):
         raise scaling.BenchmarkError("`shapcluster submit ...` failed with exit status 3")
@@ -371,14 +354,7 @@ def test_main_aborts_on_a_failed_run(tmp_path, monkeypatch, capsys):
     assert "scaling benchmark aborted: `shapcluster submit ...` failed with exit status 3" in captured.err
 
 
-def test_cluster_needs_submit_config_option(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(scaling, "submit_help", lambda: HELP_WITH)
-    assert scaling.main(["--config", "shapcluster.toml", "--cpus-list", "1", "--out", str(tmp_path)]) == 1
-    assert "has no -c/--config yet" in capsys.readouterr().err
-
-
 def test_cluster_target(tmp_path, monkeypatch, fake_job, capsys):
-    monkeypatch.setattr(scaling, "submit_help", lambda: HELP_WITH + "│ --config  -c  PATH │\n")
     config = tmp_path / "shapcluster.toml"
     assert scaling.main(["-c", str(config), "--cpus-list", "2", "--nruns", "1", "--out", str(tmp_path)]) == 0
     assert fake_job.commands[0][4:7] == ["-c", str(config), "--workers"]
