@@ -34,10 +34,9 @@ import ray
 from ray import ObjectRef
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from app import compare, etl, kernel_shap, model, results
-from app import groups as groups_file
+from app import compare, etl, kernel_shap, model, precheck, results
 from app.config import EXACT, JobConfig
-from app.errors import BudgetError, ExplanationsDisagreeError, JobError
+from app.errors import ExplanationsDisagreeError, JobError
 from app.report import Reporter
 
 log = logging.getLogger(__name__)
@@ -417,9 +416,7 @@ def run_job(config: JobConfig, reporter: Reporter | None = None) -> dict[str, An
     """Run the whole DAG; write results/<run-id>/; return the summary. Raises JobError."""
     reporter = reporter or Reporter()
     source = etl.resolve_source(config.data)
-    if source is not None and "://" not in source:
-        dataset = etl.load_dataset(source, config.label)  # fail in milliseconds, before Ray starts
-        _check_plan_before_ray(config, dataset)
+    precheck.check_job(config)  # data, groups and plan size: milliseconds, before Ray starts
     started_ray = _init_ray(config, reporter)
     try:
         return _run_dag(config, source, reporter)
@@ -437,34 +434,6 @@ def run_job(config: JobConfig, reporter: Reporter | None = None) -> dict[str, An
     finally:
         if started_ray:
             ray.shutdown()
-
-
-def _players(config: JobConfig, feature_names: list[str]) -> groups_file.Players | None:
-    return groups_file.load_groups(config.groups, feature_names) if config.groups else None
-
-
-def _resolve_budget(
-    config: JobConfig,
-    nsamples: int | str | None,
-    n_players: int,
-    n_rows: int,
-    n_background: int,
-    n_outputs: int,
-) -> int | None:
-    try:
-        return kernel_shap.resolve_nsamples(nsamples, n_players, n_rows, n_background, n_outputs)
-    except kernel_shap.PlanTooLargeError as err:
-        raise BudgetError(f"{config.data or 'the data'}: {err}") from None
-
-
-def _check_plan_before_ray(config: JobConfig, dataset: etl.Dataset) -> None:
-    """The groups file and the plan's size, checked in milliseconds before Ray starts
-    (upper bounds: every row explained, every player varying)."""
-    names = [str(c) for c in dataset.features.columns]
-    players = _players(config, names)
-    n_players = len(names) if players is None else len(players.names)
-    n_classes = max(int(dataset.labels.nunique()), 1)
-    _resolve_budget(config, config.nsamples, n_players, config.rows, config.background, n_classes)
 
 
 def _first_line(err: Exception, limit: int = 200) -> str:
@@ -498,13 +467,13 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     timings = _Timings()
     prepared = _prepare(config, source, reporter, timings)
     n_rows, n_features = prepared.data.rows.shape
-    player_spec = _players(config, prepared.info["features"])
+    player_spec = precheck.players(config, prepared.info["features"])
     players = None if player_spec is None else kernel_shap.player_matrix(player_spec.columns, n_features)
     n_players = n_features if players is None else len(players)
     cpus = _cluster_cpus()
     workers = config.workers or cpus
     n_outputs = prepared.outputs["fx"].shape[1]
-    budget = _resolve_budget(
+    budget = precheck.resolve_budget(
         config, prepared.nsamples, n_players, n_rows, len(prepared.background.rows), n_outputs
     )
     nodes = _alive_nodes()
@@ -621,7 +590,7 @@ def _ours_rounds(
             )
             return ours, plans, n_now
         n_next = min(2 * n_now, kernel_shap.MAX_TOL_NSAMPLES)
-        _resolve_budget(config, n_next, n_players, n_rows, len(prepared.background.rows), n_outputs)
+        precheck.resolve_budget(config, n_next, n_players, n_rows, len(prepared.background.rows), n_outputs)
         ours, plans = branch_for(n_next)
 
 
