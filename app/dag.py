@@ -333,12 +333,18 @@ def run_distributed_shap(
     n_players = data.rows.shape[1] if players is None else players.shape[0]
     background = Background.put(data.background, background_weights)
     model_box = [model_ref]
-    outputs = ray.get(outputs_step.remote(model_box, data.rows, background.ref, background.weights))
-    budget = kernel_shap.resolve_nsamples(
-        nsamples, n_players, len(data.rows), len(background.rows), outputs["fx"].shape[1]
-    )
+    outputs_ref = outputs_step.remote(model_box, data.rows, background.ref, background.weights)
+    # Sized for one output here so the blocks start at once; ey is sized again for the real
+    # number of outputs before it is built.
+    budget = kernel_shap.resolve_nsamples(nsamples, n_players, len(data.rows), len(background.rows))
     branch, plans = _ours_branch(model_box, data, background, budget, seed, workers, batch_size, players)
     _drive([branch], lambda name, amount: None)
+    outputs = ray.get(outputs_ref)
+    for plan, row_index in plans.values():
+        n_varying, n_outputs = len(plan.varying), outputs["fx"].shape[1]
+        kernel_shap.check_plan_fits(
+            plan.n_coalitions, n_varying, plan.n_features, len(row_index), n_outputs, exact=plan.exact
+        )
     return _solve_ours(branch, plans, outputs, link, len(data.rows), n_players)
 
 
