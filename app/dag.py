@@ -71,9 +71,11 @@ def _single_threaded() -> Any:
 
 
 @ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False)
-def etl_step(source: str | None, label: str) -> tuple[etl.Dataset, dict[str, Any]]:
+def etl_step(
+    source: str | None, label: str, weights_column: str | None = None
+) -> tuple[etl.Dataset, dict[str, Any]]:
     start = time.perf_counter()
-    dataset = etl.load_dataset(source, label)
+    dataset = etl.with_weights(etl.load_dataset(source, label), weights_column)
     info = {
         "source": dataset.source,
         "rows": len(dataset.features),
@@ -529,6 +531,8 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     summary["players"] = names
     summary["groups"] = None if player_spec is None else player_spec.groups
     summary["tol"] = config.tol
+    summary["background_weights"] = config.background_weights
+    summary["background_distinct"] = len(prepared.background.rows)
     _write_results(out_dir, summary, prepared, explanation, ref_values, names)
     reporter.summary(
         timings.rows,
@@ -708,7 +712,9 @@ def _disagreement(comparison: compare.Comparison | compare.AdditivityCheck, summ
 def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings: _Timings) -> _Prepared:
     """etl -> split -> create_model -> get_data_to_explain, plus f(x) and E[f] once."""
     t0 = time.perf_counter()
-    dataset_ref, info_ref = cast(tuple[Ref, Ref], etl_step.remote(source, config.label))
+    dataset_ref, info_ref = cast(
+        tuple[Ref, Ref], etl_step.remote(source, config.label, config.background_weights)
+    )
     info: dict[str, Any] = ray.get(info_ref)
     if info["notice"]:
         reporter.notice(info["notice"])
@@ -732,7 +738,7 @@ def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings:
     data_ref = get_data_to_explain_step.remote(split_ref, config.rows, config.background, config.seed)
     data: model.ExplainData = ray.get(data_ref)
     background_ref = ray.put(data.background)
-    background = Background.put(data.background)
+    background = Background.put(data.background, data.background_weights)
     model_box = [model_ref]
     outputs: dict[str, Any] = ray.get(
         outputs_step.remote(model_box, data.rows, background.ref, background.weights)

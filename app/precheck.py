@@ -37,7 +37,7 @@ def check_job(config: JobConfig) -> None:
     source = etl.resolve_source(config.data)
     if source is None or "://" in source:
         return
-    dataset = etl.load_dataset(source, config.label)
+    dataset = etl.with_weights(etl.load_dataset(source, config.label), config.background_weights)
     names = [str(c) for c in dataset.features.columns]
     spec = players(config, names)
     n_players = len(names) if spec is None else len(spec.names)

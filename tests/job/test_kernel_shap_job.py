@@ -188,3 +188,21 @@ def test_a_bad_groups_file_is_refused_before_ray_starts(tmp_path, wine_csv):
     assert result.exit_code == ExitStatus.INPUT, result.output
     text = " ".join(result.output.split())
     assert str(path) in text and "'acidity of the soul'" in text
+
+
+def test_background_weights_column_is_shaps_weighted_background(local_ray, wine_csv, tmp_path):
+    frame = pd.read_csv(wine_csv, sep=";")
+    frame.insert(0, "w", np.random.default_rng(1).integers(1, 6, size=len(frame)))
+    path = tmp_path / "weighted.csv"
+    frame.to_csv(path, sep=";", index=False)
+    common = ["--rows", "2", "--trees", "5", "--background", "20", "--output-dir", str(tmp_path)]
+    weighted = submit("--data", str(path), "--background-weights", "w", *common, "--run-id", "w")
+    assert weighted.exit_code == 0, weighted.output
+    summary = strict(tmp_path / "w" / "summary.json")
+    assert "w" not in summary["feature_names"] and summary["background_weights"] == "w"
+    assert summary["comparison"]["verdict"] == "match" and summary["comparison"]["max_abs_diff"] <= 1e-9
+    plain = submit("--data", str(wine_csv), *common, "--run-id", "p")
+    assert plain.exit_code == 0, plain.output
+    unweighted = strict(tmp_path / "p" / "summary.json")
+    assert unweighted["row_ids"] == summary["row_ids"]  # the same rows and background, unweighted
+    assert not np.allclose(unweighted["expected_value"], summary["expected_value"], rtol=0, atol=1e-6)

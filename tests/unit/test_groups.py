@@ -65,3 +65,17 @@ def test_summary_is_strict_json_with_null_for_non_finite_numbers(tmp_path):
     text = (tmp_path / "summary.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text)["b"] == [1.0, None]
+
+
+def test_a_weights_column_leaves_the_features_and_bad_weights_name_their_line(tmp_path):
+    from app import etl
+
+    path = write(tmp_path, "d.csv", "a,w,quality\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(12)))
+    dataset = etl.with_weights(etl.load_dataset(str(path)), "w")
+    assert list(dataset.features.columns) == ["a"]
+    assert dataset.weights is not None and dataset.weights.tolist() == [i % 3 for i in range(12)]
+    bad = write(tmp_path, "bad.csv", "a,w,quality\n" + "".join(f"{i},{1 - i},{i % 2}\n" for i in range(12)))
+    with pytest.raises(DataError, match="bad.csv: weight -1 in column 'w' on line 4"):
+        etl.with_weights(etl.load_dataset(str(bad)), "w")
+    with pytest.raises(DataError, match="no weights column 'v'"):
+        etl.with_weights(etl.load_dataset(str(path)), "v")
