@@ -48,8 +48,8 @@ def with_weights(dataset: Dataset, column: str | None) -> Dataset:
     bad = weights[~np.isfinite(weights.to_numpy()) | (weights.to_numpy() < 0)]
     if not bad.empty:
         raise DataError(
-            f"{dataset.source}: weight {float(bad.iloc[0]):g} in column {column!r} on line {_line_of(bad.index[0])} "
-            "is not a finite, non-negative number."
+            f"{dataset.source}: weight {float(bad.iloc[0]):g} in column {column!r} on line "
+            f"{_line_of(bad.index[0])} is not a finite, non-negative number."
         )
     if features.shape[1] < 1:
         raise DataError(f"{dataset.source}: no feature columns are left besides the weights {column!r}.")

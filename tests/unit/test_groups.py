@@ -75,7 +75,7 @@ def test_a_weights_column_leaves_the_features_and_bad_weights_name_their_line(tm
     assert list(dataset.features.columns) == ["a"]
     assert dataset.weights is not None and dataset.weights.tolist() == [i % 3 for i in range(12)]
     bad = write(tmp_path, "bad.csv", "a,w,quality\n" + "".join(f"{i},{1 - i},{i % 2}\n" for i in range(12)))
-    with pytest.raises(DataError, match="bad.csv: weight -1 in column 'w' on line 4"):
+    with pytest.raises(DataError, match=r"bad\.csv: weight -1 in column 'w' on line 4"):
         etl.with_weights(etl.load_dataset(str(bad)), "w")
     with pytest.raises(DataError, match="no weights column 'v'"):
         etl.with_weights(etl.load_dataset(str(path)), "v")
