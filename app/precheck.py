@@ -4,6 +4,8 @@ columns, and the explanation's plan sized against kernel_shap.PLAN_MEMORY_BUDGET
 
 from __future__ import annotations
 
+import math
+
 from app import etl, kernel_shap
 from app import groups as groups_file
 from app.config import JobConfig
@@ -42,4 +44,7 @@ def check_job(config: JobConfig) -> None:
     spec = players(config, names)
     n_players = len(names) if spec is None else len(spec.names)
     n_classes = max(int(dataset.labels.nunique()), 1)
-    resolve_budget(config, config.nsamples, n_players, config.rows, config.background, n_classes)
+    n_test = math.ceil(len(dataset.features) * config.test_size)  # as train_test_split rounds
+    rows = min(config.rows, n_test)  # more rows than the split has fails later, with its own message
+    background = min(config.background, len(dataset.features) - n_test)
+    resolve_budget(config, config.nsamples, n_players, rows, background, n_classes)
