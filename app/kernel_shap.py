@@ -48,7 +48,7 @@ MAX_BLOCK_BYTES = 256 << 20  # synthetic rows of one model call, whatever the nu
 PLAN_MEMORY_BUDGET = 2 << 30
 # "Affordable" exact enumeration: at most this many synthetic model rows (coalitions x
 # background x rows); above it the default is shap's sampling budget 2G + 2048.
-EXACT_MODEL_ROWS_BUDGET = 50_000_000
+EXACT_MODEL_ROWS_BUDGET = 20_000_000
 LOGIT_EPSILON = 1e-15  # shap's LogitLink clips probabilities to [eps, 1 - eps]
 # Largest budget convergence-driven sampling (--tol) may grow to.
 MAX_TOL_NSAMPLES = 1 << 17
