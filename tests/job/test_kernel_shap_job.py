@@ -206,3 +206,37 @@ def test_background_weights_column_is_shaps_weighted_background(local_ray, wine_
     unweighted = strict(tmp_path / "p" / "summary.json")
     assert unweighted["row_ids"] == summary["row_ids"]  # the same rows and background, unweighted
     assert not np.allclose(unweighted["expected_value"], summary["expected_value"], rtol=0, atol=1e-6)
+
+
+def test_run_distributed_shap_with_groups_and_weights_equals_the_in_process_explainer(local_ray, wine_csv):
+    """The API the benchmarks use: same values as kernel_shap.explain, sampled and exact."""
+    import ray
+
+    from app import etl, kernel_shap, model
+    from app.dag import run_distributed_shap
+
+    split = model.split_data(etl.load_dataset(str(wine_csv)))
+    forest = model.train_forest(split, n_estimators=3).model
+    data = model.get_data_to_explain(split, rows=3, background=15)
+    groups = [[0, 1, 2], [3], [4, 9], [5, 6], [7], [8], [10]]
+    weights = np.arange(1.0, 16.0)
+    model_ref = ray.put(forest)
+    for nsamples in (None, 40):
+        ours = run_distributed_shap(
+            model_ref,
+            data,
+            nsamples=nsamples,
+            seed=3,
+            groups=groups,
+            background_weights=weights,
+            batch_size=1,
+        )
+        alone = kernel_shap.explain(
+            forest.predict_proba, data.rows, data.background, nsamples=nsamples, seed=3, groups=groups,
+            background_weights=weights, dtype=model.input_dtype(forest),
+        )  # fmt: skip
+        assert ours.values.shape == (3, 7, len(forest.classes_))
+        np.testing.assert_allclose(ours.values, alone.values, rtol=0, atol=1e-12)
+        assert ours.exact == (nsamples is None) and (ours.standard_errors is None) == ours.exact
+        if alone.standard_errors is not None:
+            np.testing.assert_allclose(ours.standard_errors, alone.standard_errors, rtol=0, atol=1e-12)
