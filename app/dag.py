@@ -489,11 +489,19 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
         reporter.info(f"Explaining on {len(nodes)} Ray nodes with {cpus} CPUs.")
     ours, plans, budget = _ours_rounds(config, prepared, budget, workers, players, reporter)
     if not all(plan.exact for plan, _ in plans.values()):
+        exact_n = kernel_shap.exact_nsamples(n_players)
+        exact_fits = kernel_shap.plan_bytes(exact_n, n_players, n_features, n_rows, n_outputs) <= (
+            kernel_shap.PLAN_MEMORY_BUDGET
+        )
         reporter.warn(
-            f"sampling mode: {n_players} players need {kernel_shap.exact_nsamples(n_players)} coalitions "
+            f"sampling mode: {n_players} players need {exact_n:,} coalitions "
             "for exact values; values come with standard errors (shap_standard_errors.csv)"
             + (" and the verdict allows for them." if config.reference else ".")
-            + " Pass --nsamples exact for exact values."
+            + (
+                " Pass --nsamples exact for exact values."
+                if exact_fits
+                else " Pass --tol X for errors below X, or --groups for fewer players."
+            )
         )
     branches = [ours]
     if config.reference:
