@@ -21,3 +21,9 @@ class ExplanationsDisagreeError(JobError):
     """Our KernelSHAP and the reference disagree beyond the tolerance (or break additivity)."""
 
     exit_status = 4
+
+
+class UnsupportedModelError(JobError):
+    """--algorithm tree was asked for a model (or a split kind) the tree path does not cover."""
+
+    exit_status = 3
