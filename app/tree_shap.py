@@ -108,7 +108,9 @@ class TreeEnsemble:
             raise ValueError(f"expected rows of {self.n_features} features, got shape {rows.shape}")
         if np.isinf(rows).any():
             raise ValueError("rows to explain or background contain infinite values")
-        return _region_masks(rows, self.leaf_start, self.path_feature, self.path_lo, self.path_hi, self.path_nan)
+        return _region_masks(
+            rows, self.leaf_start, self.path_feature, self.path_lo, self.path_hi, self.path_nan
+        )
 
     def predict(self, x: npt.ArrayLike) -> FloatArray:
         """Sum of the leaf values each row reaches, (R, K), without the model's base score."""
@@ -176,16 +178,22 @@ def _forest_trees(model: Any, classifier: bool) -> list[_Tree]:
 def _gradient_boosting_trees(model: Any) -> list[_Tree]:
     stages = model.estimators_  # (stages, K) DecisionTreeRegressor
     k = stages.shape[1]
-    return [
-        _sklearn_tree(
-            est.tree_, np.asarray(est.tree_.value, dtype=np.float64)[:, 0, :1] * model.learning_rate, j
-        )
-        for stage in stages
-        for j, est in enumerate(stage)
-    ] if k > 1 else [
-        _sklearn_tree(est.tree_, np.asarray(est.tree_.value, dtype=np.float64)[:, 0, :1] * model.learning_rate)
-        for est in stages[:, 0]
-    ]
+    return (
+        [
+            _sklearn_tree(
+                est.tree_, np.asarray(est.tree_.value, dtype=np.float64)[:, 0, :1] * model.learning_rate, j
+            )
+            for stage in stages
+            for j, est in enumerate(stage)
+        ]
+        if k > 1
+        else [
+            _sklearn_tree(
+                est.tree_, np.asarray(est.tree_.value, dtype=np.float64)[:, 0, :1] * model.learning_rate
+            )
+            for est in stages[:, 0]
+        ]
+    )
 
 
 def _hist_gradient_boosting_trees(model: Any) -> list[_Tree]:
@@ -201,8 +209,8 @@ def _hist_gradient_boosting_trees(model: Any) -> list[_Tree]:
             if np.any(nodes["is_categorical"]):
                 raise UnsupportedModelError("HistGradientBoosting categorical splits are not supported")
             leaf = nodes["is_leaf"].astype(bool)
-            left = np.where(leaf, -1, nodes["left"]).astype(np.intp)
-            right = np.where(leaf, -1, nodes["right"]).astype(np.intp)
+            left = np.where(leaf, -1, nodes["left"].astype(np.intp))
+            right = np.where(leaf, -1, nodes["right"].astype(np.intp))
             value = np.asarray(nodes["value"], dtype=np.float64)[:, None]
             trees.append(
                 _Tree(
@@ -233,7 +241,9 @@ def _xgboost_trees(model: Any) -> list[_Tree]:
         left = np.where(is_leaf, -1, child(nodes["Yes"].fillna("").to_numpy()))
         right = np.where(is_leaf, -1, child(nodes["No"].fillna("").to_numpy()))
         missing = child(nodes["Missing"].fillna("").to_numpy())
-        feature = np.array([-1 if leaf else names.index(f) for f, leaf in zip(nodes["Feature"], is_leaf, strict=True)])
+        feature = np.array(
+            [-1 if leaf else names.index(f) for f, leaf in zip(nodes["Feature"], is_leaf, strict=True)]
+        )
         split = nodes["Split"].fillna(0.0).to_numpy(dtype=np.float64).astype(np.float32)
         # x < split in float32  <=>  x <= the float32 just below split
         threshold = np.nextafter(split, np.float32(-np.inf)).astype(np.float64)
@@ -267,7 +277,9 @@ def _lightgbm_trees(model: Any) -> list[_Tree]:
                 node["_left"] = node["_right"] = -1
                 return index
             if node["decision_type"] != "<=":
-                raise UnsupportedModelError("LightGBM categorical splits are not supported by --algorithm tree")
+                raise UnsupportedModelError(
+                    "LightGBM categorical splits are not supported by --algorithm tree"
+                )
             if node["missing_type"] == "Zero":
                 raise UnsupportedModelError(
                     "LightGBM zero-as-missing splits are not supported by --algorithm tree"
@@ -278,7 +290,9 @@ def _lightgbm_trees(model: Any) -> list[_Tree]:
 
         visit(info["tree_structure"])
         leaf = np.array([n["_left"] == -1 for n in nodes])
-        threshold = np.array([0.0 if lf else float(n["threshold"]) for n, lf in zip(nodes, leaf, strict=True)])
+        threshold = np.array(
+            [0.0 if lf else float(n["threshold"]) for n, lf in zip(nodes, leaf, strict=True)]
+        )
         # missing_type None: LightGBM turns NaN into 0 before comparing; NaN: the default child
         missing_left = np.array(
             [
@@ -292,10 +306,15 @@ def _lightgbm_trees(model: Any) -> list[_Tree]:
             _Tree(
                 np.array([n["_left"] for n in nodes], dtype=np.intp),
                 np.array([n["_right"] for n in nodes], dtype=np.intp),
-                np.array([-1 if lf else n["split_feature"] for n, lf in zip(nodes, leaf, strict=True)], dtype=np.intp),
+                np.array(
+                    [-1 if lf else n["split_feature"] for n, lf in zip(nodes, leaf, strict=True)],
+                    dtype=np.intp,
+                ),
                 threshold,
                 missing_left,
-                np.array([n.get("leaf_value", 0.0) if lf else 0.0 for n, lf in zip(nodes, leaf, strict=True)])[:, None],
+                np.array(
+                    [n.get("leaf_value", 0.0) if lf else 0.0 for n, lf in zip(nodes, leaf, strict=True)]
+                )[:, None],
                 info["tree_index"] % per_iteration if per_iteration > 1 else None,
             )
         )
@@ -488,7 +507,9 @@ def explain(model: Any, rows: npt.ArrayLike, background: npt.ArrayLike) -> TreeE
     tree_model = prepare_model(model, background)
     stats = background_stats(tree_model, background)
     values = shap_values(tree_model, stats, rows)
-    return TreeExplanation(values, stats.expected_value, model_outputs(tree_model, rows), tree_model.ensemble.output)
+    return TreeExplanation(
+        values, stats.expected_value, model_outputs(tree_model, rows), tree_model.ensemble.output
+    )
 
 
 def _weight_tables(d: int) -> tuple[FloatArray, FloatArray]:
@@ -610,3 +631,19 @@ def _accumulate(masks, leaf_start, path_feature, leaf_value, bg_start, bg_mask, 
                         phi[r, f, o] -= out_sum * leaf_value[leaf, o]
                     bits ^= low
     return phi
+
+
+def choose_algorithm(requested: str, model: Any) -> tuple[str, str]:
+    """The algorithm that will run for ``--algorithm requested`` and why (for summary.json).
+
+    ``auto``: ``tree`` when this module covers the model, else ``kernel``. ``tree`` and
+    ``tree-path-dependent`` on a model it does not cover raise UnsupportedModelError.
+    """
+    kind = type(model).__name__
+    if requested == "auto":
+        if is_supported(model):
+            return "tree", f"auto: {kind} is a supported tree ensemble, so the exact tree path runs"
+        return "kernel", f"auto: {kind} is not a supported tree ensemble, so exact KernelSHAP runs"
+    if requested in ("tree", "tree-path-dependent"):
+        model_output(model)  # raises UnsupportedModelError with the list of supported models
+    return requested, f"requested with --algorithm {requested}"
