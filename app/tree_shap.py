@@ -108,9 +108,10 @@ class TreeEnsemble:
             raise ValueError(f"expected rows of {self.n_features} features, got shape {rows.shape}")
         if np.isinf(rows).any():
             raise ValueError("rows to explain or background contain infinite values")
-        return _region_masks(
+        masks: npt.NDArray[np.uint64] = _region_masks(
             rows, self.leaf_start, self.path_feature, self.path_lo, self.path_hi, self.path_nan
         )
+        return masks
 
     def predict(self, x: npt.ArrayLike) -> FloatArray:
         """Sum of the leaf values each row reaches, (R, K), without the model's base score."""
@@ -167,33 +168,24 @@ def _forest_trees(model: Any, classifier: bool) -> list[_Tree]:
     n = len(model.estimators_)
     for estimator in model.estimators_:
         raw = np.asarray(estimator.tree_.value, dtype=np.float64)  # (nodes, outputs, classes)
-        if classifier:
-            value = raw[:, 0, :] / raw[:, 0, :].sum(axis=1, keepdims=True)  # like predict_proba
-        else:
-            value = raw[:, :, 0]
+        # classifiers: the class shares of the leaf, as predict_proba averages them
+        value = raw[:, 0, :] / raw[:, 0, :].sum(axis=1, keepdims=True) if classifier else raw[:, :, 0]
         trees.append(_sklearn_tree(estimator.tree_, value / n))
     return trees
 
 
 def _gradient_boosting_trees(model: Any) -> list[_Tree]:
-    stages = model.estimators_  # (stages, K) DecisionTreeRegressor
+    stages = model.estimators_  # (stages, K) DecisionTreeRegressor, scaled by the learning rate
     k = stages.shape[1]
-    return (
-        [
-            _sklearn_tree(
-                est.tree_, np.asarray(est.tree_.value, dtype=np.float64)[:, 0, :1] * model.learning_rate, j
-            )
-            for stage in stages
-            for j, est in enumerate(stage)
-        ]
-        if k > 1
-        else [
-            _sklearn_tree(
-                est.tree_, np.asarray(est.tree_.value, dtype=np.float64)[:, 0, :1] * model.learning_rate
-            )
-            for est in stages[:, 0]
-        ]
-    )
+    return [
+        _sklearn_tree(
+            est.tree_,
+            np.asarray(est.tree_.value, dtype=np.float64)[:, 0, :1] * model.learning_rate,
+            j if k > 1 else None,
+        )
+        for stage in stages
+        for j, est in enumerate(stage)
+    ]
 
 
 def _hist_gradient_boosting_trees(model: Any) -> list[_Tree]:
@@ -237,7 +229,7 @@ def _xgboost_trees(model: Any) -> list[_Tree]:
     for tree_id, nodes in frame.groupby("Tree", sort=True):
         ids = {node_id: i for i, node_id in enumerate(nodes["ID"])}
         is_leaf = (nodes["Feature"] == "Leaf").to_numpy()
-        child = np.vectorize(lambda node_id: ids.get(node_id, -1), otypes=[np.intp])
+        child = np.vectorize(lambda node_id, ids=ids: ids.get(node_id, -1), otypes=[np.intp])
         left = np.where(is_leaf, -1, child(nodes["Yes"].fillna("").to_numpy()))
         right = np.where(is_leaf, -1, child(nodes["No"].fillna("").to_numpy()))
         missing = child(nodes["Missing"].fillna("").to_numpy())
@@ -273,7 +265,7 @@ def _lightgbm_trees(model: Any) -> list[_Tree]:
         def visit(node: dict[str, Any], nodes: list[dict[str, Any]] = nodes) -> int:
             index = len(nodes)
             nodes.append(node)
-            if "leaf_index" in node or "leaf_value" in node and "split_index" not in node:
+            if "leaf_index" in node or ("leaf_value" in node and "split_index" not in node):
                 node["_left"] = node["_right"] = -1
                 return index
             if node["decision_type"] != "<=":
@@ -298,7 +290,7 @@ def _lightgbm_trees(model: Any) -> list[_Tree]:
             [
                 False
                 if lf
-                else (bool(n["default_left"]) if n["missing_type"] == "NaN" else 0.0 <= float(n["threshold"]))
+                else (bool(n["default_left"]) if n["missing_type"] == "NaN" else float(n["threshold"]) >= 0.0)
                 for n, lf in zip(nodes, leaf, strict=True)
             ]
         )
@@ -375,7 +367,7 @@ def extract(model: Any, n_outputs: int | None = None) -> TreeEnsemble:
     """Flatten a fitted model's trees into leaf regions. Raises UnsupportedModelError."""
     _, output = model_output(model)
     trees, dtype = _trees_of(model)
-    k = n_outputs or max(max(t.value.shape[1] for t in trees), 1 + max((t.output or 0) for t in trees))
+    k = n_outputs or max(*(t.value.shape[1] for t in trees), *(1 + (t.output or 0) for t in trees))
     n_features = int(model.n_features_in_)
     values: list[FloatArray] = []
     starts = [0]
@@ -537,7 +529,7 @@ def _region_masks(rows, leaf_start, path_feature, lo, hi, nan_ok):  # type: igno
             bits = np.uint64(0)
             for j in range(leaf_start[leaf], leaf_start[leaf + 1]):
                 v = rows[r, path_feature[j]]
-                inside = nan_ok[j] if np.isnan(v) else (lo[j] < v and v <= hi[j])
+                inside = nan_ok[j] if np.isnan(v) else (lo[j] < v <= hi[j])
                 if inside:
                     bits |= np.uint64(1) << np.uint64(j - leaf_start[leaf])
             out[r, leaf] = bits
@@ -576,7 +568,9 @@ def _popcount(x):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _accumulate(masks, leaf_start, path_feature, leaf_value, bg_start, bg_mask, bg_weight, w_in, w_out, phi):  # type: ignore[no-untyped-def]
+def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0912 -- one loop nest: one numba kernel
+    masks, leaf_start, path_feature, leaf_value, bg_start, bg_mask, bg_weight, w_in, w_out, phi
+):
     n_rows, n_leaves = masks.shape
     n_out = leaf_value.shape[1]
     coef = np.zeros(MAX_PATH_FEATURES + 1)

@@ -114,7 +114,7 @@ def _regression(n_features: int = 6) -> tuple[np.ndarray, np.ndarray]:
     return np.round(x, 2), y
 
 
-def _fitted(name: str) -> tuple[Any, np.ndarray]:
+def _fitted(name: str) -> tuple[Any, np.ndarray]:  # noqa: PLR0911, PLR0912 -- one case per model
     if name == "rf-regressor":
         x, y = _regression()
         return RandomForestRegressor(8, max_depth=8, random_state=0).fit(x, y), x
