@@ -7,11 +7,22 @@ shapcluster builds the same value from its own CLI and turns it back into argume
 from __future__ import annotations
 
 import argparse
+import enum
 from dataclasses import dataclass, fields
 
 from app.kernel_shap import Link
 
 EXACT = "exact"
+
+
+class Algorithm(enum.StrEnum):
+    """How the job explains: exact/sampled KernelSHAP, the exact tree path, shap's path-dependent
+    TreeSHAP (a different quantity: no background), or auto (tree for supported models)."""
+
+    KERNEL = "kernel"
+    TREE = "tree"
+    TREE_PATH_DEPENDENT = "tree-path-dependent"
+    AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class JobConfig:
     cpus: int | None = None  # CPUs of a local Ray instance the job starts itself
     ray_address: str | None = None
     reference: bool = True  # False (--no-reference): our explainer alone, e.g. to time it
+    algorithm: Algorithm = Algorithm.KERNEL  # kernel keeps the side-by-side with shap.KernelExplainer
 
     def __post_init__(self) -> None:
         positive: dict[str, int | None] = {
@@ -53,6 +65,12 @@ class JobConfig:
             raise ValueError(f"--test-size must be between 0 and 1, got {self.test_size}")
         if any(n < 1 for n in self.sweep):
             raise ValueError(f"--sweep needs positive tree counts, got {self.sweep}")
+        tree_paths = (Algorithm.TREE, Algorithm.TREE_PATH_DEPENDENT)
+        if self.algorithm in tree_paths and self.link is not Link.IDENTITY:
+            raise ValueError(
+                f"--algorithm {self.algorithm} explains the model's own output (identity link); "
+                "drop --link logit or use --algorithm kernel"
+            )
         if self.tolerance < 0:
             raise ValueError(f"--tolerance must be >= 0, got {self.tolerance}")
 
@@ -119,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--run-id", default=None, help="name of the results folder (default: time-based)")
     add("--cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     add("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local instance)")
+    add(
+        "--algorithm",
+        type=Algorithm,
+        choices=list(Algorithm),
+        default=Algorithm.KERNEL,
+        help="kernel (default), tree (exact interventional TreeSHAP, checked against exact KernelSHAP "
+        "on a sample), tree-path-dependent (shap's, no background), auto (tree when the model allows)",
+    )
     add(
         "--no-reference",
         dest="reference",

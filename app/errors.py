@@ -23,7 +23,6 @@ class ExplanationsDisagreeError(JobError):
     exit_status = 4
 
 
-class UnsupportedModelError(JobError):
-    """--algorithm tree was asked for a model (or a split kind) the tree path does not cover."""
-
-    exit_status = 3
+class UnsupportedModelError(DataError):
+    """--algorithm tree was asked for a model (or a split kind) the tree path does not cover:
+    a configuration error, exit status 3 like bad input."""

@@ -62,6 +62,7 @@ from app.errors import UnsupportedModelError
 
 FloatArray = npt.NDArray[np.float64]
 MAX_PATH_FEATURES = 63  # leaf patterns are bits of one uint64
+MASKS_PER_CHUNK = 1 << 22  # (row, leaf) patterns held at once: 32 MB
 
 SUPPORTED = (
     "RandomForestClassifier/Regressor, ExtraTreesClassifier/Regressor, GradientBoostingClassifier/Regressor, "
@@ -459,23 +460,28 @@ def background_stats(tree_model: TreeModel, background: npt.ArrayLike) -> Backgr
 
 
 def shap_values(tree_model: TreeModel, stats: BackgroundStats, rows: npt.ArrayLike) -> FloatArray:
-    """Interventional SHAP values (R, M, K) of the rows against the aggregated background."""
+    """Interventional SHAP values (R, M, K) of the rows against the aggregated background.
+
+    Rows go through in chunks so the (rows, L) patterns stay near 32 MB whatever R is.
+    """
     ensemble = tree_model.ensemble
-    masks = ensemble.region_masks(rows)
-    phi = np.zeros((masks.shape[0], ensemble.n_features, ensemble.n_outputs))
+    x = np.asarray(rows, dtype=np.float64)
+    phi = np.zeros((x.shape[0], ensemble.n_features, ensemble.n_outputs))
     w_in, w_out = _weight_tables(MAX_PATH_FEATURES)
-    _accumulate(
-        masks,
-        ensemble.leaf_start,
-        ensemble.path_feature,
-        ensemble.leaf_value,
-        stats.start,
-        stats.mask,
-        stats.weight,
-        w_in,
-        w_out,
-        phi,
-    )
+    chunk = max(1, MASKS_PER_CHUNK // max(1, len(ensemble.leaf_value)))
+    for start in range(0, x.shape[0], chunk):
+        _accumulate(
+            ensemble.region_masks(x[start : start + chunk]),
+            ensemble.leaf_start,
+            ensemble.path_feature,
+            ensemble.leaf_value,
+            stats.start,
+            stats.mask,
+            stats.weight,
+            w_in,
+            w_out,
+            phi[start : start + chunk],
+        )
     if not np.isfinite(phi).all():
         raise ValueError("the tree path produced non-finite SHAP values")
     return phi
@@ -641,3 +647,19 @@ def choose_algorithm(requested: str, model: Any) -> tuple[str, str]:
     if requested in ("tree", "tree-path-dependent"):
         model_output(model)  # raises UnsupportedModelError with the list of supported models
     return requested, f"requested with --algorithm {requested}"
+
+
+MIN_ROWS_PER_TASK = 64  # below this a Ray task's overhead (ms) is no longer small next to its work
+MAX_ROWS_PER_TASK = 50_000  # keeps a task's result (rows x M x K float64) to tens of MB
+TASKS_PER_WORKER = 4
+
+
+def row_blocks(n_rows: int, workers: int, batch_size: int | None = None) -> list[slice]:
+    """Blocks of rows for the Ray tasks: ``batch_size`` rows each, or about TASKS_PER_WORKER per
+    worker, never fewer than MIN_ROWS_PER_TASK nor more than MAX_ROWS_PER_TASK rows."""
+    if n_rows == 0:
+        return []
+    if batch_size is None:
+        batch_size = math.ceil(n_rows / (TASKS_PER_WORKER * max(1, workers)))
+        batch_size = min(max(batch_size, MIN_ROWS_PER_TASK), MAX_ROWS_PER_TASK)
+    return [slice(start, min(start + batch_size, n_rows)) for start in range(0, n_rows, batch_size)]
