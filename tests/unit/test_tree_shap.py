@@ -275,3 +275,23 @@ def test_unsupported_models_give_one_clear_error() -> None:
     categorical.fit(x_cat, y)
     with pytest.raises(UnsupportedModelError, match="categorical"):
         tree_shap.explain(categorical, x_cat[:2], x_cat[:5])
+
+
+def test_algorithm_option_round_trips_and_refuses_a_link() -> None:
+    from app.config import Algorithm, JobConfig, parse_args
+    from app.kernel_shap import Link
+
+    config = JobConfig(algorithm=Algorithm.TREE_PATH_DEPENDENT)
+    assert config.to_argv() == ["--algorithm", "tree-path-dependent"]
+    assert parse_args(config.to_argv()) == config
+    assert JobConfig().algorithm is Algorithm.KERNEL
+    with pytest.raises(ValueError, match="--algorithm tree explains the model's own output"):
+        JobConfig(algorithm=Algorithm.TREE, link=Link.LOGIT)
+
+
+def test_row_blocks_cover_every_row_once() -> None:
+    blocks = tree_shap.row_blocks(1000, workers=2)
+    assert [b.start for b in blocks] == list(range(0, 1000, 125))
+    assert tree_shap.row_blocks(10, workers=8) == [slice(0, 10)]
+    assert tree_shap.row_blocks(10, workers=1, batch_size=4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert tree_shap.row_blocks(0, workers=2) == []
