@@ -62,6 +62,10 @@ from app.errors import UnsupportedModelError
 
 FloatArray = npt.NDArray[np.float64]
 MAX_PATH_FEATURES = 63  # leaf patterns are bits of one uint64
+# Leaves with at most this many path features get a table of their coefficients for every
+# x-pattern (2^D x D floats: 384 at most), built once from the background; a row then costs D
+# additions per leaf instead of a pass over the leaf's background patterns.
+MAX_TABLE_FEATURES = 6
 MASKS_PER_CHUNK = 1 << 22  # (row, leaf) patterns held at once: 32 MB
 
 SUPPORTED = (
@@ -131,6 +135,8 @@ class BackgroundStats:
     start: npt.NDArray[np.int64]  # (L + 1,) CSR into mask/weight
     mask: npt.NDArray[np.uint64]
     weight: FloatArray
+    table_start: npt.NDArray[np.int64]  # (L + 1,) CSR into table; empty for leaves without one
+    table: FloatArray  # per leaf with D <= MAX_TABLE_FEATURES: (2^D, D) coefficients, flattened
     expected_value: FloatArray  # (K,) E over the background of the model's output
     n_background: int
 
@@ -456,7 +462,10 @@ def background_stats(tree_model: TreeModel, background: npt.ArrayLike) -> Backgr
     full = ensemble.full_masks()
     reach = (masks == full[None, :]).mean(axis=0)  # share of the background reaching each leaf
     expected = tree_model.base + reach @ ensemble.leaf_value
-    return BackgroundStats(start, mask, count / n, np.asarray(expected), n)
+    weight = count / n
+    w_in, w_out = _weight_tables(MAX_PATH_FEATURES)
+    t_start, table = _build_tables(ensemble.leaf_start, start, mask, weight, w_in, w_out, MAX_TABLE_FEATURES)
+    return BackgroundStats(start, mask, weight, t_start, table, np.asarray(expected), n)
 
 
 def shap_values(tree_model: TreeModel, stats: BackgroundStats, rows: npt.ArrayLike) -> FloatArray:
@@ -478,6 +487,8 @@ def shap_values(tree_model: TreeModel, stats: BackgroundStats, rows: npt.ArrayLi
             stats.start,
             stats.mask,
             stats.weight,
+            stats.table_start,
+            stats.table,
             w_in,
             w_out,
             phi[start : start + chunk],
@@ -574,79 +585,108 @@ def _popcount(x):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0912 -- one loop nest: one numba kernel
-    masks, leaf_start, path_feature, leaf_value, bg_start, bg_mask, bg_weight, w_in, w_out, phi
+def _leaf_coefficients(a, d, lo, hi, bg_mask, bg_weight, w_in, w_out, coef):  # type: ignore[no-untyped-def]
+    """Add to coef[:d] the SHAP coefficient of each path feature of one leaf for x-pattern a:
+    the background patterns lo..hi that can reach the leaf with x, weighted in closed form."""
+    one = np.uint64(1)
+    full = (one << np.uint64(d)) - one
+    not_a = full & ~a
+    m = d - _popcount(a)
+    out_sum = 0.0
+    for j in range(lo, hi):
+        b = bg_mask[j]
+        if (b & not_a) != not_a:
+            continue  # a feature outside both regions: the leaf is unreachable for this pair
+        in_x = a & ~b
+        k = _popcount(in_x)
+        w = bg_weight[j]
+        if m > 0:
+            out_sum += w * w_out[k, m]
+        if k > 0:
+            wk = w * w_in[k, m]
+            bits = in_x
+            while bits:
+                low = bits & (~bits + one)
+                coef[_popcount(low - one)] += wk
+                bits ^= low
+    if out_sum != 0.0:
+        bits = not_a
+        while bits:
+            low = bits & (~bits + one)
+            coef[_popcount(low - one)] -= out_sum
+            bits ^= low
+
+
+@numba.njit(cache=True, nogil=True)
+def _build_tables(leaf_start, bg_start, bg_mask, bg_weight, w_in, w_out, max_d):  # type: ignore[no-untyped-def]
+    """For leaves with at most max_d path features: the coefficients for every x-pattern."""
+    n_leaves = leaf_start.shape[0] - 1
+    t_start = np.zeros(n_leaves + 1, dtype=np.int64)
+    for leaf in range(n_leaves):
+        d = leaf_start[leaf + 1] - leaf_start[leaf]
+        size = d << d if 0 < d <= max_d else 0
+        t_start[leaf + 1] = t_start[leaf] + size
+    table = np.zeros(t_start[n_leaves])
+    for leaf in range(n_leaves):
+        d = leaf_start[leaf + 1] - leaf_start[leaf]
+        if t_start[leaf + 1] == t_start[leaf]:
+            continue
+        for a in range(1 << d):
+            base = t_start[leaf] + a * d
+            _leaf_coefficients(
+                np.uint64(a),
+                d,
+                bg_start[leaf],
+                bg_start[leaf + 1],
+                bg_mask,
+                bg_weight,
+                w_in,
+                w_out,
+                table[base : base + d],
+            )
+    return t_start, table
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate(  # type: ignore[no-untyped-def]
+    masks,
+    leaf_start,
+    path_feature,
+    leaf_value,
+    bg_start,
+    bg_mask,
+    bg_weight,
+    t_start,
+    table,
+    w_in,
+    w_out,
+    phi,
 ):
     n_rows, n_leaves = masks.shape
     n_out = leaf_value.shape[1]
     coef = np.zeros(MAX_PATH_FEATURES + 1)
-    one = np.uint64(1)
     for r in range(n_rows):
         for leaf in range(n_leaves):
             s = leaf_start[leaf]
             d = leaf_start[leaf + 1] - s
             if d == 0:
                 continue
-            full = (one << np.uint64(d)) - one
             a = masks[r, leaf]
-            not_a = full & ~a
-            m = d - _popcount(a)
-            out_sum = 0.0
-            touched = False
-            for j in range(bg_start[leaf], bg_start[leaf + 1]):
-                b = bg_mask[j]
-                if (b & not_a) != not_a:
-                    continue  # a feature outside both regions: the leaf is unreachable
-                in_x = a & ~b
-                k = _popcount(in_x)
-                w = bg_weight[j]
-                if m > 0:
-                    out_sum += w * w_out[k, m]
-                if k > 0:
-                    wk = w * w_in[k, m]
-                    bits = in_x
-                    while bits:
-                        low = bits & (~bits + one)
-                        coef[_popcount(low - one)] += wk
-                        bits ^= low
-                    touched = True
-            if touched:
-                bits = a
-                while bits:
-                    low = bits & (~bits + one)
-                    pos = _popcount(low - one)
-                    c = coef[pos]
-                    if c != 0.0:
-                        f = path_feature[s + pos]
-                        for o in range(n_out):
-                            phi[r, f, o] += c * leaf_value[leaf, o]
-                        coef[pos] = 0.0
-                    bits ^= low
-            if out_sum != 0.0:
-                bits = not_a
-                while bits:
-                    low = bits & (~bits + one)
-                    f = path_feature[s + _popcount(low - one)]
+            if t_start[leaf + 1] > t_start[leaf]:
+                row = table[t_start[leaf] + np.int64(a) * d : t_start[leaf] + (np.int64(a) + 1) * d]
+            else:
+                coef[:d] = 0.0
+                _leaf_coefficients(
+                    a, d, bg_start[leaf], bg_start[leaf + 1], bg_mask, bg_weight, w_in, w_out, coef
+                )
+                row = coef[:d]
+            for j in range(d):
+                c = row[j]
+                if c != 0.0:
+                    f = path_feature[s + j]
                     for o in range(n_out):
-                        phi[r, f, o] -= out_sum * leaf_value[leaf, o]
-                    bits ^= low
+                        phi[r, f, o] += c * leaf_value[leaf, o]
     return phi
-
-
-def choose_algorithm(requested: str, model: Any) -> tuple[str, str]:
-    """The algorithm that will run for ``--algorithm requested`` and why (for summary.json).
-
-    ``auto``: ``tree`` when this module covers the model, else ``kernel``. ``tree`` and
-    ``tree-path-dependent`` on a model it does not cover raise UnsupportedModelError.
-    """
-    kind = type(model).__name__
-    if requested == "auto":
-        if is_supported(model):
-            return "tree", f"auto: {kind} is a supported tree ensemble, so the exact tree path runs"
-        return "kernel", f"auto: {kind} is not a supported tree ensemble, so exact KernelSHAP runs"
-    if requested in ("tree", "tree-path-dependent"):
-        model_output(model)  # raises UnsupportedModelError with the list of supported models
-    return requested, f"requested with --algorithm {requested}"
 
 
 MIN_ROWS_PER_TASK = 64  # below this a Ray task's overhead (ms) is no longer small next to its work
@@ -663,3 +703,19 @@ def row_blocks(n_rows: int, workers: int, batch_size: int | None = None) -> list
         batch_size = math.ceil(n_rows / (TASKS_PER_WORKER * max(1, workers)))
         batch_size = min(max(batch_size, MIN_ROWS_PER_TASK), MAX_ROWS_PER_TASK)
     return [slice(start, min(start + batch_size, n_rows)) for start in range(0, n_rows, batch_size)]
+
+
+def choose_algorithm(requested: str, model: Any) -> tuple[str, str]:
+    """The algorithm that will run for ``--algorithm requested`` and why (for summary.json).
+
+    ``auto``: ``tree`` when this module covers the model, else ``kernel``. ``tree`` and
+    ``tree-path-dependent`` on a model it does not cover raise UnsupportedModelError.
+    """
+    kind = type(model).__name__
+    if requested == "auto":
+        if is_supported(model):
+            return "tree", f"auto: {kind} is a supported tree ensemble, so the exact tree path runs"
+        return "kernel", f"auto: {kind} is not a supported tree ensemble, so exact KernelSHAP runs"
+    if requested in ("tree", "tree-path-dependent"):
+        model_output(model)  # raises UnsupportedModelError with the list of supported models
+    return requested, f"requested with --algorithm {requested}"

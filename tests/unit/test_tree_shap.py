@@ -295,3 +295,18 @@ def test_row_blocks_cover_every_row_once() -> None:
     assert tree_shap.row_blocks(10, workers=8) == [slice(0, 10)]
     assert tree_shap.row_blocks(10, workers=1, batch_size=4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
     assert tree_shap.row_blocks(0, workers=2) == []
+
+
+def test_deep_leaves_and_tabled_leaves_agree_with_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leaves with more than MAX_TABLE_FEATURES path features take the pattern loop, the others a
+    table: a deep 9-feature forest has both; with no tables at all the values are the same."""
+    x, y = _classification(n_features=9)
+    model = RandomForestClassifier(4, random_state=0).fit(x, y)
+    background, rows = x[:20], x[200:203]
+    tree_model = tree_shap.prepare_model(model, background)
+    depth = np.diff(tree_model.ensemble.leaf_start)
+    assert (depth > tree_shap.MAX_TABLE_FEATURES).any() and (depth <= tree_shap.MAX_TABLE_FEATURES).any()
+    ours = tree_shap.explain(model, rows, background).values
+    np.testing.assert_allclose(ours, kernel_values(model.predict_proba, rows, background), rtol=0, atol=1e-9)
+    monkeypatch.setattr(tree_shap, "MAX_TABLE_FEATURES", 0)
+    np.testing.assert_allclose(tree_shap.explain(model, rows, background).values, ours, rtol=0, atol=1e-12)
