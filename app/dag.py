@@ -668,8 +668,8 @@ def tree_block_step(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     start = time.perf_counter()
     tree_model, stats = _resolve(tree_box), _resolve(stats_box)
-    values = tree_shap.shap_values(tree_model, stats, rows)
-    return values, tree_shap.model_outputs(tree_model, rows), time.perf_counter() - start
+    values, outputs = tree_shap.explain_rows(tree_model, stats, rows)
+    return values, outputs, time.perf_counter() - start
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)

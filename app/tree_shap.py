@@ -106,22 +106,28 @@ class TreeEnsemble:
         return int(self.leaf_value.shape[1])
 
     def region_masks(self, x: npt.ArrayLike) -> npt.NDArray[np.uint64]:
-        """(R, L) bit patterns: bit j of leaf L set iff the row lies in L's region for its j-th
-        path feature, with the row first cast to the model's input dtype."""
+        """(L, R) bit patterns (leaf-major: one leaf's rows are contiguous): bit j of leaf L set iff
+        the row lies in L's region for its j-th path feature, the row first cast to the model's
+        input dtype."""
         rows = np.asarray(np.asarray(x, dtype=np.float64).astype(self.input_dtype), dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != self.n_features:
             raise ValueError(f"expected rows of {self.n_features} features, got shape {rows.shape}")
         if np.isinf(rows).any():
             raise ValueError("rows to explain or background contain infinite values")
         masks: npt.NDArray[np.uint64] = _region_masks(
-            rows, self.leaf_start, self.path_feature, self.path_lo, self.path_hi, self.path_nan
+            np.ascontiguousarray(rows.T),
+            self.leaf_start,
+            self.path_feature,
+            self.path_lo,
+            self.path_hi,
+            self.path_nan,
         )
         return masks
 
     def predict(self, x: npt.ArrayLike) -> FloatArray:
         """Sum of the leaf values each row reaches, (R, K), without the model's base score."""
         masks = self.region_masks(x)
-        return np.asarray((masks == self.full_masks()[None, :]).astype(np.float64) @ self.leaf_value)
+        return np.asarray((masks == self.full_masks()[:, None]).T.astype(np.float64) @ self.leaf_value)
 
     def full_masks(self) -> npt.NDArray[np.uint64]:
         depth = np.diff(self.leaf_start).astype(np.uint64)
@@ -454,13 +460,13 @@ def prepare_model(model: Any, background: npt.ArrayLike, tolerance: float = 1e-6
 def background_stats(tree_model: TreeModel, background: npt.ArrayLike) -> BackgroundStats:
     """Aggregate the background per leaf (done once; the explained rows reuse it)."""
     ensemble = tree_model.ensemble
-    masks = ensemble.region_masks(background)  # (N, L)
-    n = masks.shape[0]
+    masks = ensemble.region_masks(background)  # (L, N)
+    n = masks.shape[1]
     if n == 0:
         raise ValueError("the background is empty")
     start, mask, count = _aggregate(masks)
     full = ensemble.full_masks()
-    reach = (masks == full[None, :]).mean(axis=0)  # share of the background reaching each leaf
+    reach = (masks == full[:, None]).mean(axis=1)  # share of the background reaching each leaf
     expected = tree_model.base + reach @ ensemble.leaf_value
     weight = count / n
     w_in, w_out = _weight_tables(MAX_PATH_FEATURES)
@@ -468,14 +474,18 @@ def background_stats(tree_model: TreeModel, background: npt.ArrayLike) -> Backgr
     return BackgroundStats(start, mask, weight, t_start, table, np.asarray(expected), n)
 
 
-def shap_values(tree_model: TreeModel, stats: BackgroundStats, rows: npt.ArrayLike) -> FloatArray:
-    """Interventional SHAP values (R, M, K) of the rows against the aggregated background.
+def explain_rows(
+    tree_model: TreeModel, stats: BackgroundStats, rows: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray]:
+    """Interventional SHAP values (R, M, K) of the rows against the aggregated background, and
+    the model's output f(x) (R, K) from the same leaf patterns.
 
-    Rows go through in chunks so the (rows, L) patterns stay near 32 MB whatever R is.
+    Rows go through in chunks so the (L, rows) patterns stay near 32 MB whatever R is.
     """
     ensemble = tree_model.ensemble
     x = np.asarray(rows, dtype=np.float64)
     phi = np.zeros((x.shape[0], ensemble.n_features, ensemble.n_outputs))
+    fx = np.zeros((x.shape[0], ensemble.n_outputs))
     w_in, w_out = _weight_tables(MAX_PATH_FEATURES)
     chunk = max(1, MASKS_PER_CHUNK // max(1, len(ensemble.leaf_value)))
     for start in range(0, x.shape[0], chunk):
@@ -492,10 +502,17 @@ def shap_values(tree_model: TreeModel, stats: BackgroundStats, rows: npt.ArrayLi
             w_in,
             w_out,
             phi[start : start + chunk],
+            fx[start : start + chunk],
         )
-    if not np.isfinite(phi).all():
-        raise ValueError("the tree path produced non-finite SHAP values")
-    return phi
+    fx += tree_model.base[None, :]
+    if not (np.isfinite(phi).all() and np.isfinite(fx).all()):
+        raise ValueError("the tree path produced non-finite SHAP values or outputs")
+    return phi, fx
+
+
+def shap_values(tree_model: TreeModel, stats: BackgroundStats, rows: npt.ArrayLike) -> FloatArray:
+    """Interventional SHAP values (R, M, K); see explain_rows."""
+    return explain_rows(tree_model, stats, rows)[0]
 
 
 def model_outputs(tree_model: TreeModel, rows: npt.ArrayLike) -> FloatArray:
@@ -515,10 +532,8 @@ def explain(model: Any, rows: npt.ArrayLike, background: npt.ArrayLike) -> TreeE
     """Explain rows in this process; the Ray DAG runs the same steps in blocks of rows."""
     tree_model = prepare_model(model, background)
     stats = background_stats(tree_model, background)
-    values = shap_values(tree_model, stats, rows)
-    return TreeExplanation(
-        values, stats.expected_value, model_outputs(tree_model, rows), tree_model.ensemble.output
-    )
+    values, outputs = explain_rows(tree_model, stats, rows)
+    return TreeExplanation(values, stats.expected_value, outputs, tree_model.ensemble.output)
 
 
 def _weight_tables(d: int) -> tuple[FloatArray, FloatArray]:
@@ -537,31 +552,31 @@ def _weight_tables(d: int) -> tuple[FloatArray, FloatArray]:
 
 
 @numba.njit(cache=True, nogil=True)
-def _region_masks(rows, leaf_start, path_feature, lo, hi, nan_ok):  # type: ignore[no-untyped-def]
-    n_rows = rows.shape[0]
+def _region_masks(columns, leaf_start, path_feature, lo, hi, nan_ok):  # type: ignore[no-untyped-def]
+    n_rows = columns.shape[1]
     n_leaves = leaf_start.shape[0] - 1
-    out = np.zeros((n_rows, n_leaves), dtype=np.uint64)
-    for r in range(n_rows):
-        for leaf in range(n_leaves):
-            bits = np.uint64(0)
-            for j in range(leaf_start[leaf], leaf_start[leaf + 1]):
-                v = rows[r, path_feature[j]]
-                inside = nan_ok[j] if np.isnan(v) else (lo[j] < v <= hi[j])
-                if inside:
-                    bits |= np.uint64(1) << np.uint64(j - leaf_start[leaf])
-            out[r, leaf] = bits
+    out = np.zeros((n_leaves, n_rows), dtype=np.uint64)
+    for leaf in range(n_leaves):
+        s = leaf_start[leaf]
+        for j in range(s, leaf_start[leaf + 1]):
+            values = columns[path_feature[j]]
+            low, high, nan, bit = lo[j], hi[j], nan_ok[j], np.uint64(1) << np.uint64(j - s)
+            for r in range(n_rows):  # contiguous in r: the compiler vectorises this loop
+                v = values[r]
+                inside = (low < v) & (v <= high) | (nan & np.isnan(v))
+                out[leaf, r] |= bit * np.uint64(inside)
     return out
 
 
 @numba.njit(cache=True, nogil=True)
 def _aggregate(masks):  # type: ignore[no-untyped-def]
-    n, n_leaves = masks.shape
+    n_leaves, n = masks.shape
     start = np.zeros(n_leaves + 1, dtype=np.int64)
     mask = np.empty(n * n_leaves, dtype=np.uint64)
     count = np.empty(n * n_leaves, dtype=np.float64)
     used = 0
     for leaf in range(n_leaves):
-        column = np.sort(masks[:, leaf])
+        column = np.sort(masks[leaf])
         i = 0
         while i < n:
             j = i
@@ -661,19 +676,29 @@ def _accumulate(  # type: ignore[no-untyped-def]
     w_in,
     w_out,
     phi,
+    fx,
 ):
-    n_rows, n_leaves = masks.shape
+    """Leaf by leaf (its table and patterns stay in cache), every row: phi (R, M, K) and the
+    trees' sum fx (R, K) grow in place."""
+    n_leaves, n_rows = masks.shape
     n_out = leaf_value.shape[1]
     coef = np.zeros(MAX_PATH_FEATURES + 1)
-    for r in range(n_rows):
-        for leaf in range(n_leaves):
-            s = leaf_start[leaf]
-            d = leaf_start[leaf + 1] - s
+    one = np.uint64(1)
+    for leaf in range(n_leaves):
+        s = leaf_start[leaf]
+        d = leaf_start[leaf + 1] - s
+        full = (one << np.uint64(d)) - one
+        tabled = t_start[leaf + 1] > t_start[leaf]
+        for r in range(n_rows):
+            a = masks[leaf, r]
+            if a == full:
+                for o in range(n_out):
+                    fx[r, o] += leaf_value[leaf, o]
             if d == 0:
                 continue
-            a = masks[r, leaf]
-            if t_start[leaf + 1] > t_start[leaf]:
-                row = table[t_start[leaf] + np.int64(a) * d : t_start[leaf] + (np.int64(a) + 1) * d]
+            if tabled:
+                base = t_start[leaf] + np.int64(a) * d
+                row = table[base : base + d]
             else:
                 coef[:d] = 0.0
                 _leaf_coefficients(

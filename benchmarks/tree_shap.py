@@ -70,13 +70,16 @@ def bench_model(
     stats, stats_s = _timed(lambda: tree_shap.background_stats(tree_model, background))
     ours, tree_s = _timed(lambda: tree_shap.shap_values(tree_model, stats, rows))
     kernel, kernel_s = _timed(
-        lambda: kernel_shap.explain(
-            predict, rows[:kernel_rows], background, nsamples=kernel_shap.exact_nsamples(m)
-        ).values
+        lambda: (
+            kernel_shap.explain(
+                predict, rows[:kernel_rows], background, nsamples=kernel_shap.exact_nsamples(m)
+            ).values
+        )
     )
     x32 = rows.astype(np.float32)  # shap gets the model's own input dtype (scikit-learn trees)
     explainer = shap.TreeExplainer(fitted, data=background, feature_perturbation="interventional")
-    theirs, shap_s = _timed(lambda: explainer.shap_values(x32 if name == "forest" else rows, check_additivity=False))
+    x_shap = x32 if name == "forest" else rows
+    theirs, shap_s = _timed(lambda: explainer.shap_values(x_shap, check_additivity=False))
     theirs = _as_rmk(theirs, n, m)
     if name != "forest":  # shap returns one output for a binary boosted margin
         theirs = theirs[:, :, -1:]
@@ -113,12 +116,18 @@ def bench_model(
         result["woodelf_over_tree"] = (wood_s / n) / (tree_s / n)
         k = kernel[:, :, -wood.shape[2] :]
         result["max_diff_to_kernel"]["woodelf"] = float(np.abs(wood[:kernel_rows] - k).max())
+        # how woodelf's values relate to ours where they differ (e.g. a sum instead of a mean)
+        result["woodelf_over_tree_values"] = float(
+            np.sum(wood * ours[:, :, -wood.shape[2] :]) / np.sum(ours[:, :, -wood.shape[2] :] ** 2)
+        )
     except Exception as err:  # report, do not hide: woodelf may not support this model
         result["woodelf"] = f"failed: {type(err).__name__}: {str(err)[:200]}"
     return result
 
 
-def scale_run(fitted: Any, x_all: np.ndarray, background: np.ndarray, n_rows: int, cpus: int) -> dict[str, Any]:
+def scale_run(
+    fitted: Any, x_all: np.ndarray, background: np.ndarray, n_rows: int, cpus: int
+) -> dict[str, Any]:
     import ray
 
     from app.dag import run_tree_shap
