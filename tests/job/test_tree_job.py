@@ -42,3 +42,14 @@ def test_a_difference_above_tolerance_exits_4(wine_csv: Path, tmp_path: Path) ->
     summary = json.loads((tmp_path / "z" / "summary.json").read_text())
     assert summary["algorithm"] == "tree" and summary["algorithm_reason"].startswith("auto:")
     assert summary["check"]["match"] is False
+
+
+def test_tree_path_dependent_is_labelled_a_different_quantity(wine_csv: Path, tmp_path: Path) -> None:
+    args = ["submit", "--local", "--data", str(wine_csv), *SMALL, "--algorithm", "tree-path-dependent"]
+    result = runner.invoke(app, [*args, "--output-dir", str(tmp_path), "--run-id", "p"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["algorithm"] == "tree-path-dependent"
+    assert "different quantity" in summary["explains"]
+    assert "not checked against KernelSHAP" in summary["check"]["reason"]
+    assert summary["check"]["additivity_error_all_rows"] <= 1e-6

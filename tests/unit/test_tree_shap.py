@@ -310,3 +310,11 @@ def test_deep_leaves_and_tabled_leaves_agree_with_the_kernel(monkeypatch: pytest
     np.testing.assert_allclose(ours, kernel_values(model.predict_proba, rows, background), rtol=0, atol=1e-9)
     monkeypatch.setattr(tree_shap, "MAX_TABLE_FEATURES", 0)
     np.testing.assert_allclose(tree_shap.explain(model, rows, background).values, ours, rtol=0, atol=1e-12)
+
+
+def test_an_unsupported_model_is_a_configuration_error_with_exit_3() -> None:
+    from app.errors import DataError
+
+    error = UnsupportedModelError("x")
+    assert isinstance(error, DataError)  # shapcluster maps it to InputError: exit 3
+    assert error.exit_status == 3
