@@ -18,7 +18,7 @@ SMALL = ("--rows", "6", "--trees", "10", "--background", "30", "--cpus", "2")
 
 
 def test_tree_algorithm_runs_checks_and_says_so(wine_csv: Path, tmp_path: Path) -> None:
-    args = ["submit", "--local", "--data", str(wine_csv), *SMALL, "--algorithm", "tree"]
+    args = ["submit", "--local", "--data", str(wine_csv), *SMALL, "--algorithm", "tree", "--batch-size", "2"]
     result = runner.invoke(app, [*args, "--output-dir", str(tmp_path), "--run-id", "t"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())
@@ -32,6 +32,7 @@ def test_tree_algorithm_runs_checks_and_says_so(wine_csv: Path, tmp_path: Path) 
     values = pd.read_csv(tmp_path / "t" / "shap_values.csv")
     assert len(values) == 6 * 6  # rows x classes
     assert "exact KernelSHAP check" in summary["wall_seconds"]
+    assert "in 3 tasks" in result.output  # --batch-size 2: blocks of rows, joined in order
 
 
 def test_a_difference_above_tolerance_exits_4(wine_csv: Path, tmp_path: Path) -> None:
