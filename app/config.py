@@ -74,6 +74,11 @@ class JobConfig:
                 f"--algorithm {self.algorithm} explains the model's own output (identity link); "
                 "drop --link logit or use --algorithm kernel"
             )
+        if self.algorithm in tree_paths and (self.groups or self.background_weights):
+            raise ValueError(
+                f"--algorithm {self.algorithm} explains one value per column over an unweighted "
+                "background; drop --groups/--background-weights or use --algorithm kernel"
+            )
         if self.tolerance < 0:
             raise ValueError(f"--tolerance must be >= 0, got {self.tolerance}")
         if self.tol is not None and not self.tol > 0:

@@ -838,6 +838,8 @@ def _choose_algorithm(config: JobConfig, prepared: _Prepared) -> tuple[str, str]
             "kernel",
             f"auto: --link {config.link} needs KernelSHAP (the tree path explains the raw output)",
         )
+    if config.algorithm == Algorithm.AUTO and (config.groups or config.background_weights):
+        return "kernel", "auto: --groups and --background-weights need KernelSHAP"
     return tree_shap.choose_algorithm(str(config.algorithm), fitted)
 
 

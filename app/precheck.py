@@ -8,7 +8,7 @@ import math
 
 from app import etl, kernel_shap
 from app import groups as groups_file
-from app.config import JobConfig
+from app.config import Algorithm, JobConfig
 from app.errors import BudgetError
 
 
@@ -47,4 +47,6 @@ def check_job(config: JobConfig) -> None:
     n_test = math.ceil(len(dataset.features) * config.test_size)  # as train_test_split rounds
     rows = min(config.rows, n_test)  # more rows than the split has fails later, with its own message
     background = min(config.background, len(dataset.features) - n_test)
+    if config.algorithm in (Algorithm.TREE, Algorithm.TREE_PATH_DEPENDENT):
+        return  # no coalition plan: the tree path's check sample is sized by the job itself
     resolve_budget(config, config.nsamples, n_players, rows, background, n_classes)

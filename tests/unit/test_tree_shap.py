@@ -287,6 +287,10 @@ def test_algorithm_option_round_trips_and_refuses_a_link() -> None:
     assert JobConfig().algorithm is Algorithm.KERNEL
     with pytest.raises(ValueError, match="--algorithm tree explains the model's own output"):
         JobConfig(algorithm=Algorithm.TREE, link=Link.LOGIT)
+    for players in ({"groups": "groups.json"}, {"background_weights": "w"}):
+        with pytest.raises(ValueError, match="unweighted background"):
+            JobConfig(algorithm=Algorithm.TREE, **players)  # type: ignore[arg-type]
+    JobConfig(algorithm=Algorithm.AUTO, groups="groups.json")  # auto falls back to the kernel
 
 
 def test_row_blocks_cover_every_row_once() -> None:
