@@ -34,6 +34,8 @@ class JobConfig:
     cpus: int | None = None  # CPUs of a local Ray instance the job starts itself
     ray_address: str | None = None
     reference: bool = True  # False (--no-reference): our explainer alone, e.g. to time it
+    groups: str | None = None  # JSON or TOML file: group name -> columns; each group one player
+    tol: float | None = None  # sampling: add coalitions until the largest standard error < tol
 
     def __post_init__(self) -> None:
         positive: dict[str, int | None] = {
@@ -55,6 +57,8 @@ class JobConfig:
             raise ValueError(f"--sweep needs positive tree counts, got {self.sweep}")
         if self.tolerance < 0:
             raise ValueError(f"--tolerance must be >= 0, got {self.tolerance}")
+        if self.tol is not None and not self.tol > 0:
+            raise ValueError(f"--tol must be a positive standard error, got {self.tol}")
 
     def to_argv(self) -> list[str]:
         """Arguments for ``python -m app`` that reproduce this config (defaults omitted)."""
@@ -119,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--run-id", default=None, help="name of the results folder (default: time-based)")
     add("--cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     add("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local instance)")
+    add("--groups", default=None, help="JSON or TOML file: group name -> list of columns; one player each")
+    add(
+        "--tol",
+        type=float,
+        default=None,
+        help="sampling: double the coalitions until every standard error is below TOL",
+    )
     add(
         "--no-reference",
         dest="reference",

@@ -24,7 +24,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias, cast
@@ -35,8 +35,9 @@ from ray import ObjectRef
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from app import compare, etl, kernel_shap, model, results
+from app import groups as groups_file
 from app.config import EXACT, JobConfig
-from app.errors import ExplanationsDisagreeError, JobError
+from app.errors import BudgetError, ExplanationsDisagreeError, JobError
 from app.report import Reporter
 
 log = logging.getLogger(__name__)
@@ -175,41 +176,69 @@ def get_data_to_explain_step(split: model.Split, rows: int, background: int, see
 
 
 @ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)
-def outputs_step(model_box: list[Ref], rows: np.ndarray, background: np.ndarray) -> dict[str, Any]:
+def outputs_step(
+    model_box: list[Ref], rows: np.ndarray, background: np.ndarray, weights: np.ndarray | None = None
+) -> dict[str, Any]:
     fitted = _resolve(model_box)
     with _single_threaded():
         return {
             "fx": kernel_shap.model_outputs(fitted.predict_proba, rows),
-            "fnull": kernel_shap.expected_output(fitted.predict_proba, background),
+            "fnull": kernel_shap.expected_output(fitted.predict_proba, background, weights),
             "classes": [str(c) for c in fitted.classes_],
         }
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
 def coalition_block_step(
-    model_box: list[Ref], rows: np.ndarray, background: np.ndarray, masks: np.ndarray
+    model_box: list[Ref], rows: np.ndarray, background: np.ndarray, masks: np.ndarray, weights: np.ndarray
 ) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
     fitted = _resolve(model_box)
     with _single_threaded():
         ey = kernel_shap.evaluate_coalitions(
-            fitted.predict_proba, rows, background, masks, dtype=model.input_dtype(fitted)
+            fitted.predict_proba, rows, background, masks, dtype=model.input_dtype(fitted), weights=weights
         )
     return ey, time.perf_counter() - start
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
 def reference_chunk_step(
-    model_box: list[Ref], rows: np.ndarray, background: np.ndarray, nsamples: int | str, link: str
+    model_box: list[Ref],
+    rows: np.ndarray,
+    background: np.ndarray,
+    nsamples: int | str,
+    link: str,
+    seeds: list[int],
+    groups: list[list[int]] | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
+    """shap.KernelExplainer on rows (R, M), one row at a time with numpy's global generator
+    seeded from (--seed, the row's id): shap draws its coalitions from it, so each row's values
+    do not depend on which task, worker or batch explained it. Values (R, G, K)."""
     import shap
+    from shap.utils._legacy import DenseData
 
     start = time.perf_counter()
     fitted = _resolve(model_box)
+    n_players = len(groups) if groups is not None else background.shape[1]
+    player_groups = [np.asarray(g) for g in groups] if groups is not None else None
+    names = [str(i) for i in range(n_players)]
+    # DenseData normalises its weights in place: hand it a copy.
+    w = np.ones(len(background)) if weights is None else np.array(weights, dtype=np.float64)
+    data = DenseData(background, names, player_groups, w)
+    per_row = []
     with _single_threaded():
-        explainer = shap.KernelExplainer(fitted.predict_proba, background, link=link)
-        values = explainer.shap_values(rows, nsamples=nsamples, l1_reg=False, silent=True)
-    return np.asarray(values), np.asarray(explainer.expected_value), time.perf_counter() - start
+        explainer = shap.KernelExplainer(fitted.predict_proba, data, link=link)
+        for row, seed in zip(rows, seeds, strict=True):
+            np.random.seed(seed)
+            values = explainer.shap_values(row[None, :], nsamples=nsamples, l1_reg=False, silent=True)
+            per_row.append(np.asarray(values).reshape(1, n_players, -1))
+    return np.concatenate(per_row), np.asarray(explainer.expected_value), time.perf_counter() - start
+
+
+def reference_seed(seed: int, row_id: int) -> int:
+    """numpy's legacy global seed (< 2^32) for the reference's row ``row_id`` under ``--seed``."""
+    return int(np.random.SeedSequence([seed, row_id]).generate_state(1)[0])
 
 
 @dataclass
@@ -251,32 +280,49 @@ def _drive(branches: list[_Branch], advance: Callable[[str, int], None]) -> None
                 branch.finished = time.perf_counter()
 
 
+@dataclass(frozen=True)
+class Background:
+    """The background as the explainers use it: duplicates merged, weights summing to 1."""
+
+    rows: np.ndarray  # (N', M)
+    weights: np.ndarray  # (N',)
+    ref: Ref  # rows, in the object store
+
+    @classmethod
+    def put(cls, background: np.ndarray, weights: np.ndarray | None = None) -> Background:
+        rows, merged = kernel_shap.merge_background(background, weights)
+        return cls(rows, merged, ray.put(rows))
+
+
 def _ours_branch(
     model_box: list[Ref],
     data: model.ExplainData,
-    background_ref: Ref,
-    nsamples: int | str | None,
+    background: Background,
+    nsamples: int | None,
     seed: int,
     workers: int,
     batch_size: int | None,
+    players: np.ndarray | None = None,
 ) -> tuple[_Branch, dict[tuple[int, ...], tuple[kernel_shap.CoalitionPlan, np.ndarray]]]:
+    """``nsamples``: the budget from kernel_shap.resolve_nsamples (sized already)."""
     n_features = data.rows.shape[1]
-    groups = kernel_shap.group_rows_by_varying(kernel_shap.varying_features(data.rows, data.background))
+    varying_sets = kernel_shap.varying_features(data.rows, background.rows, players)
+    groups = kernel_shap.group_rows_by_varying(varying_sets)
     plans: dict[tuple[int, ...], tuple[kernel_shap.CoalitionPlan, np.ndarray]] = {}
     pending: list[tuple[Callable[[], Ref], int, Any]] = []
+    weights_ref = ray.put(background.weights)
     for varying, row_index in groups.items():
-        budget = kernel_shap.exact_nsamples(len(varying)) if nsamples == EXACT else nsamples
-        plan = kernel_shap.build_plan(varying, n_features, budget if budget is None else int(budget), seed)
+        plan = kernel_shap.build_plan(varying, n_features, nsamples, seed, players)
         plans[varying] = (plan, row_index)
         blocks = kernel_shap.split_work(
-            len(row_index), plan.n_coalitions, len(data.background), workers, batch_size
+            len(row_index), plan.n_coalitions, len(background.rows), workers, batch_size
         )
         for block in blocks:
             rows = data.rows[row_index[block.rows]]
             masks = plan.masks[block.coalitions]
 
             def submit(rows: np.ndarray = rows, masks: np.ndarray = masks) -> Ref:
-                return coalition_block_step.remote(model_box, rows, background_ref, masks)
+                return coalition_block_step.remote(model_box, rows, background.ref, masks, weights_ref)
 
             pending.append((submit, block.units, (varying, block.rows.start, block.coalitions.start)))
     return _Branch(OURS, pending, workers), plans
@@ -288,10 +334,11 @@ def _solve_ours(
     outputs: dict[str, Any],
     link: kernel_shap.Link,
     n_rows: int,
-    n_features: int,
+    n_players: int,
 ) -> kernel_shap.Explanation:
     fx, fnull = outputs["fx"], outputs["fnull"]
-    values = np.zeros((n_rows, n_features, fx.shape[1]))
+    values = np.zeros((n_rows, n_players, fx.shape[1]))
+    errors = np.zeros_like(values)
     for varying, (plan, row_index) in plans.items():
         ey = np.zeros((len(row_index), plan.n_coalitions, fx.shape[1]))
         for (key, row_start, coalition_start), (block_ey, _) in branch.done.items():
@@ -301,30 +348,35 @@ def _solve_ours(
                     coalition_start : coalition_start + block_ey.shape[1],
                 ] = block_ey
         values[row_index] = kernel_shap.solve_phi(plan, ey, fx[row_index], fnull, link)
+        errors[row_index] = kernel_shap.standard_errors(plan, ey, fx[row_index], fnull, link)
     exact = all(plan.exact for plan, _ in plans.values())
     n_coalitions = max((plan.n_coalitions for plan, _ in plans.values()), default=0)
-    return kernel_shap.Explanation(values, link.apply(fnull), exact, n_coalitions)
+    return kernel_shap.Explanation(values, link.apply(fnull), exact, n_coalitions, None if exact else errors)
 
 
 def _reference_branch(
     model_box: list[Ref],
     data: model.ExplainData,
-    background_ref: Ref,
-    nsamples: int | str | None,
+    background: Background,
+    nsamples: int | None,
     link: kernel_shap.Link,
     workers: int,
+    seed: int,
+    groups: list[list[int]] | None = None,
 ) -> _Branch:
-    n_rows, n_features = data.rows.shape
+    """shap on chunks of rows; ``nsamples`` as for ours (shap caps it per row at 2^m - 2)."""
+    n_rows = data.rows.shape[0]
     budget: int | str = "auto" if nsamples is None else nsamples
-    if budget == EXACT:
-        budget = kernel_shap.exact_nsamples(n_features)  # shap caps it per row at 2^m - 2
     chunk = math.ceil(n_rows / min(workers, n_rows))
     pending: list[tuple[Callable[[], Ref], int, Any]] = []
     for start in range(0, n_rows, chunk):
         rows = data.rows[start : start + chunk]
+        seeds = [reference_seed(seed, int(i)) for i in data.row_ids[start : start + chunk]]
 
-        def submit(rows: np.ndarray = rows) -> Ref:
-            return reference_chunk_step.remote(model_box, rows, background_ref, budget, link.value)
+        def submit(rows: np.ndarray = rows, seeds: list[int] = seeds) -> Ref:
+            return reference_chunk_step.remote(
+                model_box, rows, background.ref, budget, link.value, seeds, groups, background.weights
+            )
 
         pending.append((submit, len(rows), start))
     return _Branch(REFERENCE, pending, workers)
@@ -339,15 +391,27 @@ def run_distributed_shap(
     seed: int = 0,
     workers: int | None = None,
     batch_size: int | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
+    background_weights: np.ndarray | None = None,
 ) -> kernel_shap.Explanation:
-    """Our explainer alone on a running Ray instance (the benchmark's entry point)."""
+    """Our explainer alone on a running Ray instance (the benchmark's entry point).
+
+    ``groups``: column indices per player (values (R, G, K)); ``background_weights`` (N,):
+    shap's weighted background. Raises kernel_shap.PlanTooLargeError before any task runs
+    when the plan cannot fit the memory budget, ValueError for groups or weights that do not fit.
+    """
     workers = workers or _cluster_cpus()
-    background_ref = ray.put(data.background)
+    players = kernel_shap.player_matrix(groups, data.rows.shape[1]) if groups is not None else None
+    n_players = data.rows.shape[1] if players is None else players.shape[0]
+    background = Background.put(data.background, background_weights)
     model_box = [model_ref]
-    outputs_ref = outputs_step.remote(model_box, data.rows, background_ref)
-    branch, plans = _ours_branch(model_box, data, background_ref, nsamples, seed, workers, batch_size)
+    outputs = ray.get(outputs_step.remote(model_box, data.rows, background.ref, background.weights))
+    budget = kernel_shap.resolve_nsamples(
+        nsamples, n_players, len(data.rows), len(background.rows), outputs["fx"].shape[1]
+    )
+    branch, plans = _ours_branch(model_box, data, background, budget, seed, workers, batch_size, players)
     _drive([branch], lambda name, amount: None)
-    return _solve_ours(branch, plans, ray.get(outputs_ref), link, *data.rows.shape)
+    return _solve_ours(branch, plans, outputs, link, len(data.rows), n_players)
 
 
 def _cluster_cpus() -> int:
@@ -425,7 +489,8 @@ def run_job(config: JobConfig, reporter: Reporter | None = None) -> dict[str, An
     reporter = reporter or Reporter()
     source = etl.resolve_source(config.data)
     if source is not None and "://" not in source:
-        etl.load_dataset(source, config.label)  # fail in milliseconds, before Ray starts
+        dataset = etl.load_dataset(source, config.label)  # fail in milliseconds, before Ray starts
+        _check_plan_before_ray(config, dataset)
     started_ray = _init_ray(config, reporter)
     try:
         return _run_dag(config, source, reporter)
@@ -443,6 +508,34 @@ def run_job(config: JobConfig, reporter: Reporter | None = None) -> dict[str, An
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _players(config: JobConfig, feature_names: list[str]) -> groups_file.Players | None:
+    return groups_file.load_groups(config.groups, feature_names) if config.groups else None
+
+
+def _resolve_budget(
+    config: JobConfig,
+    nsamples: int | str | None,
+    n_players: int,
+    n_rows: int,
+    n_background: int,
+    n_outputs: int,
+) -> int | None:
+    try:
+        return kernel_shap.resolve_nsamples(nsamples, n_players, n_rows, n_background, n_outputs)
+    except kernel_shap.PlanTooLargeError as err:
+        raise BudgetError(f"{config.data or 'the data'}: {err}") from None
+
+
+def _check_plan_before_ray(config: JobConfig, dataset: etl.Dataset) -> None:
+    """The groups file and the plan's size, checked in milliseconds before Ray starts
+    (upper bounds: every row explained, every player varying)."""
+    names = [str(c) for c in dataset.features.columns]
+    players = _players(config, names)
+    n_players = len(names) if players is None else len(players.names)
+    n_classes = max(int(dataset.labels.nunique()), 1)
+    _resolve_budget(config, config.nsamples, n_players, config.rows, config.background, n_classes)
 
 
 def _first_line(err: Exception, limit: int = 200) -> str:
@@ -467,36 +560,39 @@ class _Prepared:
     model_info: dict[str, Any]
     data: model.ExplainData
     background_ref: Ref
-    outputs: dict[str, Any]  # fx, fnull, classes
+    outputs: dict[str, Any]  # fx, fnull, classes; fnull over the weighted, merged background
     nsamples: int | str | None
+    background: Background  # duplicates merged into weights: what the explainers use
 
 
 def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[str, Any]:
     timings = _Timings()
     prepared = _prepare(config, source, reporter, timings)
     n_rows, n_features = prepared.data.rows.shape
+    player_spec = _players(config, prepared.info["features"])
+    players = None if player_spec is None else kernel_shap.player_matrix(player_spec.columns, n_features)
+    n_players = n_features if players is None else len(players)
     cpus = _cluster_cpus()
     workers = config.workers or cpus
+    n_outputs = prepared.outputs["fx"].shape[1]
+    budget = _resolve_budget(
+        config, prepared.nsamples, n_players, n_rows, len(prepared.background.rows), n_outputs
+    )
+    nodes = _alive_nodes()
+    if len(nodes) > 1:
+        reporter.info(f"Explaining on {len(nodes)} Ray nodes with {cpus} CPUs.")
     t0 = time.perf_counter()
     pids = warm_up_workers(prepared.model_box, prepared.data, workers, with_shap=config.reference)
     processes = f"{len(set(pids))} worker process{'' if len(set(pids)) == 1 else 'es'}"
     reporter.step("warm_up", f"{processes}, the model loaded in each", time.perf_counter() - t0)
     timings.add("warm_up", t0, f"{processes}, model loaded")
-    ours, plans = _ours_branch(
-        prepared.model_box,
-        prepared.data,
-        prepared.background_ref,
-        prepared.nsamples,
-        config.seed,
-        workers,
-        config.batch_size,
-    )
+    ours, plans, budget = _ours_rounds(config, prepared, budget, workers, players, reporter)
     if not all(plan.exact for plan, _ in plans.values()):
-        consequence = "both explainers estimate and will differ by sampling noise"
         reporter.warn(
-            f"sampling mode: {n_features} features need {kernel_shap.exact_nsamples(n_features)} coalitions "
-            f"for exact values; {consequence if config.reference else 'our explainer estimates'}. "
-            "Pass --nsamples exact for exact values."
+            f"sampling mode: {n_players} players need {kernel_shap.exact_nsamples(n_players)} coalitions "
+            "for exact values; values come with standard errors (shap_standard_errors.csv)"
+            + (" and the verdict allows for them." if config.reference else ".")
+            + " Pass --nsamples exact for exact values."
         )
     branches = [ours]
     if config.reference:
@@ -504,34 +600,37 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
             _reference_branch(
                 prepared.model_box,
                 prepared.data,
-                prepared.background_ref,
-                prepared.nsamples,
+                prepared.background,
+                budget,
                 config.link,
                 workers,
+                config.seed,
+                None if player_spec is None else [list(c) for c in player_spec.columns],
             )
         )
     totals = {OURS: sum(u for _, u, _ in ours.pending), REFERENCE: n_rows}
-    nodes = _alive_nodes()
-    if len(nodes) > 1:
-        reporter.info(f"Explaining on {len(nodes)} Ray nodes with {cpus} CPUs.")
-    with reporter.progress({b.name: totals[b.name] for b in branches}) as advance:
+    with reporter.progress({b.name: totals[b.name] for b in branches if b.pending}) as advance:
         _drive(branches, advance)
     nodes_lost = _lost_nodes(nodes)
-    explanation = _solve_ours(ours, plans, prepared.outputs, config.link, n_rows, n_features)
-    ours.finished = time.perf_counter()
+    explanation = _solve_ours(ours, plans, prepared.outputs, config.link, n_rows, n_players)
+    ours.finished = ours.finished or time.perf_counter()
     for branch in branches:
         concurrently = ", concurrently" if len(branches) > 1 else ""
         note = f"{branch.cpu_seconds:.2f} CPU s in {len(branch.done)} tasks{concurrently}"
         timings.rows.append((branch.name, (branch.finished or time.perf_counter()) - branch.started, note))
 
     t0 = time.perf_counter()
-    comparison, ref_values = _compare(config, prepared, explanation, branches[1:])
+    names = list(prepared.info["features"]) if player_spec is None else list(player_spec.names)
+    comparison, ref_values = _compare(config, prepared, explanation, branches[1:], players, names)
     timings.add("compare_results", t0)
 
     out_dir = Path(config.output_dir) / (config.run_id or results.new_run_id())
     cluster = {"cpus": cpus, "nodes": nodes, "nodes_lost": nodes_lost}
     summary = _summary(config, out_dir.name, cluster, prepared, explanation, comparison, timings, branches)
-    _write_results(out_dir, summary, prepared, explanation, ref_values)
+    summary["players"] = names
+    summary["groups"] = None if player_spec is None else player_spec.groups
+    summary["tol"] = config.tol
+    _write_results(out_dir, summary, prepared, explanation, ref_values, names)
     reporter.summary(
         timings.rows,
         _verdict(comparison),
@@ -545,11 +644,84 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     return summary
 
 
+def _ours_rounds(
+    config: JobConfig,
+    prepared: _Prepared,
+    budget: int | None,
+    workers: int,
+    players: np.ndarray | None,
+    reporter: Reporter,
+) -> tuple[_Branch, dict[tuple[int, ...], tuple[kernel_shap.CoalitionPlan, np.ndarray]], int | None]:
+    """Our branch, ready to drive; with --tol, the rounds of convergence-driven sampling run
+    here first (each doubles the seeded coalitions and re-evaluates its plan, so the total cost
+    stays under twice the last round's) and the branch returned is the last, already done."""
+
+    def branch_for(
+        n: int | None,
+    ) -> tuple[_Branch, dict[tuple[int, ...], tuple[kernel_shap.CoalitionPlan, np.ndarray]]]:
+        return _ours_branch(
+            prepared.model_box,
+            prepared.data,
+            prepared.background,
+            n,
+            config.seed,
+            workers,
+            config.batch_size,
+            players,
+        )
+
+    ours, plans = branch_for(budget)
+    if config.tol is None or all(plan.exact for plan, _ in plans.values()):
+        return ours, plans, budget
+    n_rows, n_players = (
+        prepared.data.rows.shape[0],
+        (prepared.data.rows.shape[1] if players is None else len(players)),
+    )
+    n_outputs = prepared.outputs["fx"].shape[1]
+    while True:
+        _drive([ours], lambda name, amount: None)
+        explanation = _solve_ours(ours, plans, prepared.outputs, config.link, n_rows, n_players)
+        largest = (
+            float(np.max(explanation.standard_errors, initial=0.0))
+            if explanation.standard_errors is not None
+            else 0.0
+        )
+        n_now = explanation.n_coalitions
+        reporter.info(f"--tol {config.tol:g}: {n_now} coalitions, largest standard error {largest:.3g}")
+        if explanation.exact or largest <= config.tol:
+            return ours, plans, n_now
+        if n_now >= kernel_shap.MAX_TOL_NSAMPLES:
+            reporter.warn(
+                f"--tol {config.tol:g} not reached: stopped at the cap of "
+                f"{kernel_shap.MAX_TOL_NSAMPLES} coalitions with a largest standard error of {largest:.3g}."
+            )
+            return ours, plans, n_now
+        n_next = min(2 * n_now, kernel_shap.MAX_TOL_NSAMPLES)
+        _resolve_budget(config, n_next, n_players, n_rows, len(prepared.background.rows), n_outputs)
+        ours, plans = branch_for(n_next)
+
+
+def _reference_constant(prepared: _Prepared, players: np.ndarray | None, names: list[str]) -> dict[str, str]:
+    """Players shap's np.allclose rule zeroes though they vary, with the reason."""
+    disputed = kernel_shap.reference_constant_players(prepared.data.rows, prepared.background.rows, players)
+    row_ids = prepared.data.row_ids
+    return {
+        names[p]: (
+            f"in rows {[int(row_ids[r]) for r in rows][:10]} its values are within np.allclose's tolerance "
+            "(rtol 1e-5, atol 1e-8) of every background value but not equal to all of them, so shap "
+            "treats it as constant and gives it 0; ours treats it as varying"
+        )
+        for p, rows in disputed.items()
+    }
+
+
 def _compare(
     config: JobConfig,
     prepared: _Prepared,
     explanation: kernel_shap.Explanation,
     reference_branches: list[_Branch],
+    players: np.ndarray | None = None,
+    names: list[str] | None = None,
 ) -> tuple[compare.Comparison | compare.AdditivityCheck, np.ndarray | None]:
     """Ours against the reference's values (returned too), or ours alone if it was skipped."""
     outputs = config.link.apply(prepared.outputs["fx"])
@@ -561,7 +733,14 @@ def _compare(
     ref_values = ref_values.reshape(explanation.values.shape[0], explanation.values.shape[1], -1)
     ref_expected = np.atleast_1d(next(iter(reference.done.values()))[1])
     comparison = compare.compare_results(
-        explanation.values, explanation.expected_value, ref_values, ref_expected, outputs, config.tolerance
+        explanation.values,
+        explanation.expected_value,
+        ref_values,
+        ref_expected,
+        outputs,
+        config.tolerance,
+        standard_errors=explanation.standard_errors,
+        reference_constant=_reference_constant(prepared, players, names or list(prepared.info["features"])),
     )
     return comparison, ref_values
 
@@ -572,17 +751,23 @@ def _write_results(
     prepared: _Prepared,
     explanation: kernel_shap.Explanation,
     ref_values: np.ndarray | None,
+    names: list[str] | None = None,
 ) -> None:
-    """The CSVs (the reference's only if it ran), the plot, then summary.json with their time."""
+    """The CSVs (the reference's only if it ran; standard errors in sampling mode), the plot,
+    then summary.json with their time. ``names``: one per player (G)."""
     t0 = time.perf_counter()
     classes = prepared.outputs["classes"]
-    names, row_ids = prepared.info["features"], prepared.data.row_ids.tolist()
+    names, row_ids = names or prepared.info["features"], prepared.data.row_ids.tolist()
     tables = {"shap_values.csv": explanation.values}
+    if explanation.standard_errors is not None:
+        tables["shap_standard_errors.csv"] = explanation.standard_errors
+        summary["standard_errors"] = "shap_standard_errors.csv"
     if ref_values is not None:
         tables["reference_shap_values.csv"] = ref_values
     for file_name, values in tables.items():
         results.write_csv(out_dir / file_name, results.values_frame(values, row_ids, names, classes))
-    results.write_plot(out_dir / "shap_summary.png", explanation.values, prepared.data.rows, names, classes)
+    plot_rows = prepared.data.rows if len(names) == prepared.data.rows.shape[1] else None
+    results.write_plot(out_dir / "shap_summary.png", explanation.values, plot_rows, names, classes)
     summary["wall_seconds"]["write_results"] = time.perf_counter() - t0
     results.write_summary(out_dir / "summary.json", summary)
 
@@ -594,9 +779,16 @@ def _verdict(comparison: compare.Comparison | compare.AdditivityCheck) -> str:
             f"Verdict: {comparison.verdict} — reference skipped (--no-reference), "
             f"additivity error {comparison.additivity_error_ours:.3g} {tolerance}"
         )
+    sampled = (
+        ""
+        if comparison.standard_error_z is None
+        else f", sampling mode: each difference within tolerance + {comparison.standard_error_z:.2f} x "
+        f"sqrt(se_ours^2 + se_shap^2), largest |diff|/se {comparison.max_z or 0.0:.2f}"
+    )
+    reasons = "".join(f"\n  {reason}" for reason in comparison.reasons)
     return (
         f"Verdict: {comparison.verdict} — max |ours - shap| = {comparison.max_abs_diff:.3g}, "
-        f"additivity error {comparison.additivity_error_ours:.3g} {tolerance}"
+        f"additivity error {comparison.additivity_error_ours:.3g} {tolerance}{sampled}{reasons}"
     )
 
 
@@ -607,9 +799,10 @@ def _disagreement(comparison: compare.Comparison | compare.AdditivityCheck, summ
             f"our KernelSHAP values break additivity by up to {comparison.additivity_error_ours:.3g} "
             f"{tolerance}; see {summary_path}"
         )
+    reasons = f" ({'; '.join(comparison.reasons)})" if comparison.reasons else ""
     return (
         f"our KernelSHAP and shap.KernelExplainer differ by up to {comparison.max_abs_diff:.3g} "
-        f"{tolerance}; see {summary_path}"
+        f"{tolerance}{reasons}; see {summary_path}"
     )
 
 
@@ -640,12 +833,17 @@ def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings:
     data_ref = get_data_to_explain_step.remote(split_ref, config.rows, config.background, config.seed)
     data: model.ExplainData = ray.get(data_ref)
     background_ref = ray.put(data.background)
+    background = Background.put(data.background)
     model_box = [model_ref]
-    outputs: dict[str, Any] = ray.get(outputs_step.remote(model_box, data.rows, background_ref))
+    outputs: dict[str, Any] = ray.get(
+        outputs_step.remote(model_box, data.rows, background.ref, background.weights)
+    )
     detail = f"{len(data.rows)} test rows, {len(data.background)} background rows"
+    if len(background.rows) < len(data.background):
+        detail += f" ({len(background.rows)} distinct, duplicates merged into weights)"
     reporter.step("get_data_to_explain", detail, time.perf_counter() - t0)
     timings.add("get_data_to_explain", t0)
-    return _Prepared(info, model_box, model_info, data, background_ref, outputs, nsamples)
+    return _Prepared(info, model_box, model_info, data, background_ref, outputs, nsamples, background)
 
 
 def _summary(

@@ -21,3 +21,10 @@ class ExplanationsDisagreeError(JobError):
     """Our KernelSHAP and the reference disagree beyond the tolerance (or break additivity)."""
 
     exit_status = 4
+
+
+class BudgetError(DataError):
+    """The explanation's plan would not fit the memory budget; refused before any work starts.
+    The message names the coalitions, the memory needed, the budget and what to pass instead."""
+
+    exit_status = 3

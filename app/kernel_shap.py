@@ -2,7 +2,7 @@
 
 The method is shap.KernelExplainer's (Lundberg & Lee 2017), reorganised for speed:
 
-* One set of coalitions (a *plan*) serves every row whose varying features are the same, so the
+* One set of coalitions (a *plan*) serves every row whose varying players are the same, so the
   weighted least-squares solve is factorised once into a matrix ``solver`` and applied to all
   rows and all outputs with one ``einsum``.
 * Synthetic rows are built with broadcasting (no Python loop per coalition) and the model is
@@ -10,9 +10,18 @@ The method is shap.KernelExplainer's (Lundberg & Lee 2017), reorganised for spee
 * The model evaluations split freely into blocks of rows x blocks of coalitions, which is what
   the Ray DAG distributes; the solve needs only the per-coalition expectations ``ey``.
 
-Conventions: ``M`` features, ``N`` background rows, ``S`` coalitions, ``K`` model outputs.
-A feature counts as *varying* for a row exactly as in shap: it is not ``np.allclose`` to that
-feature in every background row; non-varying features get 0 and keep background values.
+Conventions: ``M`` features (columns), ``G`` players (feature groups; ``G = M`` without groups),
+``N`` background rows, ``S`` coalitions, ``K`` model outputs, ``R`` explained rows.
+
+* A player (a feature, or a group of columns) is *varying* for a row iff the row's value of
+  one of its columns differs (exact inequality, NaN equal to NaN) from that column in SOME
+  background row; non-varying players get exactly 0. shap uses ``np.allclose`` instead, which
+  calls a unix timestamp that moves by an hour constant (relative tolerance 1e-5 of 1.7e9);
+  ``reference_constant_players`` finds where the two rules part.
+* Background rows may carry weights (shap's ``DenseData`` weights): E over the background is
+  the weighted mean. Duplicate background rows are merged into one weighted row (exact).
+* Sampled plans come with standard errors, see ``standard_errors``.
+* Every plan is sized before it is built (``plan_bytes``) against ``PLAN_MEMORY_BUDGET``.
 """
 
 from __future__ import annotations
@@ -21,18 +30,32 @@ import enum
 import itertools
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 Predict = Callable[[npt.NDArray[np.floating]], npt.NDArray[np.floating]]
 
 # Upper bound on synthetic rows handed to the model in one call: big enough that per-call
 # overhead vanishes, small enough to keep a block's memory near 100 MB.
 MAX_ROWS_PER_PREDICT = 1 << 20
+MAX_BLOCK_BYTES = 256 << 20  # synthetic rows of one model call, whatever the number of columns
+# Memory one plan may take on the driver: masks, solver, regression temporaries and ey (R, S, K).
+PLAN_MEMORY_BUDGET = 2 << 30
+# "Affordable" exact enumeration: at most this many synthetic model rows (coalitions x
+# background x rows); above it the default is shap's sampling budget 2G + 2048.
+EXACT_MODEL_ROWS_BUDGET = 50_000_000
+LOGIT_EPSILON = 1e-15  # shap's LogitLink clips probabilities to [eps, 1 - eps]
+# Largest budget convergence-driven sampling (--tol) may grow to.
+MAX_TOL_NSAMPLES = 1 << 17
+
+
+class PlanTooLargeError(ValueError):
+    """A plan would exceed PLAN_MEMORY_BUDGET; the message says what to pass instead."""
 
 
 class Link(enum.StrEnum):
@@ -40,10 +63,13 @@ class Link(enum.StrEnum):
     LOGIT = "logit"
 
     def apply(self, values: npt.ArrayLike) -> FloatArray:
+        """The link of values of any shape; logit clips to [1e-15, 1 - 1e-15] first, like shap,
+        so probabilities of exactly 0 or 1 (a forest's) stay finite."""
         array = np.asarray(values, dtype=np.float64)
         if self is Link.IDENTITY:
             return array
-        return np.log(array / (1.0 - array))
+        clipped = np.clip(array, LOGIT_EPSILON, 1.0 - LOGIT_EPSILON)
+        return np.asarray(np.log(clipped / (1.0 - clipped)))
 
 
 def default_nsamples(n_features: int) -> int:
@@ -56,31 +82,188 @@ def exact_nsamples(n_features: int) -> int:
     return (1 << n_features) - 2
 
 
+def plan_bytes(n_coalitions: int, n_varying: int, n_features: int, n_rows: int, n_outputs: int) -> int:
+    """Bytes a plan of S coalitions over m varying players needs at its peak on the driver:
+    masks (S, M) and (S, m) bools, design and weighted design (S, m-1) floats twice, solver
+    (m-1, S), weights etc. (3 S floats), and ey plus its linked copy (R, S, K) floats twice."""
+    s, m = n_coalitions, n_varying
+    per_coalition = n_features + m + 8 * 3 * max(m - 1, 0) + 8 * 3
+    return s * per_coalition + 2 * 8 * n_rows * s * n_outputs
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PB"  # pragma: no cover
+
+
+def check_plan_fits(
+    n_coalitions: int, n_varying: int, n_features: int, n_rows: int, n_outputs: int, *, exact: bool
+) -> None:
+    """Raise PlanTooLargeError, naming coalitions, memory, budget and what to pass instead,
+    if the plan would not fit PLAN_MEMORY_BUDGET. Costs nothing: nothing is allocated."""
+    need = plan_bytes(n_coalitions, n_varying, n_features, n_rows, n_outputs)
+    if need <= PLAN_MEMORY_BUDGET:
+        return
+    what = f"exact enumeration over {n_varying} players" if exact else f"{n_coalitions:,} sampled coalitions"
+    hint = (
+        f"--nsamples {default_nsamples(n_varying)} (shap's default, sampled with standard errors)"
+        if exact
+        else "a smaller --nsamples or fewer --rows"
+    )
+    raise PlanTooLargeError(
+        f"{what} needs {n_coalitions:,} coalitions and about {_format_bytes(need)} of memory, over "
+        f"the {_format_bytes(PLAN_MEMORY_BUDGET)} budget for one plan; pass {hint}, "
+        "or merge features with --groups."
+    )
+
+
+def resolve_nsamples(
+    requested: int | str | None, n_players: int, n_rows: int, n_background: int, n_outputs: int = 1
+) -> int | None:
+    """The coalition budget for a run: an int (exact when >= 2^G - 2), or None for shap's default
+    2m + 2048 per plan. ``requested`` "exact" forces enumeration; None picks exact whenever it is
+    affordable: coalitions x background x rows <= EXACT_MODEL_ROWS_BUDGET and the plan fits memory.
+    Raises PlanTooLargeError when the requested (or default) plan cannot fit."""
+    exact_n = exact_nsamples(n_players) if n_players < 63 else 1 << 62
+    if requested == "exact":
+        check_plan_fits(exact_n, n_players, n_players, n_rows, n_outputs, exact=True)
+        return exact_n
+    if isinstance(requested, int):
+        n = min(requested, exact_n)
+        check_plan_fits(n, n_players, n_players, n_rows, n_outputs, exact=n >= exact_n)
+        return requested
+    fits = plan_bytes(exact_n, n_players, n_players, n_rows, n_outputs) <= PLAN_MEMORY_BUDGET
+    if exact_n <= default_nsamples(n_players) or (
+        fits and exact_n * max(n_background, 1) * n_rows <= EXACT_MODEL_ROWS_BUDGET
+    ):
+        check_plan_fits(exact_n, n_players, n_players, n_rows, n_outputs, exact=True)
+        return exact_n
+    check_plan_fits(default_nsamples(n_players), n_players, n_players, n_rows, n_outputs, exact=False)
+    return None
+
+
 @dataclass(frozen=True)
 class CoalitionPlan:
     """The coalitions, their kernel weights and the factorised solve for one varying set."""
 
     n_features: int
-    varying: npt.NDArray[np.intp]  # indices of the m varying features
-    masks: npt.NDArray[np.bool_]  # (S, M); columns of non-varying features are all False
+    varying: npt.NDArray[np.intp]  # indices of the m varying players
+    masks: BoolArray  # (S, M) columns; columns of non-varying players are all False
     weights: FloatArray  # (S,)
     solver: FloatArray  # (m - 1, S): phi[:-1] = solver @ y2, see solve_phi
     exact: bool = field(default=True)
+    coalitions: BoolArray | None = None  # (S, m) over the varying players; None: masks[:, varying]
+    units: npt.NDArray[np.intp] | None = None  # (S,) sampling draw of each coalition, -1 enumerated
+    n_players: int | None = None  # G; None: M (no groups)
 
     @property
     def n_coalitions(self) -> int:
         return int(self.masks.shape[0])
 
+    @property
+    def players(self) -> int:
+        return self.n_features if self.n_players is None else self.n_players
 
-def varying_features(rows: npt.ArrayLike, background: npt.ArrayLike) -> npt.NDArray[np.bool_]:
-    """(R, M) mask of the features that vary for each row, by shap's rule (np.allclose)."""
+    @property
+    def small(self) -> BoolArray:
+        """(S, m) membership of each varying player in each coalition."""
+        return self.masks[:, self.varying] if self.coalitions is None else self.coalitions
+
+
+def player_matrix(groups: Sequence[Sequence[int]] | None, n_features: int) -> BoolArray:
+    """(G, M) membership of columns in players; None gives one player per column.
+
+    Raises ValueError unless the groups partition 0..M-1 (each column in exactly one group).
+    """
+    if groups is None:
+        return np.eye(n_features, dtype=bool)
+    matrix = np.zeros((len(groups), n_features), dtype=bool)
+    for g, columns in enumerate(groups):
+        if len(columns) == 0:
+            raise ValueError(f"group {g} has no columns")
+        for c in columns:
+            if not 0 <= int(c) < n_features:
+                raise ValueError(f"group {g} names column {c}, outside 0..{n_features - 1}")
+            if matrix[:, int(c)].any():
+                raise ValueError(f"column {c} is in more than one group")
+            matrix[g, int(c)] = True
+    missing = np.flatnonzero(~matrix.any(axis=0))
+    if missing.size:
+        raise ValueError(f"columns {missing.tolist()} are in no group")
+    return matrix
+
+
+def _differs_from_some(x: FloatArray, bg: FloatArray) -> BoolArray:
+    """(R, M): the row's value differs from the column's value in some background row."""
+    same = (x[:, None, :] == bg[None, :, :]) | (np.isnan(x)[:, None, :] & np.isnan(bg)[None, :, :])
+    return np.asarray(~same.all(axis=1), dtype=bool)
+
+
+def varying_features(
+    rows: npt.ArrayLike, background: npt.ArrayLike, players: BoolArray | None = None
+) -> BoolArray:
+    """(R, G) mask of the players that vary for each row: some column of the player differs
+    (exactly, NaN == NaN) from that column in some background row."""
     x = np.asarray(rows, dtype=np.float64)
     bg = np.asarray(background, dtype=np.float64)
-    same = np.isclose(x[:, None, :], bg[None, :, :], equal_nan=True).all(axis=1)
-    return np.asarray(~same, dtype=bool)
+    columns = _differs_from_some(x, bg)
+    if players is None:
+        return columns
+    return np.asarray(columns.astype(np.int64) @ players.T.astype(np.int64) > 0, dtype=bool)
 
 
-def group_rows_by_varying(varying: npt.NDArray[np.bool_]) -> dict[tuple[int, ...], npt.NDArray[np.intp]]:
+def shap_varying_features(
+    rows: npt.ArrayLike, background: npt.ArrayLike, players: BoolArray | None = None
+) -> BoolArray:
+    """(R, G): shap's rule, a player varies unless np.allclose(x, every background row)."""
+    x = np.asarray(rows, dtype=np.float64)
+    bg = np.asarray(background, dtype=np.float64)
+    close = np.isclose(x[:, None, :], bg[None, :, :], equal_nan=True).all(axis=1)  # (R, M)
+    if players is None:
+        return np.asarray(~close, dtype=bool)
+    return np.asarray((~close).astype(np.int64) @ players.T.astype(np.int64) > 0, dtype=bool)
+
+
+def reference_constant_players(
+    rows: npt.ArrayLike, background: npt.ArrayLike, players: BoolArray | None = None
+) -> dict[int, list[int]]:
+    """Players ours treats as varying but shap's np.allclose rule zeroes: player -> rows."""
+    ours = varying_features(rows, background, players)
+    theirs = shap_varying_features(rows, background, players)
+    disputed = ours & ~theirs
+    return {int(p): np.flatnonzero(disputed[:, p]).tolist() for p in np.flatnonzero(disputed.any(axis=0))}
+
+
+def merge_background(
+    background: npt.ArrayLike, weights: npt.ArrayLike | None = None
+) -> tuple[FloatArray, FloatArray]:
+    """Duplicate background rows merged into one row each, weights summed: (N', M), (N',).
+
+    The weights are normalised to sum 1 (shap's DenseData does the same); rows of weight 0 are
+    dropped. Raises ValueError for weights that are not finite, negative, or of the wrong shape.
+    """
+    bg = np.asarray(background, dtype=np.float64)
+    n = bg.shape[0]
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"background weights have shape {w.shape}, expected ({n},)")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("background weights must be finite, non-negative and not all zero")
+    keep = w > 0
+    bg, w = bg[keep], w[keep]
+    _, first, inverse = np.unique(bg, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(first)  # keep the first occurrence's order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    merged = np.bincount(rank[inverse], weights=w, minlength=order.size)
+    return np.ascontiguousarray(bg[first[order]]), merged / merged.sum()
+
+
+def group_rows_by_varying(varying: BoolArray) -> dict[tuple[int, ...], npt.NDArray[np.intp]]:
     """Rows that share a varying set share a plan; usually there is exactly one group."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for row, mask in enumerate(varying):
@@ -99,7 +282,7 @@ def _subset_size_weights(m: int) -> tuple[FloatArray, int, int]:
     return weight_vector, num_subset_sizes, num_paired
 
 
-def _combinations(m: int, size: int) -> npt.NDArray[np.bool_]:
+def _combinations(m: int, size: int) -> BoolArray:
     index = np.fromiter(
         itertools.chain.from_iterable(itertools.combinations(range(m), size)), dtype=np.intp
     ).reshape(-1, size)
@@ -110,18 +293,21 @@ def _combinations(m: int, size: int) -> npt.NDArray[np.bool_]:
 
 def _choose_coalitions(
     m: int, nsamples: int, rng: np.random.Generator
-) -> tuple[npt.NDArray[np.bool_], FloatArray, bool]:
-    """Coalitions over m >= 2 features and their kernel weights, following shap's scheme.
+) -> tuple[BoolArray, FloatArray, bool, npt.NDArray[np.intp]]:
+    """Coalitions over m >= 2 players and their kernel weights, following shap's scheme.
 
     Whole subset sizes are enumerated (with their complements) while the budget covers them;
     the rest of the budget is drawn at random, in complementary pairs, and duplicates add
-    weight instead of rows. Returns (masks (S, m), weights (S,), exact).
+    weight instead of rows. Returns (masks (S, m), weights (S,), exact, units (S,)) where
+    units numbers the random draws (a coalition and its paired complement share one) and is
+    -1 for enumerated coalitions.
     """
     nsamples = min(nsamples, exact_nsamples(m)) if m <= 30 else nsamples
     weight_vector, num_subset_sizes, num_paired = _subset_size_weights(m)
 
-    blocks: list[npt.NDArray[np.bool_]] = []
+    blocks: list[BoolArray] = []
     block_weights: list[FloatArray] = []
+    block_units: list[npt.NDArray[np.intp]] = []
     num_full = 0
     samples_left = nsamples
     remaining = weight_vector.copy()
@@ -141,15 +327,17 @@ def _choose_coalitions(
             masks = np.stack([masks, ~masks], axis=1).reshape(-1, m)
         blocks.append(masks)
         block_weights.append(np.full(masks.shape[0], weight))
+        block_units.append(np.full(masks.shape[0], -1, dtype=np.intp))
 
     exact = num_full == num_subset_sizes
     if not exact and samples_left > 0:
-        masks, weights = _sample_coalitions(m, samples_left, weight_vector, num_full, num_paired, rng)
+        masks, weights, units = _sample_coalitions(m, samples_left, weight_vector, num_full, num_paired, rng)
         blocks.append(masks)
         block_weights.append(weights * (weight_vector[num_full:].sum() / weights.sum()))
+        block_units.append(units)
     if not blocks:
-        return np.zeros((0, m), dtype=bool), np.zeros(0), exact
-    return np.concatenate(blocks), np.concatenate(block_weights), exact
+        return np.zeros((0, m), dtype=bool), np.zeros(0), exact, np.zeros(0, dtype=np.intp)
+    return np.concatenate(blocks), np.concatenate(block_weights), exact, np.concatenate(block_units)
 
 
 def _sample_coalitions(
@@ -159,8 +347,9 @@ def _sample_coalitions(
     num_full: int,
     num_paired: int,
     rng: np.random.Generator,
-) -> tuple[npt.NDArray[np.bool_], FloatArray]:
-    """The random part of the plan: runs once per plan, not per row, so a loop is fine here."""
+) -> tuple[BoolArray, FloatArray, npt.NDArray[np.intp]]:
+    """The random part of the plan: runs once per plan, not per row, so a loop is fine here.
+    Returns masks (S', m), draw counts (S',) and the draw unit of each mask (S',)."""
     size_weights = weight_vector.copy()
     size_weights[:num_paired] /= 2  # each paired draw yields two samples
     size_weights = size_weights[num_full:]
@@ -168,8 +357,9 @@ def _sample_coalitions(
     draws = rng.choice(len(size_weights), 4 * samples_left, p=size_weights)
 
     seen: dict[bytes, int] = {}
-    masks: list[npt.NDArray[np.bool_]] = []
+    masks: list[BoolArray] = []
     weights: list[float] = []
+    units: list[int] = []
     for draw in draws:
         if samples_left <= 0:
             break
@@ -180,8 +370,10 @@ def _sample_coalitions(
         first = key not in seen
         if first:
             seen[key] = len(masks)
+            unit = units[-1] + 1 if units else 0
             masks.append(mask)
             weights.append(1.0)
+            units.append(unit)
             samples_left -= 1
         else:
             weights[seen[key]] += 1.0
@@ -189,13 +381,18 @@ def _sample_coalitions(
             if first:
                 masks.append(~mask)
                 weights.append(1.0)
+                units.append(units[-1])
                 samples_left -= 1
-            else:
+            elif seen[key] + 1 < len(masks) and units[seen[key] + 1] == units[seen[key]]:
                 weights[seen[key] + 1] += 1.0
-    return np.asarray(masks, dtype=bool).reshape(-1, m), np.asarray(weights)
+    return (
+        np.asarray(masks, dtype=bool).reshape(-1, m),
+        np.asarray(weights),
+        np.asarray(units, dtype=np.intp),
+    )
 
 
-def _factorise_solve(masks: npt.NDArray[np.bool_], weights: FloatArray) -> FloatArray:
+def _factorise_solve(masks: BoolArray, weights: FloatArray) -> FloatArray:
     """The weighted least squares of shap's ``solve`` with the sum constraint eliminated,
     reduced to one (m - 1, S) matrix that maps adjusted expectations to all but the last phi."""
     z = masks.astype(np.float64)
@@ -215,25 +412,53 @@ def _factorise_solve(masks: npt.NDArray[np.bool_], weights: FloatArray) -> Float
 
 
 def build_plan(
-    varying: npt.ArrayLike, n_features: int, nsamples: int | None = None, seed: int = 0
+    varying: npt.ArrayLike,
+    n_features: int,
+    nsamples: int | None = None,
+    seed: int = 0,
+    players: BoolArray | None = None,
 ) -> CoalitionPlan:
-    """Plan for rows whose varying features are ``varying`` (indices into 0..n_features-1).
+    """Plan for rows whose varying players are ``varying`` (indices into 0..G-1).
 
-    ``nsamples`` None means shap's default (2m + 2048 for m varying features); a budget of at
-    least 2^m - 2 gives exact enumeration.
+    ``players`` (G, M) maps players to columns (None: one player per column). ``nsamples``
+    None means shap's default (2m + 2048 for m varying players); a budget of at least 2^m - 2
+    gives exact enumeration. The caller sizes the plan first (``check_plan_fits``).
     """
     var = np.asarray(varying, dtype=np.intp)
     m = len(var)
+    n_players = None if players is None else int(players.shape[0])
     if m < 2:
         empty = np.zeros((0, n_features), dtype=bool)
-        return CoalitionPlan(n_features, var, empty, np.zeros(0), np.zeros((max(m - 1, 0), 0)))
+        return CoalitionPlan(
+            n_features,
+            var,
+            empty,
+            np.zeros(0),
+            np.zeros((max(m - 1, 0), 0)),
+            coalitions=np.zeros((0, m), dtype=bool),
+            units=np.zeros(0, dtype=np.intp),
+            n_players=n_players,
+        )
     budget = default_nsamples(m) if nsamples is None else nsamples
     if budget < 1:
         raise ValueError(f"nsamples must be at least 1, got {budget}")
-    small, weights, exact = _choose_coalitions(m, budget, np.random.default_rng(seed))
-    masks = np.zeros((small.shape[0], n_features), dtype=bool)
-    masks[:, var] = small
-    return CoalitionPlan(n_features, var, masks, weights, _factorise_solve(small, weights), exact)
+    small, weights, exact, units = _choose_coalitions(m, budget, np.random.default_rng(seed))
+    if players is None:
+        masks = np.zeros((small.shape[0], n_features), dtype=bool)
+        masks[:, var] = small
+    else:
+        masks = np.asarray(small.astype(np.uint8) @ players[var].astype(np.uint8) > 0, dtype=bool)
+    return CoalitionPlan(
+        n_features,
+        var,
+        masks,
+        weights,
+        _factorise_solve(small, weights),
+        exact,
+        coalitions=small,
+        units=units,
+        n_players=n_players,
+    )
 
 
 def model_outputs(predict: Predict, rows: npt.ArrayLike) -> FloatArray:
@@ -255,34 +480,46 @@ def evaluate_coalitions(
     predict: Predict,
     rows: npt.ArrayLike,
     background: npt.ArrayLike,
-    masks: npt.NDArray[np.bool_],
+    masks: BoolArray,
     *,
     dtype: npt.DTypeLike = np.float64,
     max_rows_per_predict: int = MAX_ROWS_PER_PREDICT,
+    weights: FloatArray | None = None,
 ) -> FloatArray:
-    """E over the background of f(x with features outside the coalition taken from background).
+    """E over the background of f(x with columns outside the coalition taken from background).
 
     Returns ey of shape (R, S, K). This is where nearly all the time goes: R*S*N model rows.
+    ``weights`` (N,), summing to 1, weight the background rows (None: uniform).
     ``dtype`` lets a caller build synthetic rows directly in the dtype the model converts to
     (float32 for scikit-learn trees), which saves a copy without changing any value.
     """
     x = np.asarray(rows, dtype=dtype)
     bg = np.asarray(background, dtype=dtype)
     n_rows, n_bg, n_coalitions = x.shape[0], bg.shape[0], masks.shape[0]
-    chunk = max(1, max_rows_per_predict // max(1, n_bg))  # (row, coalition) pairs per call
+    row_bytes = max(1, x.shape[1] * x.itemsize)
+    max_rows = max(1, min(max_rows_per_predict, MAX_BLOCK_BYTES // row_bytes))
+    chunk = max(1, max_rows // max(1, n_bg))  # (row, coalition) pairs per call
     pairs = [(r, s) for r in range(n_rows) for s in range(0, n_coalitions, chunk)]
     ey: FloatArray | None = None
     for r, start in pairs:
         block = masks[start : start + chunk]
         synth = np.where(block[:, None, :], x[r][None, None, :], bg[None, :, :])
         out = model_outputs(predict, synth.reshape(-1, x.shape[1]))
-        means = out.reshape(block.shape[0], n_bg, -1).mean(axis=1)
+        per_bg = out.reshape(block.shape[0], n_bg, -1)
+        means = per_bg.mean(axis=1) if weights is None else np.einsum("snk,n->sk", per_bg, weights)
         if ey is None:
             ey = np.empty((n_rows, n_coalitions, means.shape[1]))
         ey[r, start : start + block.shape[0]] = means
     if ey is None:
         return np.zeros((n_rows, n_coalitions, 0))
     return ey
+
+
+def _adjusted(
+    plan: CoalitionPlan, ey: FloatArray, delta: FloatArray, lfnull: FloatArray, link: Link
+) -> FloatArray:
+    last = plan.small[:, -1].astype(np.float64)
+    return np.asarray(link.apply(ey) - lfnull[None, None, :] - last[None, :, None] * delta[:, None, :])
 
 
 def solve_phi(
@@ -292,31 +529,96 @@ def solve_phi(
     fnull: FloatArray,
     link: Link = Link.IDENTITY,
 ) -> FloatArray:
-    """SHAP values (R, M, K) of R rows from their coalition expectations ey (R, S, K),
+    """SHAP values (R, G, K) of R rows from their coalition expectations ey (R, S, K),
     model outputs fx (R, K) and expected output fnull (K,): one einsum for all rows and outputs."""
     n_rows, n_outputs = fx.shape
-    phi = np.zeros((n_rows, plan.n_features, n_outputs))
+    phi = np.zeros((n_rows, plan.players, n_outputs))
     m = len(plan.varying)
     if m == 0:
         return phi
-    delta = link.apply(fx) - link.apply(fnull)[None, :]
+    lfnull = link.apply(fnull)
+    delta = link.apply(fx) - lfnull[None, :]
     if m == 1:
         phi[:, plan.varying[0], :] = delta
         return phi
-    last = plan.masks[:, plan.varying[-1]].astype(np.float64)
-    adjusted = link.apply(ey) - link.apply(fnull)[None, None, :] - last[None, :, None] * delta[:, None, :]
-    head = np.einsum("ms,rsk->rmk", plan.solver, adjusted)
+    head = np.einsum("ms,rsk->rmk", plan.solver, _adjusted(plan, ey, delta, lfnull, link))
     phi[:, plan.varying[:-1], :] = head
     phi[:, plan.varying[-1], :] = delta - head.sum(axis=1)
     return phi
 
 
+STANDARD_ERROR_CHUNK_BYTES = 64 << 20
+
+
+def standard_errors(
+    plan: CoalitionPlan,
+    ey: FloatArray,
+    fx: FloatArray,
+    fnull: FloatArray,
+    link: Link = Link.IDENTITY,
+) -> FloatArray:
+    """Standard errors (R, G, K) of solve_phi's values; zeros for an exact plan.
+
+    Only the sampled coalitions are random: the n draws (a coalition and its paired
+    complement form one draw) are i.i.d., and the estimate is a weighted least squares over
+    them. Its variance is the sandwich (M-estimator) variance, as Covert & Lee (2021,
+    "Improving KernelSHAP: Practical Shapley Value Estimation via Linear Regression", AISTATS,
+    section 4) estimate it for paired sampling: Var(phi) = n Cov_draws(T_u) with T_u the
+    draw's term solver[:, u] @ residual[u] / count_u, residuals of the fitted regression, so
+    the randomness of the Gram matrix is accounted for to first order. The last varying
+    player's value is delta minus the others, so its term is minus their sum.
+    """
+    n_rows, n_outputs = fx.shape
+    se = np.zeros((n_rows, plan.players, n_outputs))
+    m = len(plan.varying)
+    units = plan.units
+    if plan.exact or m < 2 or units is None:
+        return se
+    sampled = np.flatnonzero(units >= 0)
+    if sampled.size < 2:
+        return se
+    unit_of = units[sampled]
+    starts = np.flatnonzero(np.r_[True, unit_of[1:] != unit_of[:-1]])
+    counts = plan.weights[sampled][starts]
+    counts = counts / counts.min()  # draw counts: each sampled weight is count x a constant
+    n = float(counts.sum())
+    if n < 2:
+        return se
+    per_draw = plan.solver[:, sampled] / counts[np.searchsorted(starts, np.arange(sampled.size), "right") - 1]
+    z = plan.small.astype(np.float64)
+    design = z[:, :-1] - z[:, -1:]
+    lfnull = link.apply(fnull)
+    delta = link.apply(fx) - lfnull[None, :]
+    step = max(1, STANDARD_ERROR_CHUNK_BYTES // max(1, 8 * m * sampled.size * n_outputs))
+    for r0 in range(0, n_rows, step):
+        adjusted = _adjusted(plan, ey[r0 : r0 + step], delta[r0 : r0 + step], lfnull, link)
+        head = np.einsum("ms,rsk->rmk", plan.solver, adjusted)
+        residual = adjusted[:, sampled, :] - np.einsum("sj,rjk->rsk", design[sampled], head)
+        terms = np.einsum("js,rsk->rjsk", per_draw, residual)  # (r, m-1, S', K)
+        draws = np.add.reduceat(terms, starts, axis=2)  # (r, m-1, U, K)
+        draws = np.concatenate([draws, -draws.sum(axis=1, keepdims=True)], axis=1)  # (r, m, U, K)
+        w = counts[None, None, :, None]
+        mean = (w * draws).sum(axis=2, keepdims=True) / n
+        variance = n * (w * (draws - mean) ** 2).sum(axis=2) / (n - 1.0)
+        se[r0 : r0 + step][:, plan.varying, :] = np.sqrt(variance)
+    return se
+
+
 @dataclass(frozen=True)
 class Explanation:
-    values: FloatArray  # (R, M, K)
-    expected_value: FloatArray  # (K,)
+    values: FloatArray  # (R, G, K); G = M without groups
+    expected_value: FloatArray  # (K,), in link space
     exact: bool
     n_coalitions: int
+    standard_errors: FloatArray | None = None  # (R, G, K); None when exact
+
+
+def _finish(
+    values: FloatArray, expected: FloatArray, plans: Sequence[CoalitionPlan], errors: FloatArray
+) -> Explanation:
+    exact = all(plan.exact for plan in plans)
+    n_coalitions = max((plan.n_coalitions for plan in plans), default=0)
+    return Explanation(values, expected, exact, n_coalitions, None if exact else errors)
 
 
 def explain(
@@ -328,20 +630,74 @@ def explain(
     link: Link = Link.IDENTITY,
     seed: int = 0,
     dtype: npt.DTypeLike = np.float64,
+    groups: Sequence[Sequence[int]] | None = None,
+    background_weights: npt.ArrayLike | None = None,
+    tol: float | None = None,
 ) -> Explanation:
-    """Explain rows in this process; the Ray DAG composes the same steps across a cluster."""
+    """Explain rows (R, M) against a background (N, M) in this process; the Ray DAG composes
+    the same steps across a cluster. ``groups``: column indices per player (values then have
+    shape (R, G, K)); ``background_weights`` (N,): shap's weighted background. ``tol``: keep
+    doubling the sampled coalitions (same seed) until the largest standard error is below it,
+    or the plan is exact, or MAX_TOL_NSAMPLES is reached.
+
+    Raises PlanTooLargeError when a plan cannot fit PLAN_MEMORY_BUDGET, ValueError for groups
+    or weights that do not fit the data.
+    """
     x = np.asarray(rows, dtype=np.float64)
-    bg = np.asarray(background, dtype=np.float64)
-    fnull = expected_output(predict, bg)
+    bg, weights = merge_background(background, background_weights)
+    players = player_matrix(groups, x.shape[1]) if groups is not None else None
+    n_players = x.shape[1] if players is None else players.shape[0]
+    fnull = expected_output(predict, bg, weights)
     fx = model_outputs(predict, x)
-    values = np.zeros((x.shape[0], x.shape[1], fx.shape[1]))
-    exact, n_coalitions = True, 0
-    for varying, row_index in group_rows_by_varying(varying_features(x, bg)).items():
-        plan = build_plan(varying, x.shape[1], nsamples, seed)
-        ey = evaluate_coalitions(predict, x[row_index], bg, plan.masks, dtype=dtype)
-        values[row_index] = solve_phi(plan, ey, fx[row_index], fnull, link)
-        exact, n_coalitions = exact and plan.exact, max(n_coalitions, plan.n_coalitions)
-    return Explanation(values, link.apply(fnull), exact, n_coalitions)
+    budget = resolve_nsamples(nsamples, n_players, x.shape[0], bg.shape[0], fx.shape[1])
+    values = np.zeros((x.shape[0], n_players, fx.shape[1]))
+    errors = np.zeros_like(values)
+    plans: list[CoalitionPlan] = []
+    for varying, row_index in group_rows_by_varying(varying_features(x, bg, players)).items():
+        n = budget
+        cache: dict[bytes, FloatArray] = {}
+        while True:
+            plan = build_plan(varying, x.shape[1], n, seed, players)
+            if tol is None:
+                ey = evaluate_coalitions(predict, x[row_index], bg, plan.masks, dtype=dtype, weights=weights)
+            else:
+                ey = _cached_ey(predict, x[row_index], bg, plan.masks, cache, dtype=dtype, weights=weights)
+            values[row_index] = solve_phi(plan, ey, fx[row_index], fnull, link)
+            errors[row_index] = standard_errors(plan, ey, fx[row_index], fnull, link)
+            n_now = plan.n_coalitions
+            if (
+                tol is None
+                or plan.exact
+                or errors[row_index].max(initial=0.0) <= tol
+                or n_now >= MAX_TOL_NSAMPLES
+            ):
+                break
+            n = min(2 * max(n_now, default_nsamples(len(varying))), MAX_TOL_NSAMPLES)
+            check_plan_fits(n, len(varying), x.shape[1], len(row_index), fx.shape[1], exact=False)
+        plans.append(plan)
+    return _finish(values, link.apply(fnull), plans, errors)
+
+
+def _cached_ey(
+    predict: Predict,
+    rows: FloatArray,
+    background: FloatArray,
+    masks: BoolArray,
+    cache: dict[bytes, FloatArray],
+    *,
+    dtype: npt.DTypeLike,
+    weights: FloatArray,
+) -> FloatArray:
+    """evaluate_coalitions, reusing the (R, K) expectations of masks seen in an earlier round."""
+    keys = [mask.tobytes() for mask in masks]
+    new = [i for i, key in enumerate(keys) if key not in cache]
+    if new:
+        fresh = evaluate_coalitions(predict, rows, background, masks[new], dtype=dtype, weights=weights)
+        for j, i in enumerate(new):
+            cache[keys[i]] = fresh[:, j, :]
+    if not keys:
+        return np.zeros((rows.shape[0], 0, 0))
+    return np.stack([cache[key] for key in keys], axis=1)
 
 
 # Smallest task worth shipping to a worker, in synthetic model rows: below this Ray's per-task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import tempfile
@@ -40,17 +41,35 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
     _write_atomic(path, frame.to_csv(index=False, float_format="%.17g").encode())
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, infinity) replaced by None: summary.json is
+    strict JSON always (null where a number could not be computed; the verdict says why)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    if isinstance(value, np.floating):
+        return strict_json(float(value))
+    return value
+
+
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    _write_atomic(path, (json.dumps(summary, indent=2, sort_keys=False) + "\n").encode())
+    text = json.dumps(strict_json(summary), indent=2, sort_keys=False, allow_nan=False)
+    _write_atomic(path, (text + "\n").encode())
 
 
 def write_plot(
     path: Path,
     values: npt.NDArray[np.float64],
-    rows: npt.NDArray[np.float64],
+    rows: npt.NDArray[np.float64] | None,
     feature_names: Sequence[str],
     class_names: Sequence[str],
 ) -> None:
+    """Mean |SHAP value| per player; ``rows`` None when players are groups of columns."""
     import matplotlib
 
     matplotlib.use("Agg")

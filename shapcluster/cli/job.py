@@ -114,6 +114,21 @@ def submit(
             rich_help_panel=_JOB,
         ),
     ] = True,
+    groups: Annotated[
+        str | None,
+        typer.Option(
+            help="JSON or TOML file: group name -> list of columns; each group is one player "
+            "(columns in no group stay players of their own). A path the job can read.",
+            rich_help_panel=_JOB,
+        ),
+    ] = None,
+    tol: Annotated[
+        float | None,
+        typer.Option(
+            help="Sampling mode: double the coalitions (seeded) until every standard error is below TOL.",
+            rich_help_panel=_JOB,
+        ),
+    ] = None,
     output_dir: Annotated[
         str,
         typer.Option(
@@ -158,6 +173,8 @@ def submit(
         tolerance=tolerance,
         link=link,
         reference=reference,
+        groups=groups,
+        tol=tol,
         output_dir=output_dir,
         run_id=run_id,
         cpus=cpus,
