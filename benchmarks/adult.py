@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adult_data import AdultWorkload, prepare  # noqa: E402  (a sibling file, not a package)
+from adult_data import AdultWorkload, prepare  # a sibling file, not a package
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -242,127 +242,162 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _workload_report(
+    args: argparse.Namespace, work: AdultWorkload, n_rows: int, n_shared: int
+) -> dict[str, Any]:
+    return {
+        "data": str(args.data_dir),
+        "model": "LogisticRegression on one-hot categoricals + standardised numerics",
+        "test_accuracy": work.test_accuracy,
+        "encoded_columns": int(work.x_test.shape[1]),
+        "players": list(work.group_names),
+        "background": args.background,
+        "link": "logit",
+        "rows_ours": n_rows,
+        "rows_reference": n_shared,
+        "nsamples_sampled": SAMPLED,
+        "coalitions_exact": EXACT,
+        "cpus": args.cpus,
+    }
+
+
+def _modes(args: argparse.Namespace, exact: int | str) -> list[tuple[str, int | str]]:
+    return [("sampled", SAMPLED)] + ([] if args.skip_exact else [("exact", exact)])
+
+
+def _run_shap_side(
+    args: argparse.Namespace, work: AdultWorkload, shared: np.ndarray, background: np.ndarray
+) -> dict[str, dict[str, Any]]:
+    runs: dict[str, dict[str, Any]] = {}
+    if args.skip_shap:
+        return runs
+    for mode, n in _modes(args, EXACT):
+        _progress(f"shap.KernelExplainer, {mode}, {len(shared)} rows ...")
+        runs[mode] = run_shap(work, shared, background, int(n), args.seed)
+    return runs
+
+
+def _run_ours_side(
+    args: argparse.Namespace, work: AdultWorkload, rows: np.ndarray, background: np.ndarray
+) -> dict[str, dict[str, Any]]:
+    import ray
+
+    runs: dict[str, dict[str, Any]] = {}
+    # address="local": an instance of our own, never a cluster someone else started here.
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+    try:
+        for mode, n in _modes(args, "exact"):
+            _progress(f"ours, {mode}, {len(rows)} rows on {args.cpus} CPUs ...")
+            runs[mode] = run_ours(work, rows, background, n, args.cpus, args.seed)
+    finally:
+        ray.shutdown()
+    return runs
+
+
+def _run_alibi_side(
+    args: argparse.Namespace, work: AdultWorkload, shared: np.ndarray, background: np.ndarray
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """alibi's part of the report, and its run (None when skipped or impossible)."""
+    if args.skip_alibi:
+        return {"skipped": "--skip-alibi"}, None
+    python, how = ensure_alibi(args.cache_dir)
+    report: dict[str, Any] = {"requirement": ALIBI_REQUIREMENT, "venv": how}
+    if python is None:
+        report["error"] = how
+        return report, None
+    _progress(f"alibi KernelShap (distributed, {args.cpus} CPUs), sampled, {len(shared)} rows ...")
+    try:
+        run = run_alibi(
+            python,
+            work,
+            shared,
+            background,
+            cpus=args.cpus,
+            nsamples=SAMPLED,
+            batch_size=args.alibi_batch_size,
+            seed=args.seed,
+        )
+    except RuntimeError as err:
+        report["error"] = str(err)
+        return report, None
+    report.update({k: v for k, v in run.items() if k not in {"values", "expected_value"}})
+    return report, run
+
+
+def _agreement(
+    ours: dict[str, dict[str, Any]],
+    shap_runs: dict[str, dict[str, Any]],
+    alibi: dict[str, Any] | None,
+    k: int,
+) -> dict[str, Any]:
+    """Exact: max |ours - shap|. Sampled: differences against our standard errors."""
+    agreement: dict[str, Any] = {}
+    if "exact" in ours and "exact" in shap_runs:
+        exact, reference = ours["exact"], shap_runs["exact"]
+        agreement["exact_max_abs_diff_ours_shap"] = float(
+            np.abs(exact["values"][:k] - reference["values"]).max()
+        )
+        agreement["exact_expected_value_diff"] = float(
+            np.abs(exact["expected_value"] - np.asarray(reference["expected_value"])).max()
+        )
+        agreement["ours_exact_is_exact"] = bool(exact["exact"]) and exact["n_coalitions"] == EXACT
+    if "sampled" not in ours:
+        return agreement
+    sampled = ours["sampled"]
+    values, errors = sampled["values"], sampled["standard_errors"]
+    shared_errors = None if errors is None else errors[:k]
+    agreement["ours_sampled_coalitions"] = sampled["n_coalitions"]
+    if "sampled" in shap_runs:
+        agreement["sampled_ours_vs_shap"] = within_errors(
+            values[:k], shared_errors, shap_runs["sampled"]["values"]
+        )
+    if alibi is not None:
+        agreement["sampled_ours_vs_alibi"] = within_errors(values[:k], shared_errors, alibi["values"])
+    if "exact" in ours:
+        # Against the exact values only our own error counts: se, passed as se / sqrt(2).
+        own = None if errors is None else errors / np.sqrt(2.0)
+        agreement["sampled_ours_vs_exact_ours"] = within_errors(values, own, ours["exact"]["values"])
+    return agreement
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     sys.path.insert(0, str(REPO))
     work = prepare(args.data_dir, args.seed)
     rows, shared = work.x_test[: args.rows], work.x_test[: args.reference_rows]
     background = work.background(args.background, args.seed)
-    report: dict[str, Any] = {
-        "workload": {
-            "data": str(args.data_dir),
-            "model": "LogisticRegression on one-hot categoricals + standardised numerics",
-            "test_accuracy": work.test_accuracy,
-            "encoded_columns": int(rows.shape[1]),
-            "players": list(work.group_names),
-            "background": args.background,
-            "link": "logit",
-            "rows_ours": int(len(rows)),
-            "rows_reference": int(len(shared)),
-            "nsamples_sampled": SAMPLED,
-            "coalitions_exact": EXACT,
-            "cpus": args.cpus,
-            "load_average_at_start": os.getloadavg(),
-        },
-        "rows_per_second": {},
-        "seconds": {},
+    load_start = os.getloadavg()
+
+    shap_runs = _run_shap_side(args, work, shared, background)
+    ours = _run_ours_side(args, work, rows, background)
+    alibi_report, alibi = _run_alibi_side(args, work, shared, background)
+
+    seconds: dict[str, float] = {}
+    rates: dict[str, float] = {}
+    for mode, run in shap_runs.items():
+        seconds[f"shap_{mode}"] = run["seconds"]
+        rates[f"shap_{mode}"] = _rate(len(shared), run["seconds"])
+    for mode, run in ours.items():
+        seconds[f"ours_{mode}"] = run["seconds"]
+        seconds[f"ours_{mode}_warm_up"] = run["warm_up_seconds"]
+        rates[f"ours_{mode}"] = _rate(len(rows), run["seconds"])
+    if alibi is not None:
+        seconds["alibi_sampled"] = alibi["explain_seconds"]
+        rates["alibi_sampled"] = _rate(len(shared), alibi["explain_seconds"])
+    ratios = {
+        f"ours_over_{name}": rates[f"ours_{name.rsplit('_', 1)[1]}"] / rates[name]
+        for name in ("alibi_sampled", "shap_sampled", "shap_exact")
+        if name in rates and f"ours_{name.rsplit('_', 1)[1]}" in rates
     }
-    rates, seconds = report["rows_per_second"], report["seconds"]
-
-    shap_runs: dict[str, dict[str, Any]] = {}
-    if not args.skip_shap:
-        for mode, n in (("sampled", SAMPLED), ("exact", EXACT)):
-            if mode == "exact" and args.skip_exact:
-                continue
-            _progress(f"shap.KernelExplainer, {mode}, {len(shared)} rows ...")
-            shap_runs[mode] = run_shap(work, shared, background, n, args.seed)
-            seconds[f"shap_{mode}"] = shap_runs[mode]["seconds"]
-            rates[f"shap_{mode}"] = _rate(len(shared), shap_runs[mode]["seconds"])
-
-    import ray
-
-    ours_runs: dict[str, dict[str, Any]] = {}
-    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
-    try:
-        for mode, n in (("sampled", SAMPLED), ("exact", "exact")):
-            if mode == "exact" and args.skip_exact:
-                continue
-            _progress(f"ours, {mode}, {len(rows)} rows on {args.cpus} CPUs ...")
-            ours_runs[mode] = run_ours(work, rows, background, n, args.cpus, args.seed)
-            seconds[f"ours_{mode}"] = ours_runs[mode]["seconds"]
-            seconds[f"ours_{mode}_warm_up"] = ours_runs[mode]["warm_up_seconds"]
-            rates[f"ours_{mode}"] = _rate(len(rows), ours_runs[mode]["seconds"])
-    finally:
-        ray.shutdown()
-
-    alibi: dict[str, Any] | None = None
-    if args.skip_alibi:
-        report["alibi"] = {"skipped": "--skip-alibi"}
-    else:
-        python, how = ensure_alibi(args.cache_dir)
-        report["alibi"] = {"requirement": ALIBI_REQUIREMENT, "venv": how}
-        if python is None:
-            report["alibi"]["error"] = how
-        else:
-            _progress(f"alibi KernelShap (distributed, {args.cpus} CPUs), sampled, {len(shared)} rows ...")
-            try:
-                alibi = run_alibi(
-                    python,
-                    work,
-                    shared,
-                    background,
-                    cpus=args.cpus,
-                    nsamples=SAMPLED,
-                    batch_size=args.alibi_batch_size,
-                    seed=args.seed,
-                )
-            except RuntimeError as err:
-                report["alibi"]["error"] = str(err)
-            else:
-                report["alibi"].update({k: v for k, v in alibi.items() if k not in {"values", "expected_value"}})
-                seconds["alibi_sampled"] = alibi["explain_seconds"]
-                rates["alibi_sampled"] = _rate(len(shared), alibi["explain_seconds"])
-
-    ratios: dict[str, float] = {}
-    if "ours_sampled" in rates:
-        for other in ("alibi_sampled", "shap_sampled"):
-            if other in rates:
-                ratios[f"ours_over_{other.removesuffix('_sampled')}_sampled"] = (
-                    rates["ours_sampled"] / rates[other]
-                )
-    if "ours_exact" in rates and "shap_exact" in rates:
-        ratios["ours_over_shap_exact"] = rates["ours_exact"] / rates["shap_exact"]
-    report["ratios"] = ratios
-
-    k = len(shared)
-    agreement: dict[str, Any] = {}
-    if "exact" in ours_runs and "exact" in shap_runs:
-        ours_exact = ours_runs["exact"]
-        agreement["exact_max_abs_diff_ours_shap"] = float(
-            np.abs(ours_exact["values"][:k] - shap_runs["exact"]["values"]).max()
-        )
-        agreement["exact_expected_value_diff"] = float(
-            np.abs(ours_exact["expected_value"] - np.asarray(shap_runs["exact"]["expected_value"])).max()
-        )
-        agreement["ours_exact_is_exact"] = bool(ours_exact["exact"]) and ours_exact["n_coalitions"] == EXACT
-    if "sampled" in ours_runs:
-        ours_sampled = ours_runs["sampled"]
-        errors = ours_sampled["standard_errors"]
-        agreement["ours_sampled_coalitions"] = ours_sampled["n_coalitions"]
-        if "sampled" in shap_runs:
-            agreement["sampled_ours_vs_shap"] = within_errors(
-                ours_sampled["values"][:k], None if errors is None else errors[:k], shap_runs["sampled"]["values"]
-            )
-        if alibi is not None:
-            agreement["sampled_ours_vs_alibi"] = within_errors(
-                ours_sampled["values"][:k], None if errors is None else errors[:k], alibi["values"]
-            )
-        if "exact" in ours_runs:
-            agreement["sampled_ours_vs_exact_ours"] = within_errors(
-                ours_sampled["values"], None if errors is None else errors / np.sqrt(2.0), ours_runs["exact"]["values"]
-            )
-    report["agreement"] = agreement
-    report["load_average_at_end"] = os.getloadavg()
+    report = {
+        "workload": _workload_report(args, work, len(rows), len(shared)),
+        "rows_per_second": rates,
+        "ratios": ratios,
+        "seconds": seconds,
+        "agreement": _agreement(ours, shap_runs, alibi, len(shared)),
+        "alibi": alibi_report,
+        "load_average": {"start": load_start, "end": os.getloadavg()},
+    }
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0
