@@ -7,11 +7,22 @@ shapcluster builds the same value from its own CLI and turns it back into argume
 from __future__ import annotations
 
 import argparse
+import enum
 from dataclasses import dataclass, fields
 
 from app.kernel_shap import Link
 
 EXACT = "exact"
+
+
+class Algorithm(enum.StrEnum):
+    """How the job explains: exact/sampled KernelSHAP, the exact tree path, shap's path-dependent
+    TreeSHAP (a different quantity: no background), or auto (tree for supported models)."""
+
+    KERNEL = "kernel"
+    TREE = "tree"
+    TREE_PATH_DEPENDENT = "tree-path-dependent"
+    AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,7 @@ class JobConfig:
     reference: bool = True  # False (--no-reference): our explainer alone, e.g. to time it
     groups: str | None = None  # JSON or TOML file: group name -> columns; each group one player
     tol: float | None = None  # sampling: add coalitions until the largest standard error < tol
+    algorithm: Algorithm = Algorithm.KERNEL  # kernel keeps the side-by-side with shap.KernelExplainer
 
     def __post_init__(self) -> None:
         positive: dict[str, int | None] = {
@@ -55,6 +67,12 @@ class JobConfig:
             raise ValueError(f"--test-size must be between 0 and 1, got {self.test_size}")
         if any(n < 1 for n in self.sweep):
             raise ValueError(f"--sweep needs positive tree counts, got {self.sweep}")
+        tree_paths = (Algorithm.TREE, Algorithm.TREE_PATH_DEPENDENT)
+        if self.algorithm in tree_paths and self.link is not Link.IDENTITY:
+            raise ValueError(
+                f"--algorithm {self.algorithm} explains the model's own output (identity link); "
+                "drop --link logit or use --algorithm kernel"
+            )
         if self.tolerance < 0:
             raise ValueError(f"--tolerance must be >= 0, got {self.tolerance}")
         if self.tol is not None and not self.tol > 0:
@@ -129,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="sampling: double the coalitions until every standard error is below TOL",
+    )
+    add(
+        "--algorithm",
+        type=Algorithm,
+        choices=list(Algorithm),
+        default=Algorithm.KERNEL,
+        help="kernel (default), tree (exact interventional TreeSHAP, checked against exact KernelSHAP "
+        "on a sample), tree-path-dependent (shap's, no background), auto (tree when the model allows)",
     )
     add(
         "--no-reference",

@@ -34,9 +34,9 @@ import ray
 from ray import ObjectRef
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from app import compare, etl, kernel_shap, model, results
+from app import compare, etl, kernel_shap, model, results, tree_shap
 from app import groups as groups_file
-from app.config import EXACT, JobConfig
+from app.config import EXACT, Algorithm, JobConfig
 from app.errors import BudgetError, ExplanationsDisagreeError, JobError
 from app.report import Reporter
 
@@ -568,6 +568,9 @@ class _Prepared:
 def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[str, Any]:
     timings = _Timings()
     prepared = _prepare(config, source, reporter, timings)
+    algorithm, reason = _choose_algorithm(config, prepared)
+    if algorithm != Algorithm.KERNEL:
+        return _run_tree_dag(config, prepared, reporter, timings, algorithm, reason)
     n_rows, n_features = prepared.data.rows.shape
     player_spec = _players(config, prepared.info["features"])
     players = None if player_spec is None else kernel_shap.player_matrix(player_spec.columns, n_features)
@@ -630,6 +633,7 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     summary["players"] = names
     summary["groups"] = None if player_spec is None else player_spec.groups
     summary["tol"] = config.tol
+    summary |= {"algorithm": "kernel", "algorithm_reason": reason}
     _write_results(out_dir, summary, prepared, explanation, ref_values, names)
     reporter.summary(
         timings.rows,
@@ -903,3 +907,245 @@ def _create_model(split_ref: Ref, config: JobConfig, reporter: Reporter) -> tupl
         infos[best]["seconds"],
     )
     return candidates[best][0], infos[best]
+
+
+# ------------------------------------------------------------------ the tree paths (issue 11)
+TREE = "exact tree SHAP"
+TREE_PATH_DEPENDENT = "shap.TreeExplainer path-dependent"
+TREE_CHECK = "exact KernelSHAP check"
+TREE_CHECK_ROWS = 4  # seeded sample of rows the exact kernel path recomputes on every tree run
+TREE_CHECK_MAX_FEATURES = 16  # exact KernelSHAP needs 2^M - 2 coalitions: beyond this, no check
+
+
+def _choose_algorithm(config: JobConfig, prepared: _Prepared) -> tuple[str, str]:
+    """The algorithm that runs and why; raises UnsupportedModelError for tree on other models."""
+    fitted = ray.get(prepared.model_box[0])
+    if config.algorithm == Algorithm.AUTO and config.link is not kernel_shap.Link.IDENTITY:
+        return (
+            "kernel",
+            f"auto: --link {config.link} needs KernelSHAP (the tree path explains the raw output)",
+        )
+    return tree_shap.choose_algorithm(str(config.algorithm), fitted)
+
+
+@ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False)
+def tree_prepare_step(
+    model_box: list[Ref], background: np.ndarray
+) -> tuple[tree_shap.TreeModel, tree_shap.BackgroundStats]:
+    tree_model = tree_shap.prepare_model(_resolve(model_box), background)
+    return tree_model, tree_shap.background_stats(tree_model, background)
+
+
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
+def tree_block_step(
+    tree_box: list[Ref], stats_box: list[Ref], rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    start = time.perf_counter()
+    tree_model, stats = _resolve(tree_box), _resolve(stats_box)
+    values, outputs = tree_shap.explain_rows(tree_model, stats, rows)
+    return values, outputs, time.perf_counter() - start
+
+
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
+def tree_path_dependent_step(model_box: list[Ref], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    import shap
+
+    start = time.perf_counter()
+    fitted = _resolve(model_box)
+    with _single_threaded():
+        explainer = shap.TreeExplainer(fitted, feature_perturbation="tree_path_dependent")
+        x = rows.astype(model.input_dtype(fitted))  # the model's own input dtype
+        values = np.asarray(explainer.shap_values(x, check_additivity=False), dtype=np.float64)
+    expected = np.atleast_1d(np.asarray(explainer.expected_value, dtype=np.float64))
+    values = values.reshape(len(rows), rows.shape[1], -1)
+    return values, np.broadcast_to(expected, (len(rows), len(expected))).copy(), time.perf_counter() - start
+
+
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
+def tree_check_step(
+    model_box: list[Ref], rows: np.ndarray, background: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Exact KernelSHAP (all 2^M - 2 coalitions) of the sampled rows, the tree path's reference."""
+    start = time.perf_counter()
+    fitted = _resolve(model_box)
+    predict, _ = tree_shap.model_output(fitted)
+    with _single_threaded():
+        check = kernel_shap.explain(
+            predict,
+            rows,
+            background,
+            nsamples=kernel_shap.exact_nsamples(rows.shape[1]),
+            dtype=model.input_dtype(fitted),
+        )
+    return check.values, check.expected_value, time.perf_counter() - start
+
+
+def run_tree_shap(
+    model_ref: Ref,
+    rows: np.ndarray,
+    background: np.ndarray,
+    *,
+    workers: int | None = None,
+    batch_size: int | None = None,
+    advance: Callable[[str, int], None] | None = None,
+) -> tuple[tree_shap.TreeExplanation, _Branch]:
+    """The exact tree path over a running Ray instance: the model's trees and the background's
+    per-leaf statistics go into the object store once, blocks of rows run as tasks."""
+    workers = workers or _cluster_cpus()
+    model_box = [model_ref]
+    tree_ref, stats_ref = cast(tuple[Ref, Ref], tree_prepare_step.remote(model_box, ray.put(background)))
+    tree_box, stats_box = [tree_ref], [stats_ref]
+    pending: list[tuple[Callable[[], Ref], int, Any]] = []
+    for block in tree_shap.row_blocks(len(rows), workers, batch_size):
+        part = rows[block]
+
+        def submit(part: np.ndarray = part) -> Ref:
+            return tree_block_step.remote(tree_box, stats_box, part)
+
+        pending.append((submit, len(part), block.start))
+    branch = _Branch(TREE, pending, workers)
+    _drive([branch], advance or (lambda name, amount: None))
+    keys = sorted(branch.done)
+    values = np.concatenate([branch.done[k][0] for k in keys]) if keys else np.zeros((0, rows.shape[1], 1))
+    outputs = np.concatenate([branch.done[k][1] for k in keys]) if keys else np.zeros((0, 1))
+    tree_model, stats = ray.get([tree_ref, stats_ref])
+    explanation = tree_shap.TreeExplanation(values, stats.expected_value, outputs, tree_model.ensemble.output)
+    return explanation, branch
+
+
+def _run_tree_dag(
+    config: JobConfig, prepared: _Prepared, reporter: Reporter, timings: _Timings, algorithm: str, reason: str
+) -> dict[str, Any]:
+    """``--algorithm tree`` (checked against exact KernelSHAP on a seeded sample of rows) or
+    ``tree-path-dependent`` (shap's, additivity only): explain, check, write results."""
+    data = prepared.data
+    n_rows, n_features = data.rows.shape
+    cpus = _cluster_cpus()
+    workers = config.workers or cpus
+    nodes = _alive_nodes()
+    reporter.info(f"Algorithm: {algorithm} ({reason}).")
+    checked = np.sort(
+        np.random.default_rng(config.seed).choice(n_rows, size=min(TREE_CHECK_ROWS, n_rows), replace=False)
+    )
+    check_ref: Ref | None = None
+    t_check = time.perf_counter()
+    if algorithm == "tree" and n_features <= TREE_CHECK_MAX_FEATURES:
+        check_ref = tree_check_step.remote(prepared.model_box, data.rows[checked], prepared.background_ref)
+    t0 = time.perf_counter()
+    with reporter.progress({TREE if algorithm == "tree" else TREE_PATH_DEPENDENT: n_rows}) as advance:
+        if algorithm == "tree":
+            explanation, branch = run_tree_shap(
+                prepared.model_box[0],
+                data.rows,
+                data.background,
+                workers=workers,
+                batch_size=config.batch_size,
+                advance=advance,
+            )
+            values, expected, outputs = explanation.values, explanation.expected_value, explanation.outputs
+            explains = explanation.output
+        else:
+            values, expected, branch = _path_dependent(prepared, workers, config.batch_size, advance)
+            outputs = np.asarray(prepared.outputs["fx"])
+            explains = "shap's path-dependent TreeSHAP: a different quantity (no background), not checked"
+    note = f"{branch.cpu_seconds:.2f} CPU s in {len(branch.done)} tasks"
+    timings.rows.append((branch.name, time.perf_counter() - t0, note))
+
+    check: dict[str, Any]
+    if check_ref is not None:
+        ref_values, ref_expected, check_seconds = ray.get(check_ref)
+        timings.rows.append((TREE_CHECK, time.perf_counter() - t_check, f"{check_seconds:.2f} CPU s, 1 task"))
+        comparison = compare.compare_results(
+            values[checked], expected, ref_values, ref_expected, outputs[checked], config.tolerance
+        )
+        check = {**comparison.to_dict(), "against": "exact KernelSHAP", "checked_rows": checked.tolist()}
+    else:
+        why = (
+            "tree-path-dependent is a different quantity from KernelSHAP's"
+            if algorithm != "tree"
+            else f"{n_features} features: exact KernelSHAP needs 2^{n_features} - 2 coalitions a row"
+        )
+        comparison_alone = compare.check_ours(values, expected, outputs, config.tolerance)
+        check = {**comparison_alone.to_dict(), "reason": f"not checked against KernelSHAP: {why}"}
+    additivity = compare.additivity_error(values, expected, outputs)
+    check["additivity_error_all_rows"] = additivity
+    match = bool(check["match"]) and additivity <= config.tolerance
+    check["match"] = match
+
+    out_dir = Path(config.output_dir) / (config.run_id or results.new_run_id())
+    summary = _tree_summary(config, out_dir.name, prepared, cpus, nodes, workers, values, expected, timings)
+    summary |= {"algorithm": algorithm, "algorithm_reason": reason, "explains": explains, "check": check}
+    summary["comparison"] = check
+    explained = kernel_shap.Explanation(values, expected, exact=algorithm == "tree", n_coalitions=0)
+    _write_results(out_dir, summary, prepared, explained, None)
+    verdict = _tree_verdict(check, algorithm, len(checked) if check_ref is not None else 0)
+    reporter.summary(timings.rows, verdict, match, str(out_dir), reference=False)
+    if not match:
+        raise ExplanationsDisagreeError(f"{verdict}; see {out_dir / 'summary.json'}")
+    return summary
+
+
+def _path_dependent(
+    prepared: _Prepared, workers: int, batch_size: int | None, advance: Callable[[str, int], None]
+) -> tuple[np.ndarray, np.ndarray, _Branch]:
+    rows = prepared.data.rows
+    pending: list[tuple[Callable[[], Ref], int, Any]] = []
+    for block in tree_shap.row_blocks(len(rows), workers, batch_size):
+        part = rows[block]
+
+        def submit(part: np.ndarray = part) -> Ref:
+            return tree_path_dependent_step.remote(prepared.model_box, part)
+
+        pending.append((submit, len(part), block.start))
+    branch = _Branch(TREE_PATH_DEPENDENT, pending, workers)
+    _drive([branch], advance)
+    keys = sorted(branch.done)
+    values = np.concatenate([branch.done[k][0] for k in keys])
+    return values, branch.done[keys[0]][1][0], branch
+
+
+def _tree_verdict(check: dict[str, Any], algorithm: str, n_checked: int) -> str:
+    tolerance = f"(tolerance {check['tolerance']:g})"
+    state = "match" if check["match"] else "MISMATCH"
+    additivity = f"additivity error {check['additivity_error_all_rows']:.3g}"
+    if n_checked:
+        return (
+            f"Verdict: {state} — tree path vs exact KernelSHAP on {n_checked} sampled rows: "
+            f"max diff {check['max_abs_diff']:.3g}, {additivity} {tolerance}"
+        )
+    return f"Verdict: {state} — {algorithm}, {check['reason']}; {additivity} {tolerance}"
+
+
+def _tree_summary(
+    config: JobConfig,
+    run_id: str,
+    prepared: _Prepared,
+    cpus: int,
+    nodes: list[dict[str, Any]],
+    workers: int,
+    values: np.ndarray,
+    expected: np.ndarray,
+    timings: _Timings,
+) -> dict[str, Any]:
+    info, data = prepared.info, prepared.data
+    return {
+        "run_id": run_id,
+        "data": info["source"],
+        "label": info["label"],
+        "rows": len(data.rows),
+        "row_ids": data.row_ids.tolist(),
+        "features": len(info["features"]),
+        "feature_names": info["features"],
+        "classes": prepared.outputs["classes"],
+        "background": len(data.background),
+        "link": config.link.value,
+        "model": {"type": type(ray.get(prepared.model_box[0])).__name__, **prepared.model_info},
+        "expected_value": expected.tolist(),
+        "cpus": cpus,
+        "nodes": nodes,
+        "nodes_lost": _lost_nodes(nodes),
+        "workers": workers,
+        "wall_seconds": {name: seconds for name, seconds, _ in timings.rows},
+        "ray_version": ray.__version__,
+        "python": platform.python_version(),
+    }

@@ -28,3 +28,8 @@ class BudgetError(DataError):
     The message names the coalitions, the memory needed, the budget and what to pass instead."""
 
     exit_status = 3
+
+
+class UnsupportedModelError(DataError):
+    """--algorithm tree was asked for a model (or a split kind) the tree path does not cover:
+    a configuration error, exit status 3 like bad input."""

@@ -9,7 +9,7 @@ from typing import Annotated
 import click
 import typer
 
-from app.config import parse_nsamples, parse_sweep
+from app.config import Algorithm, parse_nsamples, parse_sweep
 from app.kernel_shap import Link
 from shapcluster import console, jobs
 from shapcluster.cli._errors import translate_errors
@@ -106,6 +106,17 @@ def submit(
     link: Annotated[
         Link, typer.Option(help="Link function of the explanation.", rich_help_panel=_JOB)
     ] = Link.IDENTITY,
+    algorithm: Annotated[
+        Algorithm,
+        typer.Option(
+            envvar="SHAPCLUSTER_ALGORITHM",
+            help="kernel: exact KernelSHAP beside shap.KernelExplainer; tree: exact interventional "
+            "TreeSHAP, checked against exact KernelSHAP on a seeded sample; tree-path-dependent: "
+            "shap's path-dependent TreeSHAP (a different quantity, not checked); auto: tree when "
+            "the model is a supported tree ensemble, else kernel.",
+            rich_help_panel=_JOB,
+        ),
+    ] = Algorithm.KERNEL,
     reference: Annotated[
         bool,
         typer.Option(
@@ -172,6 +183,7 @@ def submit(
         seed=seed,
         tolerance=tolerance,
         link=link,
+        algorithm=algorithm,
         reference=reference,
         groups=groups,
         tol=tol,
