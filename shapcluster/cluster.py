@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar
 from shapcluster import commands as cmd
 from shapcluster import creds
 from shapcluster.config import ClusterConfig
-from shapcluster.errors import RemoteError
+from shapcluster.errors import DegradedError, InputError, NoClusterError, RemoteError
 from shapcluster.inventory import Host, check_cpus
 from shapcluster.remote.base import Runner, tail
 from shapcluster.remote.group import GroupResult, gather_results, run_in_parallel
@@ -96,14 +96,26 @@ def make_nodes(config: ClusterConfig, connect: Callable[[Host], Runner]) -> list
 
 
 def node_ip(host: Host) -> str:
-    """The address Ray advertises: Ray must never fall back to 127.0.0.1 on a multi-host cluster."""
+    """The address Ray advertises for ``host``: its ``ray_address`` if set, else its address
+    (resolved here). Ray must never use a loopback address on a multi-host cluster: a head on
+    127.0.0.1 tells every worker to join 127.0.0.1, where no head runs."""
+    chosen = host.ray_address or host.address
     try:
-        return str(ipaddress.ip_address(host.address))
+        ip = ipaddress.ip_address(chosen)
     except ValueError:
         try:
-            return socket.gethostbyname(host.address)
+            ip = ipaddress.ip_address(socket.gethostbyname(chosen))
         except OSError as err:
             raise RemoteError(f"{host.name}: cannot resolve the host name ({err})") from None
+    if ip.is_loopback or ip.is_unspecified:
+        via = "" if str(ip) == chosen else f" (it resolves to {ip})"
+        raise InputError(
+            f"{host.location}: {host.name}: {chosen}{via} is a loopback address; Ray nodes on other "
+            "hosts cannot reach it",
+            hint="Use the host's address on the network the hosts share, or give that address as "
+            "ray_address (head.ray_address in the config, ray_address=IP on a workers.txt line).",
+        )
+    return str(ip)
 
 
 def gather_on_nodes(nodes: Sequence[Node], action: Callable[[Node], T]) -> GroupResult[T]:
@@ -260,6 +272,8 @@ def up(
     """
     report = UpReport()
     head, workers = nodes[0], list(nodes[1:])
+    for node in nodes:  # a loopback or unresolvable Ray address is refused before any change
+        node_ip(node.host)
     progress(f"Preflight on {len(nodes)} host(s): SSH, Docker, CPUs, disk")
     facts = preflight(nodes)
     image = image_steps.ensure(head, progress)
@@ -343,10 +357,12 @@ def wait_for_nodes(
     )
 
 
-def down(config: ClusterConfig, nodes: Sequence[Node], *, purge: bool = False) -> dict[str, str]:
+def down(config: ClusterConfig, nodes: Sequence[Node], *, purge: bool = False) -> GroupResult[str]:
     """Remove this cluster's containers and AWS credentials on every reachable host (found by
     label, so no local state is needed); with purge also its images and synced files.
-    Unreachable hosts are reported after the others are cleaned."""
+
+    Returns what was done on each host and the failure of each other one, so the caller can
+    report the cleaned hosts before it raises for the unreachable ones."""
 
     def clean(node: Node) -> str:
         removed = node.runner.run(cmd.remove_containers_command(config.name)).stdout.split()
@@ -357,7 +373,7 @@ def down(config: ClusterConfig, nodes: Sequence[Node], *, purge: bool = False) -
             node.runner.run(cmd.remove_paths_command(node.layout.root))
         return f"{len(removed)} container(s) removed" + (", images and files purged" if purge else "")
 
-    return run_on_nodes(nodes, clean, what="down")
+    return gather_on_nodes(nodes, clean)
 
 
 @dataclass(frozen=True)
@@ -367,8 +383,8 @@ class HostStatus:
     reachable: bool
     container: str  # state, or "none"
     image_id: str
-    image_matches: bool  # the same image as the head's container
-    ray_alive: bool
+    image_matches: bool | None  # the same image as the head's container; None: no container here
+    ray_alive: bool  # Ray counts the node alive AND its container is running
     cpus: float
     error: str = ""
     credentials: creds.CredentialsMeta | None = None  # AWS role credentials on this host
@@ -376,32 +392,55 @@ class HostStatus:
 
 def status(config: ClusterConfig, nodes: Sequence[Node]) -> list[HostStatus]:
     """Per host: reachable, this cluster's container and its image, what Ray says, and the
-    expiry of its AWS credentials."""
+    expiry of its AWS credentials.
+
+    A node counts as alive only when its container runs: Ray keeps a killed node alive until
+    its health checks time out (tens of seconds), and `status` must not count it meanwhile."""
 
     def look(node: Node) -> tuple[list[cmd.ContainerInfo], creds.CredentialsMeta | None]:
         return containers_on(node.runner, config.name), read_credentials(node)
 
     result = gather_on_nodes(nodes, look)
-    alive = _alive_nodes(config, nodes[0]) if nodes[0].name in result.successes else {}
     head_containers = result.successes.get(nodes[0].name, ([], None))[0]
+    head_running = any(c.role == "head" and c.state == "running" for c in head_containers)
+    alive = _alive_nodes(config, nodes[0]) if head_running else {}
     head_image = next((c.image_id for c in head_containers if c.role == "head"), None)
     rows = []
     for node in nodes:
         if node.name in result.failures:
             error = str(result.failures[node.name])
-            rows.append(HostStatus(node.name, node.role, False, "?", "?", False, False, 0, error))
+            rows.append(HostStatus(node.name, node.role, False, "?", "?", None, False, 0, error))
             continue
         containers, meta = result.successes[node.name]
         mine = [c for c in containers if c.role == node.role]
         image = mine[0].image_id if mine else "-"
+        running = any(c.state == "running" for c in mine)
         ip = node_ip(node.host)
         rows.append(
             HostStatus(
                 node.name, node.role, True, ", ".join(c.state for c in mine) or "none", image,
-                bool(mine) and image == head_image, ip in alive, alive.get(ip, 0), credentials=meta,
+                (image == head_image) if mine else None, running and ip in alive,
+                alive.get(ip, 0) if running else 0, credentials=meta,
             )
         )  # fmt: skip
     return rows
+
+
+def check_health(rows: Sequence[HostStatus]) -> None:
+    """Raise NoClusterError when the head runs no Ray container, DegradedError when any host is
+    unreachable or its Ray node is not alive; return when the cluster is whole."""
+    head = rows[0]
+    if not head.reachable:
+        raise RemoteError(head.error or f"{head.host}: unreachable")
+    if "running" not in head.container.split(", "):
+        raise NoClusterError(f"{head.host}: no Ray head container runs there (container: {head.container}).")
+    lost = [r for r in rows if not r.ray_alive]
+    if lost:
+        why = [f"{r.host} ({'unreachable' if not r.reachable else f'container {r.container}'})" for r in lost]
+        raise DegradedError(
+            f"{len(rows) - len(lost)} of {len(rows)} Ray nodes alive; not alive: {', '.join(why)}",
+            hint="`shapcluster up` restarts what is missing (it keeps what runs).",
+        )
 
 
 def _alive_nodes(config: ClusterConfig, head: Node) -> dict[str, float]:

@@ -505,6 +505,25 @@ def fetch_results(head: cluster.Node, job_id: str, output_dir: Path) -> Path | N
     return local
 
 
+def submit_once(session: Session, job_id: str, entrypoint: str) -> None:
+    """Submit the job under ``job_id``; a job id the cluster knows already is bad input (exit 3),
+    said in one line, because Ray keeps every submission id for good."""
+    with jobs_api_errors(session.head.name, session.port):
+        try:
+            session.client.submit_job(entrypoint=entrypoint, submission_id=job_id)
+        except RuntimeError as err:  # Ray: "Request failed with status code 400: Job with ..."
+            if "already exists" not in str(err):
+                raise
+            duplicate = True
+        else:
+            duplicate = False
+    if duplicate:
+        raise InputError(
+            f"--run-id {job_id}: the cluster of {session.head.name} already has a job with this id.",
+            hint="Pick another --run-id, or leave it out for a fresh one (`shapcluster jobs` lists the ids).",
+        ) from None
+
+
 def run_job(
     session: Session,
     *,
@@ -523,8 +542,7 @@ def run_job(
     stopped (JobStoppedError); no leaves it running and returns a detached outcome.
     """
     head, client = session.head, session.client
-    with jobs_api_errors(head.name, session.port):
-        client.submit_job(entrypoint=entrypoint, submission_id=job_id)
+    submit_once(session, job_id, entrypoint)
     progress(f"Job {job_id} submitted to {head.name}; its log follows (Ctrl-C to stop or detach).")
     lines: list[str] = []
     with jobs_api_errors(head.name, session.port, job_id):

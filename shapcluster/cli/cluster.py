@@ -52,7 +52,7 @@ def up(
     role_arn = creds.resolve_role_arn(settings.aws, required=False)
     if dry_run:
         for host, lines in cluster.plan_up(settings, steps.planned_tag(), role_arn).items():
-            console.say(f"[bold]{host}[/]")
+            console.say(host, style="bold")
             for line in lines:
                 console.say(f"  - {line}")
         return
@@ -65,7 +65,7 @@ def up(
     image = report.image.tag if report.image else "?"
     nodes_text = f"{report.nodes_alive} Ray nodes alive, {report.cpus} CPUs"
     changes = f"kept {len(report.kept)}, restarted {len(report.started)}"
-    console.say(f"[green]✓[/] cluster {settings.name} is up: {nodes_text}; {changes}; image {image}")
+    console.ok(f"cluster {settings.name} is up: {nodes_text}; {changes}; image {image}")
 
 
 @translate_errors
@@ -74,12 +74,14 @@ def sync(config: ConfigOption = DEFAULT_CONFIG) -> None:
     settings = load_cluster_config(config)
     with cluster.open_nodes(settings) as nodes:
         FileSyncSteps(settings).sync(nodes, console.progress)
-    console.say(f"[green]✓[/] app{' and data' if settings.sync.data_dir else ''} in sync on every host")
+    console.ok(f"app{' and data' if settings.sync.data_dir else ''} in sync on every host")
 
 
 @translate_errors
 def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Per host: reachable, container, image (and whether it is the head's), Ray node, CPUs."""
+    """Per host: reachable, container, image (and whether it is the head's), Ray node, CPUs.
+
+    Exits 0 when every node is alive, 10 when the cluster is degraded, 9 when none is up."""
     settings = load_cluster_config(config)
     with cluster.open_nodes(settings) as nodes:
         rows = cluster.status(settings, nodes)
@@ -89,7 +91,8 @@ def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
         (
             (
                 r.host, r.role, "yes" if r.reachable else "NO", r.container, r.image_id[:19],
-                "yes" if r.image_matches else "NO", "alive" if r.ray_alive else "-", f"{r.cpus:g}", r.error,
+                {True: "yes", False: "NO", None: "-"}[r.image_matches], "alive" if r.ray_alive else "-",
+                f"{r.cpus:g}", r.error,
             )
             for r in rows
         ),
@@ -97,6 +100,7 @@ def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
     alive = [r for r in rows if r.ray_alive]
     console.say(f"{len(alive)} of {len(rows)} Ray nodes alive, {sum(r.cpus for r in alive):g} CPUs")
     _print_credentials(rows)
+    cluster.check_health(rows)
 
 
 def _print_credentials(rows: list[cluster.HostStatus]) -> None:
@@ -110,7 +114,7 @@ def _print_credentials(rows: list[cluster.HostStatus]) -> None:
     missing = sorted(host for host, meta in held.items() if meta is None)
     if soonest.seconds_left(now) <= 0 or missing:
         gaps = f"; none on {', '.join(missing)}" if missing else ""
-        console.say(f"[yellow]![/] {line}{gaps}: run `shapcluster creds refresh`")
+        console.attention(f"{line}{gaps}: run `shapcluster creds refresh`")
     else:
         console.say(line)
 
@@ -125,9 +129,10 @@ def down(
     """Stop and remove this cluster's containers on every host (found by label)."""
     settings = load_cluster_config(config)
     with cluster.open_nodes(settings) as nodes:
-        results = cluster.down(settings, nodes, purge=purge)
-    for host, outcome in results.items():
-        console.say(f"[green]✓[/] {host}: {outcome}")
+        result = cluster.down(settings, nodes, purge=purge)
+    for host, outcome in result.successes.items():
+        console.ok(f"{host}: {outcome}")
+    result.raise_for_failures("down")
 
 
 COMMANDS: dict[str, Callable[..., Any]] = {"up": up, "sync": sync, "status": status, "down": down}

@@ -169,7 +169,7 @@ def translate_ssh_error(  # noqa: PLR0911 - one branch per kind of failure reads
             f"(not in {options.known_hosts})",
             hint=f"Check the fingerprint with the host's owner, then trust it: "
             f"{keyscan_command(host, options.known_hosts, error.key.get_name())}"
-            " (or run again with --accept-new-host-keys).",
+            " (or set accept_new_host_keys = true in the [ssh] table of the config file).",
         )
     if isinstance(error, paramiko.BadHostKeyException):
         return RemoteError(

@@ -11,7 +11,7 @@ import pytest
 from shapcluster import cluster
 from shapcluster import commands as cmd
 from shapcluster.config import ClusterConfig, load_cluster_config
-from shapcluster.errors import RemoteError
+from shapcluster.errors import DegradedError, ExitStatus, InputError, NoClusterError, RemoteError
 from shapcluster.remote.fake import FakeRunner
 
 IPS = {"10.9.0.1": 2, "10.9.0.2": 1, "10.9.0.3": 2}
@@ -195,8 +195,10 @@ def test_down_cleans_reachable_hosts_and_names_the_unreachable(config):
     runners = {ip: healthy(ip) for ip in IPS}
     runners["10.9.0.1"].respond(r"^ids=\$\(docker ps", stdout="c1\n")
     runners["10.9.0.2"].fail(r".", "cannot connect")
+    result = cluster.down(config, nodes_for(config, runners))
+    assert result.successes == {"10.9.0.1": "1 container(s) removed", "10.9.0.3": "0 container(s) removed"}
     with pytest.raises(RemoteError, match=r"down failed on 1 of 3 hosts:\n  - 10\.9\.0\.2: cannot connect"):
-        cluster.down(config, nodes_for(config, runners))
+        result.raise_for_failures("down")
     for ip in ("10.9.0.1", "10.9.0.3"):
         assert runners[ip].commands == [
             cmd.remove_containers_command("lab"),
@@ -206,7 +208,7 @@ def test_down_cleans_reachable_hosts_and_names_the_unreachable(config):
 
 def test_down_purge_removes_images_and_files(config):
     runners = {ip: healthy(ip) for ip in IPS}
-    result = cluster.down(config, nodes_for(config, runners), purge=True)
+    result = cluster.down(config, nodes_for(config, runners), purge=True).successes
     assert result["10.9.0.2"] == "0 container(s) removed, images and files purged"
     assert runners["10.9.0.2"].commands[-1] == "rm -rf -- /srv/sc"
 
@@ -225,3 +227,88 @@ def test_status_reports_containers_image_match_ray_and_unreachable_hosts(config)
     assert (head.container, head.image_matches, head.ray_alive, head.cpus) == ("running", True, True, 2.0)
     assert (worker.image_matches, worker.ray_alive, worker.cpus) == (False, True, 1.0)
     assert (lost.reachable, lost.ray_alive) == (False, False) and "cannot connect" in lost.error
+    with pytest.raises(
+        DegradedError, match=r"^2 of 3 Ray nodes alive; not alive: 10\.9\.0\.3 \(unreachable\)$"
+    ):
+        cluster.check_health(list(rows.values()))
+
+
+def test_status_does_not_count_a_node_whose_container_is_not_running(config):
+    """Issue 12, fault 5: Ray still counts a killed worker alive for a while; status must not."""
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.1"].respond(r"^docker ps --all --no-trunc", stdout="a|n|head|sha256:0123|s|running|Up\n")
+    runners["10.9.0.2"].respond(
+        r"^docker ps --all --no-trunc", stdout="b|n|worker|sha256:0123|s|exited|Exited\n"
+    )
+    rows = cluster.status(config, nodes_for(config, runners))  # Ray (healthy) still lists all three
+    by_host = {r.host: r for r in rows}
+    assert (by_host["10.9.0.2"].ray_alive, by_host["10.9.0.2"].cpus) == (False, 0)
+    assert by_host["10.9.0.3"].image_matches is None  # no container there: not a mismatch
+    assert by_host["10.9.0.3"].ray_alive is False
+    with pytest.raises(DegradedError) as caught:
+        cluster.check_health(rows)
+    assert caught.value.exit_status == ExitStatus.DEGRADED == 10
+    assert "10.9.0.2 (container exited)" in caught.value.message
+    assert "10.9.0.3 (container none)" in caught.value.message
+
+
+def test_status_without_a_head_container_is_no_cluster(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    rows = cluster.status(config, nodes_for(config, runners))
+    assert not any(r.ray_alive for r in rows)  # the head's Ray is not even asked
+    assert not any("docker exec" in c for c in runners["10.9.0.1"].commands)
+    with pytest.raises(NoClusterError) as caught:
+        cluster.check_health(rows)
+    assert caught.value.exit_status == 9
+
+
+def test_status_of_a_whole_cluster_is_healthy(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    for ip in IPS:
+        role = "head" if ip == "10.9.0.1" else "worker"
+        runners[ip].respond(r"^docker ps --all --no-trunc", stdout=f"x|n|{role}|sha256:0123|s|running|Up\n")
+    rows = cluster.status(config, nodes_for(config, runners))
+    assert all(r.ray_alive and r.image_matches for r in rows)
+    cluster.check_health(rows)
+
+
+@pytest.mark.parametrize("head", ["localhost", "127.0.0.1", "127.0.1.1"])
+def test_a_loopback_head_is_refused_before_any_host_is_contacted(tmp_path, head):
+    """Issue 12, fault 9: workers would be told to join 127.0.0.1."""
+    (tmp_path / "workers.txt").write_text("10.9.0.2\n")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "c.toml").write_text(f'[head]\nhost = "{head}"\n[sync]\napp_dir = "app"\n')
+    config = load_cluster_config(tmp_path / "c.toml")
+    with pytest.raises(InputError, match=r"c\.toml:2: .*is a loopback address") as caught:
+        cluster.plan_up(config, "img:1")
+    assert caught.value.exit_status == 3
+    runners = {a: healthy(a) for a in (head, "10.9.0.2")}
+    with pytest.raises(InputError):
+        cluster.up(config, cluster.make_nodes(config, lambda h: runners[h.address]), Steps(), Steps(), print)
+    assert all(r.commands == [] for r in runners.values())
+
+
+def test_ray_address_overrides_the_address_ray_advertises(tmp_path):
+    (tmp_path / "workers.txt").write_text("w1 ray_address=10.9.0.2\n")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "c.toml").write_text(
+        '[head]\nhost = "headbox"\nray_address = "10.9.0.1"\n[sync]\napp_dir = "app"\n'
+    )
+    config = load_cluster_config(tmp_path / "c.toml")
+    plan = cluster.plan_up(config, "img:1")
+    assert plan["headbox"][-1] == "start the Ray head on 10.9.0.1:6379 unless the same container runs"
+    assert plan["w1"][-1] == "start a Ray worker joining 10.9.0.1:6379 unless the same container runs"
+    assert cluster.node_ip(config.inventory.workers[0]) == "10.9.0.2"
+
+
+def test_cpus_beyond_nproc_is_a_configuration_error(config):
+    """Issue 12, fault 7: exit 3 naming workers.txt:line, not 6."""
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.2"].respond(r"^nproc$", stdout="1\n")
+    runners["10.9.0.3"].respond(r"^nproc$", stdout="1\n")
+    (config.workers_file).write_text("10.9.0.2 cpus=1\n10.9.0.3 cpus=64\n")
+    config = load_cluster_config(config.path)
+    with pytest.raises(RemoteError) as caught:
+        cluster.preflight(nodes_for(config, runners))
+    assert caught.value.exit_status == ExitStatus.INPUT
+    assert "workers.txt:2: 10.9.0.3 is configured with 64 CPUs but has only 1" in caught.value.message

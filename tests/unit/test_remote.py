@@ -300,7 +300,7 @@ def test_unknown_host_key_error_says_how_to_trust_it(tmp_path: Path, host_key: p
     assert error.hint == (
         "Check the fingerprint with the host's owner, then trust it: "
         f"ssh-keyscan -p 2222 -t ecdsa-sha2-nistp256 10.0.0.5 >> {tmp_path}/known_hosts"
-        " (or run again with --accept-new-host-keys)."
+        " (or set accept_new_host_keys = true in the [ssh] table of the config file)."
     )
 
 
