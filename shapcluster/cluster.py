@@ -181,19 +181,21 @@ def ensure_token(nodes: Sequence[Node]) -> None:
 
 
 def write_credentials(nodes: Sequence[Node], credentials: creds.RoleCredentials, now: datetime) -> None:
-    """Credentials file, env.list, then meta.json on every host: each written atomically, 0600."""
-    profile = creds.credentials_file_text(credentials)
-    env_list = creds.env_list_text(credentials)
-    meta = creds.meta_text(credentials, now)
+    """The keys (process.json), the profile files, env.list, then meta.json on every host: each
+    written atomically, 0600 (see ``creds`` for why no key is in env.list)."""
+    texts = (  # RemoteLayout attribute -> content; the keys first, the meta that vouches for them last
+        ("aws_process_file", creds.process_output_text(credentials)),
+        ("aws_credentials_file", creds.credentials_file_text(credentials)),
+        ("aws_config_file", creds.config_file_text(credentials)),
+        ("env_file", creds.env_list_text(credentials)),
+        ("aws_meta_file", creds.meta_text(credentials, now)),
+    )
 
     def place(node: Node) -> None:
         layout = node.layout
         node.runner.run(cmd.make_dirs_command(layout.secrets_dir, layout.aws_dir, mode=0o700))
-        for path, text in (
-            (layout.aws_credentials_file, profile),
-            (layout.env_file, env_list),
-            (layout.aws_meta_file, meta),
-        ):
+        for attribute, text in texts:
+            path = getattr(layout, attribute)
             node.runner.run(cmd.write_file_command(path, 0o600), stdin=text, secret=True)
 
     run_on_nodes(nodes, place, what="writing AWS credentials")

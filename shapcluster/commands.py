@@ -32,6 +32,8 @@ CONTAINER_RESULTS_DIR = "/shapcluster/results"  # head only, writable: jobs writ
 # is seen by running containers; a single-file bind mount would keep the old inode.
 CONTAINER_AWS_DIR = "/run/secrets/aws"
 CONTAINER_AWS_CREDENTIALS = f"{CONTAINER_AWS_DIR}/credentials"
+CONTAINER_AWS_CONFIG = f"{CONTAINER_AWS_DIR}/config"
+CONTAINER_AWS_PROCESS = f"{CONTAINER_AWS_DIR}/process.json"  # printed by the profile's credential_process
 
 STOP_TIMEOUT_SECONDS = 15
 _PS_FIELDS = (
@@ -82,6 +84,14 @@ class RemoteLayout:
     @property
     def aws_credentials_file(self) -> str:
         return f"{self.aws_dir}/credentials"
+
+    @property
+    def aws_config_file(self) -> str:
+        return f"{self.aws_dir}/config"
+
+    @property
+    def aws_process_file(self) -> str:
+        return f"{self.aws_dir}/process.json"
 
     @property
     def aws_meta_file(self) -> str:
