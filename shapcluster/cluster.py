@@ -367,15 +367,38 @@ def down(config: ClusterConfig, nodes: Sequence[Node], *, purge: bool = False) -
     report the cleaned hosts before it raises for the unreachable ones."""
 
     def clean(node: Node) -> str:
+        if node.role is cmd.Role.HEAD:  # jobs wrote results as root: give them to the SSH user
+            head = cmd.container_name(config.name, cmd.Role.HEAD, node_ip(node.host))
+            node.runner.run(cmd.hand_back_results_command(head), check=False)
         removed = node.runner.run(cmd.remove_containers_command(config.name)).stdout.split()
         # Nothing runs to use them any more; `up` writes fresh ones.
         node.runner.run(cmd.remove_paths_command(node.layout.aws_dir, node.layout.env_file))
-        if purge:
-            node.runner.run(cmd.remove_images_command(config.image.name))
-            node.runner.run(cmd.remove_paths_command(node.layout.root))
-        return f"{len(removed)} container(s) removed" + (", images and files purged" if purge else "")
+        done = f"{len(removed)} container(s) removed"
+        if not purge:
+            return done
+        purge_files(node, config.image.name)
+        pruned = node.runner.run(cmd.remove_images_command(config.image.name))
+        freed = cmd.parse_reclaimed(pruned.stdout) or "0B"
+        return f"{done}; images purged ({freed} freed); {node.layout.root} removed"
 
     return gather_on_nodes(nodes, clean)
+
+
+def purge_files(node: Node, image_name: str) -> None:
+    """Remove the host's remote directory. Files the SSH user may not remove (written as root
+    by a container whose results were not handed back) are removed through a throw-away
+    container of the cluster image first; if no such image is left, say what to run."""
+    root = node.layout.root
+    if node.runner.run(cmd.remove_paths_command(root), check=False).ok:
+        return
+    image = node.runner.run(cmd.any_image_command(image_name), check=False).stdout.strip()
+    if not image:
+        raise RemoteError(
+            f"{node.name}: cannot remove {root} (files written as root by a container)",
+            hint=f"Remove it as root on {node.name}: sudo rm -rf {root}",
+        )
+    node.runner.run(cmd.remove_as_root_command(image, root))
+    node.runner.run(cmd.remove_paths_command(root))
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,10 @@ IMAGE_ID_LABEL = "shapcluster.image-id"
 # Hash of the whole `docker run` command: `up` keeps a container whose spec is unchanged and
 # replaces one whose image, CPUs, mounts or ports changed.
 SPEC_LABEL = "shapcluster.spec"
+# Set by the Dockerfile on BOTH build stages to the configured image name (build argument
+# below), so purge finds the untagged build stage too.
+BUILT_FOR_LABEL = "shapcluster.image"
+BUILT_FOR_BUILDARG = "SHAPCLUSTER_IMAGE"
 
 # Paths inside the Ray containers; the job finds its code and data there.
 CONTAINER_TOKEN_PATH = "/run/secrets/ray-auth-token"
@@ -258,9 +262,51 @@ def container_logs_command(name: str, lines: int = 30) -> str:
 
 
 def remove_images_command(repository: str) -> str:
-    """Remove every tag of the cluster's image repository; succeeds when there is none."""
+    """Remove every image shapcluster built for ``repository``: all images labelled for it,
+    tagged or not (the build stage is untagged), then any tag of it left from older builds.
+    Succeeds when there is none; prints docker's "Total reclaimed space: ..." line."""
+    prune = shlex.join(
+        ["docker", "image", "prune", "--all", "--force", "--filter", f"label={BUILT_FOR_LABEL}={repository}"]
+    )
     find = shlex.join(["docker", "images", "--quiet", "--filter", f"reference={repository}"])
-    return f'ids=$({find} | sort -u) && if [ -n "$ids" ]; then docker rmi --force $ids; fi'
+    return (
+        f'{prune} | grep -i "reclaimed" ; ids=$({find} | sort -u) && '
+        f'if [ -n "$ids" ]; then docker rmi --force $ids >/dev/null; fi'
+    )
+
+
+def parse_reclaimed(output: str) -> str | None:
+    """docker's "Total reclaimed space: 1.67GB" as "1.67GB"; None if it printed none."""
+    match = re.search(r"reclaimed space:\s*(\S+)", output, re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+def hand_back_results_command(container: str) -> str:
+    """Give the results a job wrote (as root, inside the head container) to the SSH user, so
+    the user can read and remove them; run through the still running head container."""
+    return (
+        f'docker exec {shlex.quote(container)} chown -R "$(id -u):$(id -g)" '
+        f"{shlex.quote(CONTAINER_RESULTS_DIR)}"
+    )
+
+
+def any_image_command(repository: str) -> str:
+    """The ID of one image built for ``repository`` (labelled or tagged); prints nothing if none."""
+    labelled = shlex.join(
+        ["docker", "images", "--quiet", "--filter", f"label={BUILT_FOR_LABEL}={repository}"]
+    )
+    tagged = shlex.join(["docker", "images", "--quiet", "--filter", f"reference={repository}"])
+    return f"{{ {tagged}; {labelled}; }} | head -n 1"
+
+
+def remove_as_root_command(image: str, folder: str) -> str:
+    """Remove what is inside ``folder`` with root's rights, through a throw-away container of
+    ``image``, for files the SSH user may not remove (a job wrote them as root)."""
+    mount = _mount_spec(Mount(folder, "/purge", read_only=False))
+    return shlex.join(
+        ["docker", "run", "--rm", "--network", "none", "--mount", mount, "--entrypoint", "find", image,
+         "/purge", "-mindepth", "1", "-delete"]
+    )  # fmt: skip
 
 
 # Runs inside the head container (it has the token in its environment): one JSON line with

@@ -35,6 +35,7 @@ import paramiko
 import requests.exceptions
 from docker.transport import SSHHTTPAdapter
 
+from shapcluster.commands import BUILT_FOR_BUILDARG
 from shapcluster.config import ImageConfig, SshConfig
 from shapcluster.errors import InputError, RemoteError, ShapclusterError
 from shapcluster.inventory import Host
@@ -397,7 +398,10 @@ def _build(
 
         def run_build() -> str | None:
             for entry in docker_api.build(
-                context, tag=tag, buildargs={"BASE_IMAGE": image.base}, labels=labels
+                context,
+                tag=tag,
+                buildargs={"BASE_IMAGE": image.base, BUILT_FOR_BUILDARG: image.name},
+                labels=labels,
             ):
                 if "error" in entry:
                     return str(entry.get("errorDetail", {}).get("message") or entry["error"])

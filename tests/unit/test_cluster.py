@@ -200,17 +200,56 @@ def test_down_cleans_reachable_hosts_and_names_the_unreachable(config):
     with pytest.raises(RemoteError, match=r"down failed on 1 of 3 hosts:\n  - 10\.9\.0\.2: cannot connect"):
         result.raise_for_failures("down")
     for ip in ("10.9.0.1", "10.9.0.3"):
-        assert runners[ip].commands == [
+        assert runners[ip].commands[-2:] == [
             cmd.remove_containers_command("lab"),
             "rm -rf -- /srv/sc/secrets/aws /srv/sc/secrets/env.list",  # the AWS credentials go too
         ]
+    # Results a job wrote as root are handed to the SSH user while the head container still runs.
+    assert runners["10.9.0.1"].commands[0] == (
+        'docker exec shapcluster-lab-head-10-9-0-1 chown -R "$(id -u):$(id -g)" /shapcluster/results'
+    )
 
 
 def test_down_purge_removes_images_and_files(config):
     runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.2"].respond(r"^docker image prune", stdout="Total reclaimed space: 1.67GB\n")
     result = cluster.down(config, nodes_for(config, runners), purge=True).successes
-    assert result["10.9.0.2"] == "0 container(s) removed, images and files purged"
-    assert runners["10.9.0.2"].commands[-1] == "rm -rf -- /srv/sc"
+    assert result["10.9.0.2"] == "0 container(s) removed; images purged (1.67GB freed); /srv/sc removed"
+    assert runners["10.9.0.2"].commands[-2:] == [
+        "rm -rf -- /srv/sc",
+        cmd.remove_images_command("shapcluster-ray"),
+    ]
+    # Issue 12, fault 4: every image labelled for this image name goes, tagged or not (build stage).
+    assert cmd.remove_images_command("shapcluster-ray").startswith(
+        "docker image prune --all --force --filter label=shapcluster.image=shapcluster-ray |"
+    )
+
+
+def test_purge_removes_root_owned_files_through_a_container(config):
+    """Issue 12, fault 1: a non-root SSH user cannot remove what a container wrote as root."""
+    runners = {ip: healthy(ip) for ip in IPS}
+    head = runners["10.9.0.1"]
+    head.respond(
+        r"^rm -rf -- /srv/sc$", exit_code=1, stderr="rm: cannot remove ...: Permission denied", times=1
+    )
+    head.respond(r"head -n 1$", stdout="sha256:0123\n")
+    head.respond(r"^docker run --rm --network none", stdout="")
+    result = cluster.down(config, nodes_for(config, runners), purge=True)
+    assert not result.failures
+    assert (
+        "docker run --rm --network none --mount type=bind,source=/srv/sc,target=/purge "
+        "--entrypoint find sha256:0123 /purge -mindepth 1 -delete"
+    ) in head.commands
+    removals = [c for c in head.commands if c == "rm -rf -- /srv/sc"]
+    assert len(removals) == 2  # tried, then again once root's files are gone
+
+
+def test_purge_without_any_image_says_how_to_remove_the_files(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.2"].respond(r"^rm -rf -- /srv/sc$", exit_code=1, stderr="Permission denied")
+    result = cluster.down(config, nodes_for(config, runners), purge=True)
+    error = result.failures["10.9.0.2"]
+    assert "cannot remove /srv/sc" in str(error) and "sudo rm -rf /srv/sc" in (error.hint or "")
 
 
 def test_status_reports_containers_image_match_ray_and_unreachable_hosts(config):
