@@ -264,7 +264,7 @@ def test_ensure_image_builds_with_labels_and_streams_the_log(context: tuple[Path
     hash_ = context_hash(*context[:1], "base:1", RAY, context[1])
     assert built == BuiltImage(f"shapcluster-ray:{hash_[:12]}", ID, hash_, built=True)
     (build,) = docker.builds
-    assert build["buildargs"] == {"BASE_IMAGE": "base:1"}
+    assert build["buildargs"] == {"BASE_IMAGE": "base:1", "SHAPCLUSTER_IMAGE": "shapcluster-ray"}
     assert build["labels"] == {"shapcluster.context-hash": hash_, "shapcluster.ray-version": RAY}
     assert "wheels/ray-2.60.0-cp311-cp311-manylinux2014_x86_64.whl" in build["names"]
     assert "10.0.0.1: Step 1/9 : ARG BASE_IMAGE" in lines and "10.0.0.1:  ---> abc" in lines
