@@ -52,6 +52,8 @@ class Facts:
     cpus: int  # CPUs Ray gets on this host (configured, checked against nproc)
     docker_version: str
     free_bytes: int
+    architecture: str = ""  # docker info's, e.g. x86_64 or aarch64
+    rootless: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,27 +133,54 @@ def run_on_nodes(nodes: Sequence[Node], action: Callable[[Node], T], *, what: st
 
 
 def preflight(nodes: Sequence[Node]) -> dict[str, Facts]:
-    """SSH, docker, CPUs and disk on every host in parallel; nothing is changed anywhere."""
+    """SSH, Docker (version, architecture, rootless), CPUs, disk and a writable remote directory
+    on every host in parallel, one SSH command each; nothing is changed anywhere. Every host must
+    have the head's architecture: the image is built there and shipped as it is."""
 
     def check(node: Node) -> Facts:
-        runner = node.runner
-        docker = runner.run(cmd.docker_server_version_command(), check=False)
-        if not docker.ok:
+        found = cmd.parse_preflight(node.runner.run(cmd.preflight_command(node.layout.root)).stdout)
+        status, version = found["docker"]
+        if status != 0:
             raise RemoteError(
-                f"{node.name}: the Docker daemon is not usable: {tail(docker.stderr) or 'no answer'}",
+                f"{node.name}: the Docker daemon is not usable: {tail(version) or 'no answer'}",
                 hint=f"Install Docker on {node.name} and let its SSH user run `docker` (docker group).",
             )
-        cpus = check_cpus(node.host, runner.run(cmd.count_cpus_command()).stdout)
-        free = cmd.parse_disk_free(runner.run(cmd.disk_free_command(node.layout.root, nearest=True)).stdout)
+        architecture, _, options = found["info"][1].partition(" ")
+        if "name=rootless" in options:
+            raise RemoteError(
+                f"{node.name}: Docker runs rootless there; Ray containers need the host's own network "
+                "(--network host), which a rootless daemon cannot give",
+                hint=f"Use the system Docker daemon on {node.name} (add the SSH user to the docker group).",
+            )
+        cpus = check_cpus(node.host, found["nproc"][1])
+        free = cmd.parse_disk_free(found["df"][1])
         if free < MIN_FREE_BYTES:
             raise RemoteError(
                 f"{node.name}: only {free / 1024**3:.1f} GiB free under {node.layout.root}; "
                 f"the Ray image needs {MIN_FREE_BYTES / 1024**3:.0f} GiB.",
                 hint="Free some space or point cluster.remote_dir at a larger disk.",
             )
-        return Facts(cpus, docker.stdout.strip(), free)
+        status, parent = found["writable"]
+        if status != 0:
+            raise InputError(
+                f"{node.name}: cluster.remote_dir {node.layout.root} is not writable by the SSH user "
+                f"({parent} is not)",
+                hint=f"Create it there for that user (sudo install -d -o USER {node.layout.root}) or set "
+                "cluster.remote_dir to a folder the user owns.",
+            )
+        return Facts(cpus, version.strip(), free, architecture.strip(), False)
 
-    return run_on_nodes(nodes, check, what="preflight")
+    facts = run_on_nodes(nodes, check, what="preflight")
+    head_arch = facts[nodes[0].name].architecture
+    other = {name: f.architecture for name, f in facts.items() if f.architecture != head_arch}
+    if other:
+        raise InputError(
+            "preflight: every host must have the head's CPU architecture "
+            f"({nodes[0].name}: {head_arch}), the image is built there: "
+            + ", ".join(f"{name} is {arch or 'unknown'}" for name, arch in other.items()),
+            hint="Remove those hosts from the workers file (or run a separate cluster for them).",
+        )
+    return facts
 
 
 def read_token(head: Node) -> str | None:

@@ -245,6 +245,47 @@ def disk_free_command(path: str, *, nearest: bool = False) -> str:
     return f'd={shlex.quote(path)}; while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done; df -P -k -- "$d"'
 
 
+# One SSH round trip for the whole preflight: each check's output after a marker line
+# "@@<name> <exit status>"; see parse_preflight.
+_SECTION_FUNCTION = (
+    'section() { n=$1; shift; o=$("$@" 2>&1); r=$?; printf \'@@%s %s\\n%s\\n\' "$n" "$r" "$o"; }'
+)
+PREFLIGHT_SECTIONS = ("docker", "info", "nproc", "df", "writable")
+
+
+def preflight_command(root: str) -> str:
+    """Docker's version, architecture and security options, CPUs, free disk under ``root`` and
+    whether the SSH user may write there (the nearest existing parent), changing nothing."""
+    nearest = f'd={shlex.quote(root)}; while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done'
+    checks = {
+        "docker": docker_server_version_command(),
+        "info": "docker info --format '{{.Architecture}} {{json .SecurityOptions}}'",
+        "nproc": count_cpus_command(),
+        "df": shlex.join(["sh", "-c", f'{nearest}; df -P -k -- "$d"']),
+        "writable": shlex.join(
+            ["sh", "-c", f'{nearest}; [ -d "$d" ] && [ -w "$d" ] && echo "$d" || {{ echo "$d"; exit 1; }}']
+        ),
+    }
+    return "; ".join([_SECTION_FUNCTION, *(f"section {name} {checks[name]}" for name in PREFLIGHT_SECTIONS)])
+
+
+def parse_preflight(output: str) -> dict[str, tuple[int, str]]:
+    """``name -> (exit status, output)`` of every section of ``preflight_command``."""
+    sections: dict[str, tuple[int, list[str]]] = {}
+    current: list[str] | None = None
+    for line in output.splitlines():
+        marker = re.fullmatch(r"@@([a-z]+) ([0-9]+)", line)
+        if marker:
+            current = []
+            sections[marker[1]] = (int(marker[2]), current)
+        elif current is not None:
+            current.append(line)
+    missing = [name for name in PREFLIGHT_SECTIONS if name not in sections]
+    if missing:
+        raise RemoteError(f"unexpected preflight output (no {', '.join(missing)}): {output.strip()[:200]!r}")
+    return {name: (status, "\n".join(lines).strip()) for name, (status, lines) in sections.items()}
+
+
 def docker_server_version_command() -> str:
     return "docker version --format '{{.Server.Version}}'"
 

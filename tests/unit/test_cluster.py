@@ -29,11 +29,23 @@ def config(tmp_path: Path) -> ClusterConfig:
     return load_cluster_config(tmp_path / "shapcluster.toml")
 
 
+def preflight_answers(
+    runner: FakeRunner,
+    *,
+    docker: tuple[int, str] = (0, "20.10.24"),
+    info: str = 'x86_64 ["name=seccomp,profile=default"]',
+    nproc: str = "2",
+    writable: tuple[int, str] = (0, "/srv"),
+) -> FakeRunner:
+    """Script the one-command preflight (see commands.preflight_command)."""
+    sections = {"docker": docker, "info": (0, info), "nproc": (0, nproc), "df": (0, DF), "writable": writable}
+    text = "".join(f"@@{name} {status}\n{out}\n" for name, (status, out) in sections.items())
+    return runner.respond(r"^section\(\)", stdout=text)
+
+
 def healthy(host: str) -> FakeRunner:
     runner = FakeRunner(host)
-    runner.respond(r"^docker version", stdout="20.10.24\n")
-    runner.respond(r"^nproc$", stdout="2\n")
-    runner.respond(r"df -P -k", stdout=DF)
+    preflight_answers(runner)
     runner.respond(r"^test -f .*env\.list", exit_code=1)
     runner.respond(r"^cat -- .*ray-auth-token", exit_code=1)
     runner.respond(r"^docker exec .* python -c", stdout=json.dumps([[ip, float(c)] for ip, c in IPS.items()]))
@@ -154,7 +166,7 @@ def test_unreachable_worker_fails_preflight_and_nothing_is_started(config):
 
 def test_host_without_docker_is_named_with_what_to_do(config):
     runners = {ip: healthy(ip) for ip in IPS}
-    runners["10.9.0.2"].respond(r"^docker version", exit_code=127, stderr="sh: docker: not found")
+    preflight_answers(runners["10.9.0.2"], docker=(127, "sh: docker: not found"))
     with pytest.raises(RemoteError) as caught:
         run_up(config, runners)
     assert "10.9.0.2: the Docker daemon is not usable: sh: docker: not found" in caught.value.message
@@ -163,8 +175,8 @@ def test_host_without_docker_is_named_with_what_to_do(config):
 
 def test_too_many_cpus_configured_is_refused_in_preflight(config):
     runners = {ip: healthy(ip) for ip in IPS}
-    runners["10.9.0.3"].respond(r"^nproc$", stdout="1\n")
-    runners["10.9.0.1"].respond(r"^nproc$", stdout="1\n")  # head asks for 2 of 1
+    preflight_answers(runners["10.9.0.3"], nproc="1")
+    preflight_answers(runners["10.9.0.1"], nproc="1")  # head asks for 2 of 1
     with pytest.raises(RemoteError, match=r"10\.9\.0\.1"):
         run_up(config, runners)
 
@@ -343,11 +355,44 @@ def test_ray_address_overrides_the_address_ray_advertises(tmp_path):
 def test_cpus_beyond_nproc_is_a_configuration_error(config):
     """Issue 12, fault 7: exit 3 naming workers.txt:line, not 6."""
     runners = {ip: healthy(ip) for ip in IPS}
-    runners["10.9.0.2"].respond(r"^nproc$", stdout="1\n")
-    runners["10.9.0.3"].respond(r"^nproc$", stdout="1\n")
+    preflight_answers(runners["10.9.0.2"], nproc="1")
+    preflight_answers(runners["10.9.0.3"], nproc="1")
     (config.workers_file).write_text("10.9.0.2 cpus=1\n10.9.0.3 cpus=64\n")
     config = load_cluster_config(config.path)
     with pytest.raises(RemoteError) as caught:
         cluster.preflight(nodes_for(config, runners))
     assert caught.value.exit_status == ExitStatus.INPUT
     assert "workers.txt:2: 10.9.0.3 is configured with 64 CPUs but has only 1" in caught.value.message
+
+
+def test_a_worker_of_another_architecture_is_refused_before_any_build(config):
+    """Issue 12, fault 9: arm64 beside x86_64 used to fail only after a multi-GB ship."""
+    runners = {ip: healthy(ip) for ip in IPS}
+    preflight_answers(runners["10.9.0.3"], info='aarch64 ["name=seccomp,profile=default"]')
+    steps = Steps()
+    with pytest.raises(InputError, match=r"10\.9\.0\.1: x86_64.*10\.9\.0\.3 is aarch64"):
+        run_up(config, runners, steps)
+    assert steps.calls == []
+
+
+def test_rootless_docker_is_refused_naming_the_host(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    preflight_answers(runners["10.9.0.2"], info='x86_64 ["name=seccomp,profile=default","name=rootless"]')
+    steps = Steps()
+    with pytest.raises(RemoteError, match=r"10\.9\.0\.2: Docker runs rootless"):
+        run_up(config, runners, steps)
+    assert steps.calls == []
+
+
+def test_an_unwritable_remote_dir_is_refused_before_any_build(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    preflight_answers(runners["10.9.0.2"], writable=(1, "/srv"))
+    steps = Steps()
+    with pytest.raises(RemoteError) as caught:
+        run_up(config, runners, steps)
+    assert caught.value.exit_status == ExitStatus.INPUT
+    assert (
+        "10.9.0.2: cluster.remote_dir /srv/sc is not writable by the SSH user (/srv is not)"
+        in caught.value.message
+    )
+    assert steps.calls == []

@@ -184,3 +184,17 @@ def test_names_and_layout() -> None:
         "/opt/sc/secrets/env.list",
     )
     assert c.synced_mounts(LAYOUT, with_data=False) == (c.Mount("/opt/sc/app", "/shapcluster/app"),)
+
+
+def test_preflight_is_one_command_whose_sections_parse():
+    command = c.preflight_command("/opt/my dir")
+    assert "docker info --format '{{.Architecture}} {{json .SecurityOptions}}'" in command
+    assert "'/opt/my dir'" in command and command.count("section ") == 5
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False)
+    found = c.parse_preflight(done.stdout)
+    assert set(found) == set(c.PREFLIGHT_SECTIONS)
+    assert found["nproc"][0] == 0 and int(found["nproc"][1]) >= 1
+    assert c.parse_disk_free(found["df"][1]) > 0
+    assert found["writable"][1] == "/opt" or found["writable"][1] == "/"
+    with pytest.raises(RemoteError, match="no writable"):
+        c.parse_preflight("@@docker 0\n1\n@@info 0\n@@nproc 0\n2\n@@df 0\n")
