@@ -75,8 +75,10 @@ class SyncSteps(Protocol):
 
 
 class CredentialSteps(Protocol):
-    """Make sure every host holds AWS credentials that do not expire soon."""
+    """Make sure every host holds AWS credentials that do not expire soon: ``prepare`` asks STS
+    (in preflight, before any build), ``ensure`` writes the result to every host."""
 
+    def prepare(self, nodes: Sequence[Node], progress: Progress) -> None: ...
     def ensure(self, nodes: Sequence[Node], progress: Progress) -> None: ...
 
 
@@ -307,6 +309,8 @@ def up(
         node_ip(node.host)
     progress(f"Preflight on {len(nodes)} host(s): SSH, Docker, CPUs, disk")
     facts = preflight(nodes)
+    if credential_steps is not None:
+        credential_steps.prepare(nodes, progress)
     image = image_steps.ensure(head, progress)
     report.image = image
     if workers:

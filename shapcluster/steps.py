@@ -88,6 +88,8 @@ class RoleCredentialSteps:
         self.role_arn = role_arn
         self.assume = assume
         self.clock = clock
+        self._pending: creds.RoleCredentials | None = None  # assumed by prepare, written by ensure
+        self._prepared = False
 
     def stale_hosts(self, nodes: Sequence[Node]) -> list[str]:
         now, margin = self.clock(), self.config.aws.refresh_margin_seconds
@@ -98,11 +100,22 @@ class RoleCredentialSteps:
             if meta is None or meta.role_arn != self.role_arn or meta.seconds_left(now) < margin
         ]
 
-    def ensure(self, nodes: Sequence[Node], progress: Progress) -> None:
+    def prepare(self, nodes: Sequence[Node], progress: Progress) -> None:
+        """Part of preflight, before any build: if any host needs credentials, ask STS now, so
+        a refused role stops `up` before the image is built and shipped."""
         stale = self.stale_hosts(nodes)
         if stale:
             progress(f"AWS credentials missing or expiring on {', '.join(stale)}: assuming {self.role_arn}")
-            self.refresh(nodes, progress)
+            self._pending = self.assume_role()
+        self._prepared = True
+
+    def ensure(self, nodes: Sequence[Node], progress: Progress) -> None:
+        """Write what ``prepare`` obtained (or check again, if it was not called)."""
+        if self._pending is None and not self._prepared:
+            self.prepare(nodes, progress)
+        pending, self._pending, self._prepared = self._pending, None, False  # the next `up` asks again
+        if pending is not None:
+            self.refresh(nodes, progress, pending)
 
     def assume_role(self) -> creds.RoleCredentials:
         return self.assume(self.config.aws, self.role_arn)

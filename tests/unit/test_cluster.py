@@ -396,3 +396,23 @@ def test_an_unwritable_remote_dir_is_refused_before_any_build(config):
         in caught.value.message
     )
     assert steps.calls == []
+
+
+def test_a_role_sts_refuses_stops_up_before_any_build(config):
+    """Issue 12, fault 9: STS is asked in preflight, not after the image is built and shipped."""
+    from shapcluster.creds import CredentialsError
+    from shapcluster.steps import RoleCredentialSteps
+
+    def refuse(aws, role_arn):
+        raise CredentialsError(f"AccessDenied: may not assume {role_arn}")
+
+    runners = {ip: healthy(ip) for ip in IPS}
+    role = "arn:aws:iam::123456789012:role/shap-reader"
+    steps = Steps()
+    with pytest.raises(CredentialsError, match="AccessDenied"):
+        cluster.up(
+            config, nodes_for(config, runners), steps, steps, lambda _: None,
+            credential_steps=RoleCredentialSteps(config, role, assume=refuse),
+        )  # fmt: skip
+    assert steps.calls == []
+    assert all(docker_runs(r) == [] for r in runners.values())
