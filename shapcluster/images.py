@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol, TypeVar
 
 import docker
@@ -449,6 +449,27 @@ def _short(image_id: str) -> str:
     return image_id.removeprefix("sha256:")[:12]
 
 
+def built_image_command(hash_: str) -> str:
+    """The IDs of images labelled with this context hash (one per line; none: empty)."""
+    return shlex.join(
+        ["docker", "images", "--quiet", "--no-trunc", "--filter", f"label={CONTEXT_HASH_LABEL}={hash_}"]
+    )
+
+
+def find_built_image(
+    runner: Runner, image: ImageConfig, context_dir: Path, wheelhouse: Path | None
+) -> BuiltImage | None:
+    """The image ``ensure_image`` would build, if the runner's host has it under its tag already:
+    two commands over an open SSH connection instead of docker-py's own (a warm `up`)."""
+    ray_version = client_ray_version()
+    wheels = check_context(context_dir, wheelhouse, ray_version)
+    hash_ = context_hash(context_dir, image.base, ray_version, wheels)
+    tag = image_tag(image.name, hash_)
+    ids = runner.run(built_image_command(hash_)).stdout.split()
+    tagged = image_id_on(runner, tag) if ids else None
+    return BuiltImage(tag, tagged, hash_, built=False) if tagged in ids and tagged else None
+
+
 # --- ship ------------------------------------------------------------------------------------
 
 
@@ -503,9 +524,15 @@ def ship_image(
     naming every target that did not end up with the image (the others keep theirs)."""
     if not targets:
         return []
-    present = gather_results(targets, lambda runner: image_id_on(runner, image_id) == image_id)
+
+    def state(runner: Runner) -> str:
+        if image_id_on(runner, tag) == image_id:
+            return "ready"  # the usual case of a warm `up`: one command, nothing to do
+        return "untagged" if image_id_on(runner, image_id) == image_id else "missing"
+
+    present = gather_results(targets, state)
     failures: dict[str, Exception] = dict(present.failures)
-    missing = [runner.host for runner in targets if present.successes.get(runner.host) is False]
+    missing = [runner.host for runner in targets if present.successes.get(runner.host) == "missing"]
     if missing:
         size_text = source.run(image_size_command(image_id), check=False).stdout.strip()
         size = int(size_text) if size_text.isdigit() else None
@@ -525,12 +552,13 @@ def ship_image(
             )
         runner.run(tag_command(image_id, tag))
 
-    ready = [runner for runner in targets if runner.host not in failures]
+    ready = [r for r in targets if r.host not in failures and present.successes.get(r.host) != "ready"]
     tagged = gather_results(ready, finish)
     failures.update(tagged.failures)
     if failures:
         ordered = {runner.host: failures[runner.host] for runner in targets if runner.host in failures}
-        result = GroupResult({h: None for h in tagged.successes}, ordered)
+        done = [r.host for r in targets if r.host not in failures]
+        result = GroupResult({h: None for h in done}, ordered)
         error = HostsFailedError(f"shipping image {tag}", result)
         error.hint = (error.hint + "\n" if error.hint else "") + (
             "Check that the failed hosts are reachable and have disk space for the image "
@@ -651,8 +679,29 @@ def _finish(channel: paramiko.Channel, timeout: float) -> tuple[int, str]:
 # --- verify ----------------------------------------------------------------------------------
 
 
-def versions_command(image_id: str) -> str:
-    """Python and package versions inside the image, as one JSON line; no network needed."""
+def versions_command(image_id: str, cache_file: str | None = None) -> str:
+    """Python and package versions inside the image, as one JSON line; no network needed.
+
+    With ``cache_file`` the line is kept there after the first run and read back afterwards:
+    an image ID names its content, so the versions inside it cannot change, and a warm `up`
+    saves one container start per host."""
+    run = _versions_run(image_id)
+    if cache_file is None:
+        return run
+    folder = str(PurePosixPath(cache_file).parent)
+    file = shlex.quote(cache_file)
+    return (
+        f"cat -- {file} 2>/dev/null || {{ out=$({run}) && mkdir -p -- {shlex.quote(folder)} && "
+        f"printf '%s\\n' \"$out\" | tee -- {file}; }}"
+    )
+
+
+def versions_cache_file(root: str, image_id: str) -> str:
+    """Where a host keeps the versions read inside ``image_id`` (below its remote directory)."""
+    return f"{root}/images/{image_id.removeprefix('sha256:')}.versions.json"
+
+
+def _versions_run(image_id: str) -> str:
     return shlex.join(
         [
             "docker",
@@ -683,13 +732,16 @@ def parse_versions(host: str, output: str) -> dict[str, str]:
     return {name: str(data[name]) for name in wanted}
 
 
-def read_versions(runner: Runner, image_id: str) -> dict[str, str]:
-    result = runner.run(versions_command(image_id), timeout=VERSIONS_TIMEOUT_SECONDS)
+def read_versions(runner: Runner, image_id: str, cache_file: str | None = None) -> dict[str, str]:
+    result = runner.run(versions_command(image_id, cache_file), timeout=VERSIONS_TIMEOUT_SECONDS)
     return parse_versions(runner.host, result.stdout)
 
 
 def verify_identical(
-    runners: Sequence[Runner], tag: str, image_id: str | None = None
+    runners: Sequence[Runner],
+    tag: str,
+    image_id: str | None = None,
+    cache_roots: Mapping[str, str] | None = None,
 ) -> dict[str, ImageInfo]:
     """Prove every host holds the same image under ``tag`` as the first (the head): the same
     image ID (``image_id``, when given), and the same Python, Ray, shap and scikit-learn inside
@@ -716,7 +768,13 @@ def verify_identical(
             problems[host] = f"{host}: {tag} is image {_short(found_id)}, the head's is {_short(head_id)}"
     # Same ID means same content; reading the versions inside still proves the image runs there.
     same = [runner for runner in runners if runner.host not in problems]
-    versions = gather_results(same, lambda runner: read_versions(runner, head_id))
+    roots = cache_roots or {}
+
+    def versions_on(runner: Runner) -> dict[str, str]:
+        root = roots.get(runner.host)
+        return read_versions(runner, head_id, versions_cache_file(root, head_id) if root else None)
+
+    versions = gather_results(same, versions_on)
     problems.update({host: _error_text(host, error) for host, error in versions.failures.items()})
     head_versions = versions.successes.get(head)
     for host, found in versions.successes.items():

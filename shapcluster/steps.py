@@ -28,6 +28,10 @@ class DockerImageSteps:
         return images.image_tag(self.config.image.name, digest)
 
     def ensure(self, head: Node, progress: Progress) -> ImageRef:
+        found = images.find_built_image(head.runner, self.config.image, self.context_dir, self.wheelhouse)
+        if found is not None:
+            progress(f"{head.name}: image {found.tag} is up to date, no build needed")
+            return ImageRef(found.tag, found.image_id)
         built = images.ensure_image(
             head.host, self.config.ssh, self.config.image, self.context_dir, self.wheelhouse, progress
         )
@@ -40,7 +44,8 @@ class DockerImageSteps:
         )
 
     def verify(self, nodes: Sequence[Node], image: ImageRef) -> None:
-        images.verify_identical([n.runner for n in nodes], image.tag, image.image_id)
+        roots = {n.name: n.layout.root for n in nodes}
+        images.verify_identical([n.runner for n in nodes], image.tag, image.image_id, roots)
 
 
 class FileSyncSteps:
