@@ -39,7 +39,11 @@ CONTAINER_AWS_CREDENTIALS = f"{CONTAINER_AWS_DIR}/credentials"
 CONTAINER_AWS_CONFIG = f"{CONTAINER_AWS_DIR}/config"
 CONTAINER_AWS_PROCESS = f"{CONTAINER_AWS_DIR}/process.json"  # printed by the profile's credential_process
 
-STOP_TIMEOUT_SECONDS = 15
+# `ray start --block` drains its node for up to RAY_DRAIN_SECONDS on SIGTERM; `docker stop`
+# must wait longer, or it SIGKILLs Ray mid-drain (issue 12, fault 10). A node without work
+# stops in a few seconds, so `down` takes that long only when Ray really drains.
+RAY_DRAIN_SECONDS = 30
+STOP_TIMEOUT_SECONDS = RAY_DRAIN_SECONDS + 5
 _PS_FIELDS = (
     "{{.ID}}",
     "{{.Names}}",
