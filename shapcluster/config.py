@@ -22,6 +22,7 @@ from shapcluster.inventory import (
     parse_inventory,
     parse_ip,
 )
+from shapcluster.project import config_places, find_config
 
 DEFAULT_CONFIG_NAME = "shapcluster.toml"
 HOST_PLACEHOLDER = "{host}"
@@ -106,12 +107,18 @@ class ClusterConfig:
 
 
 def load_cluster_config(path: Path) -> ClusterConfig:
-    """Read, validate and resolve a config file and the workers file it names."""
+    """Read, validate and resolve a config file and the workers file it names.
+
+    The default name (``shapcluster.toml``, relative) is looked for in the working directory,
+    then in its ``inventory/`` folder, the README's project layout."""
+    default = Path(DEFAULT_CONFIG_NAME)
+    path = find_config(path, default=default)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        where = f"no {DEFAULT_CONFIG_NAME} in {config_places()}" if path == default else f"{path}: not found"
         raise InputError(
-            f"{path}: config file not found",
+            f"config file not found: {where}",
             hint="Copy inventory/shapcluster.toml.example there, or pass --config / set SHAPCLUSTER_CONFIG.",
         ) from None
     except (OSError, UnicodeDecodeError) as err:

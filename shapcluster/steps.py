@@ -10,9 +10,6 @@ from shapcluster import cluster, creds, images, sync
 from shapcluster.cluster import ImageRef, Node, Progress
 from shapcluster.config import AwsConfig, ClusterConfig
 
-# The image's build context: docker/ beside the package in a checkout of the project.
-DEFAULT_CONTEXT = Path(__file__).resolve().parent.parent / "docker"
-
 
 class DockerImageSteps:
     def __init__(self, config: ClusterConfig, context_dir: Path, wheelhouse: Path | None) -> None:

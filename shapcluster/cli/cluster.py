@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from shapcluster import cluster, console, creds
+from shapcluster import cluster, console, creds, project
 from shapcluster.cli._errors import translate_errors
 from shapcluster.config import load_cluster_config
-from shapcluster.steps import DEFAULT_CONTEXT, DockerImageSteps, FileSyncSteps, RoleCredentialSteps, utc_now
+from shapcluster.steps import DockerImageSteps, FileSyncSteps, RoleCredentialSteps, utc_now
 
 ConfigOption = Annotated[
     Path,
@@ -30,13 +30,18 @@ def up(
         Path | None,
         typer.Option(
             envvar="SHAPCLUSTER_WHEELHOUSE",
-            help="Air-gapped build: a folder of cp311 wheels for docker/requirements.txt "
-            "(default: docker/wheels).",
+            help="Air-gapped build: a folder of cp311 wheels for the context's requirements.txt "
+            "(default: <context>/wheels; if it has none and PyPI is reachable, `up` downloads them "
+            "once into ~/.cache/shapcluster).",
         ),
     ] = None,
     context: Annotated[
-        Path, typer.Option(help="The image's build context (a Dockerfile and requirements.txt).")
-    ] = DEFAULT_CONTEXT,
+        Path | None,
+        typer.Option(
+            help="The image's build context, a Dockerfile and requirements.txt "
+            "(default: ./docker where you run this, else a shapcluster checkout's docker/)."
+        ),
+    ] = None,
     timeout: Annotated[
         float, typer.Option(min=1, help="Seconds to wait for every Ray node to join.")
     ] = 120.0,
@@ -48,14 +53,17 @@ def up(
 
     Running it again with nothing changed restarts nothing."""
     settings = load_cluster_config(config)
-    steps = DockerImageSteps(settings, context, wheelhouse)
+    context_dir = project.find_context(context)
     role_arn = creds.resolve_role_arn(settings.aws, required=False)
     if dry_run:
-        for host, lines in cluster.plan_up(settings, steps.planned_tag(), role_arn).items():
+        planned = DockerImageSteps(settings, context_dir, wheelhouse)
+        for host, lines in cluster.plan_up(settings, planned.planned_tag(), role_arn).items():
             console.say(host, style="bold")
             for line in lines:
                 console.say(f"  - {line}")
         return
+    wheels = project.ensure_wheelhouse(context_dir, wheelhouse, console.progress)
+    steps = DockerImageSteps(settings, context_dir, wheels)
     credential_steps = RoleCredentialSteps(settings, role_arn) if role_arn else None
     with cluster.open_nodes(settings) as nodes:
         report = cluster.up(

@@ -54,7 +54,10 @@ def test_cluster_commands_name_a_missing_config(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = invoke(*command)
     assert result.exit_code == ExitStatus.INPUT
-    assert "shapcluster.toml: config file not found" in result.output
+    assert (
+        f"config file not found: no shapcluster.toml in {tmp_path}/shapcluster.toml and "
+        f"{tmp_path}/inventory/shapcluster.toml"
+    ) in result.output.replace("\n", "")
     assert "inventory/shapcluster.toml.example" in result.output
 
 
