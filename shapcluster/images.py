@@ -5,9 +5,10 @@ The only module that imports docker-py. The build runs on the head through docke
 ``docker load`` on every worker over SSH, chunk by chunk; the proof compares image IDs and the
 Python, Ray, shap and scikit-learn versions read inside the image on every host.
 
-SSH here obeys the same rules as ``remote.ssh``: the configured key and known_hosts file only,
-unknown host keys refused (unless ``accept_new_host_keys``). docker-py's own SSH adapter would
-read ~/.ssh/config and ~/.ssh/known_hosts instead, so it gets a paramiko client made by us.
+SSH here obeys the same rules as ``remote.ssh`` (which makes the connections): the configured
+key and known_hosts file only, unknown host keys refused (unless ``accept_new_host_keys``), the
+ssh config honoured as there. docker-py's own SSH adapter would read ~/.ssh/known_hosts
+instead, so it gets a paramiko client made by us.
 """
 
 from __future__ import annotations
@@ -41,7 +42,13 @@ from shapcluster.errors import InputError, RemoteError, ShapclusterError
 from shapcluster.inventory import Host
 from shapcluster.remote.base import Runner, check_result, tail
 from shapcluster.remote.group import GroupResult, HostsFailedError, gather_results
-from shapcluster.remote.ssh import load_private_key, make_client, translate_ssh_error
+from shapcluster.remote.ssh import (
+    connect_ssh,
+    make_client,
+    open_jump,
+    ssh_connect_params,
+    translate_ssh_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -206,36 +213,6 @@ def write_context_tar(context_dir: Path, wheelhouse: Path, target: IO[bytes]) ->
 # --- docker-py over strict SSH ---------------------------------------------------------------
 
 
-def ssh_connect_params(host: Host, ssh: SshConfig) -> dict[str, Any]:
-    """``paramiko.SSHClient.connect`` arguments: the configured key, or the agent and default keys."""
-    timeout = ssh.connect_timeout
-    params: dict[str, Any] = {
-        "hostname": host.address,
-        "port": host.port,
-        "username": host.user,
-        "timeout": timeout,
-        "banner_timeout": timeout,
-        "auth_timeout": timeout,
-        "look_for_keys": ssh.key is None,
-        "allow_agent": True,
-    }
-    if ssh.key is not None:
-        params["pkey"] = load_private_key(ssh.key)
-    return params
-
-
-def connect_ssh(host: Host, ssh: SshConfig) -> paramiko.SSHClient:
-    """A connected paramiko client that checks the host key against ``ssh.known_hosts`` only."""
-    params = ssh_connect_params(host, ssh)
-    client = make_client(ssh)
-    try:
-        client.connect(**params)
-    except Exception as err:
-        client.close()
-        raise translate_ssh_error(err, host, ssh) from err
-    return client
-
-
 class StrictSshAdapter(SSHHTTPAdapter):
     """docker-py's SSH adapter with our paramiko client and connect arguments.
 
@@ -246,6 +223,7 @@ class StrictSshAdapter(SSHHTTPAdapter):
         self, base_url: str, client: paramiko.SSHClient, params: dict[str, Any], timeout: int
     ) -> None:
         self._preset = (client, params)
+        self.gateway: object | None = None
         super().__init__(base_url, timeout=timeout, max_pool_size=2)
 
     # docker-py calls this from __init__ (and _connect right after), instead of its own set-up.
@@ -315,11 +293,18 @@ def connect_docker(host: Host, ssh: SshConfig, *, timeout: int = BUILD_TIMEOUT_S
     address = f"[{host.address}]" if ":" in host.address else host.address  # IPv6
     base_url = f"ssh://{host.user + '@' if host.user else ''}{address}:{host.port}"
     params = ssh_connect_params(host, ssh)
+    try:
+        gateway = open_jump(host, ssh, params)  # kept referenced by the adapter below
+    except ShapclusterError:
+        raise
+    except Exception as err:
+        raise translate_ssh_error(err, host, ssh) from err
     # use_ssh_client=True only keeps docker-py from connecting on its own; the pinned minimum
     # API version only keeps it from asking the daemon before our adapter is mounted.
     api = docker.APIClient(base_url=base_url, version="1.24", timeout=timeout, use_ssh_client=True)
     try:
         adapter = StrictSshAdapter(base_url, make_client(ssh), params, timeout)
+        adapter.gateway = gateway  # a ProxyJump hop lives as long as the adapter's connection
     except Exception as err:
         api.close()
         raise translate_ssh_error(err, host, ssh) from err
