@@ -276,12 +276,22 @@ def containers_on(runner: Runner, cluster: str) -> list[cmd.ContainerInfo]:
     return cmd.parse_containers(runner.run(cmd.list_containers_command(cluster)).stdout)
 
 
-def ensure_container(node: Node, config: ClusterConfig, command: str, *, force: bool = False) -> bool:
-    """Keep a running container with the same spec; otherwise replace it. True if (re)started."""
+def ensure_container(
+    node: Node,
+    config: ClusterConfig,
+    command: str,
+    *,
+    force: bool = False,
+    before_start: Callable[[], None] | None = None,
+) -> bool:
+    """Keep a running container with the same spec; otherwise replace it. True if (re)started.
+    ``before_start`` runs first when the container is to be (re)started (a check that may raise)."""
     mine = [c for c in containers_on(node.runner, config.name) if c.role == node.role]
     wanted = cmd.spec_of(command)
     if not force and len(mine) == 1 and mine[0].spec == wanted and mine[0].state == "running":
         return False
+    if before_start is not None:
+        before_start()
     if mine:
         node.runner.run(cmd.remove_containers_command(config.name, node.role))
     node.runner.run(command)
@@ -336,7 +346,10 @@ def up(
         def start_worker(node: Node) -> bool:
             command = start_command(config, node, image, facts[node.name].cpus, head_ip, aws=aws)
             # Workers of a restarted head hold a dead GCS connection: restart them too.
-            return ensure_container(node, config, command, force=head_restarted)
+            return ensure_container(
+                node, config, command, force=head_restarted,
+                before_start=lambda: check_reaches_head(node, image, head_ip, config.ray.gcs),
+            )  # fmt: skip
 
         if workers:
             progress(f"Starting {len(workers)} Ray worker(s) in parallel")
@@ -351,6 +364,19 @@ def up(
     report.started = [n.name for n in started]
     report.kept = [n.name for n in nodes if n not in started]
     return report
+
+
+def check_reaches_head(node: Node, image: ImageRef, head_ip: str, port: int) -> None:
+    """Before a worker starts: can its host open a TCP connection to the head's GCS port? A
+    firewall or a wrong address otherwise shows only as a node that never joins."""
+    reached = node.runner.run(cmd.reach_port_command(image.image_id, head_ip, port), check=False, timeout=90)
+    if not reached.ok:
+        why = tail(reached.stdout + reached.stderr, lines=2) or f"exit status {reached.exit_code}"
+        raise RemoteError(
+            f"{node.name}: cannot reach the Ray head's GCS port {head_ip}:{port} ({why})",
+            hint=f"Allow TCP from {node.name} to {head_ip} on the Ray ports ([ray] in the config), or, if "
+            "the head has several networks, set head.ray_address to the address the workers reach.",
+        )
 
 
 def _remove_started(config: ClusterConfig, started: Sequence[Node]) -> None:

@@ -354,6 +354,32 @@ def remove_as_root_command(image: str, folder: str) -> str:
     )  # fmt: skip
 
 
+# Runs in a throw-away container of the cluster image on a worker (no tool beyond docker is
+# assumed on the host): connect to the head's GCS port until the deadline, print why not.
+_REACH_SCRIPT = (
+    "import socket, sys, time\n"
+    "deadline = time.monotonic() + {seconds}\n"
+    "while True:\n"
+    "    try:\n"
+    "        socket.create_connection(({host!r}, {port}), timeout=3).close()\n"
+    "        break\n"
+    "    except OSError as err:\n"
+    "        if time.monotonic() > deadline:\n"
+    "            print(err)\n"
+    "            sys.exit(1)\n"
+    "        time.sleep(0.5)\n"
+)
+
+
+def reach_port_command(image: str, host: str, port: int, seconds: float = 30) -> str:
+    """Succeeds once ``host:port`` accepts a TCP connection from this host's network (within
+    ``seconds``: the head's Ray opens its GCS port a moment after its container starts)."""
+    script = _REACH_SCRIPT.format(host=host, port=port, seconds=seconds)
+    return shlex.join(
+        ["docker", "run", "--rm", "--network", "host", "--entrypoint", "python", image, "-c", script]
+    )
+
+
 # Runs inside the head container (it has the token in its environment): one JSON line with
 # [node ip, CPUs] of every alive node.
 _RAY_NODES_SCRIPT = (

@@ -90,7 +90,7 @@ def running(runner: FakeRunner, ip: str, earlier: FakeRunner) -> None:
 
 
 def docker_runs(runner: FakeRunner) -> list[str]:
-    return [c for c in runner.commands if c.startswith("docker run ")]
+    return [c for c in runner.commands if c.startswith("docker run --detach")]
 
 
 def test_up_on_fresh_hosts_starts_head_then_workers_and_waits(config):
@@ -183,7 +183,7 @@ def test_too_many_cpus_configured_is_refused_in_preflight(config):
 
 def test_failed_worker_start_removes_what_this_run_started(config):
     runners = {ip: healthy(ip) for ip in IPS}
-    runners["10.9.0.3"].respond(r"^docker run ", exit_code=125, stderr="docker: Error response: boom")
+    runners["10.9.0.3"].respond(r"^docker run --detach", exit_code=125, stderr="docker: Error response: boom")
     with pytest.raises(RemoteError, match=r"starting Ray workers failed on 1 of 2 hosts:\n  - 10\.9\.0\.3"):
         run_up(config, runners)
     for ip, role in (("10.9.0.1", cmd.Role.HEAD), ("10.9.0.2", cmd.Role.WORKER)):
@@ -416,3 +416,35 @@ def test_a_role_sts_refuses_stops_up_before_any_build(config):
         )  # fmt: skip
     assert steps.calls == []
     assert all(docker_runs(r) == [] for r in runners.values())
+
+
+def test_a_worker_that_cannot_reach_the_heads_gcs_port_is_named(config):
+    """Issue 12, fault 9: checked before the worker starts, so the failure names the port."""
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.3"].respond(
+        r"^docker run --rm --network host --entrypoint python", exit_code=1, stdout="timed out\n"
+    )
+    with pytest.raises(RemoteError) as caught:
+        run_up(config, runners)
+    assert "10.9.0.3: cannot reach the Ray head's GCS port 10.9.0.1:6379 (timed out)" in caught.value.message
+    assert "head.ray_address" in (caught.value.hint or "")
+    assert not any(c.startswith("docker run --detach") for c in runners["10.9.0.3"].commands)
+    reach = [c for c in runners["10.9.0.2"].commands if "--entrypoint python" in c]
+    assert reach == [cmd.reach_port_command("sha256:0123", "10.9.0.1", 6379)]
+
+
+def test_the_reach_check_script_connects_until_its_deadline():
+    import shlex
+    import socket
+    import subprocess
+    import sys
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        script = shlex.split(cmd.reach_port_command("img", "127.0.0.1", port, seconds=5))[-1]
+        assert subprocess.run([sys.executable, "-c", script], check=False, timeout=30).returncode == 0
+    done = subprocess.run(
+        [sys.executable, "-c", shlex.split(cmd.reach_port_command("img", "127.0.0.1", port, seconds=0))[-1]],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 1 and "refused" in done.stdout.lower()
