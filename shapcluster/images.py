@@ -40,7 +40,7 @@ from shapcluster.commands import BUILT_FOR_BUILDARG
 from shapcluster.config import ImageConfig, SshConfig
 from shapcluster.errors import InputError, RemoteError, ShapclusterError
 from shapcluster.inventory import Host
-from shapcluster.remote.base import Runner, check_result, tail
+from shapcluster.remote.base import Runner, check_result, host_error_text, tail
 from shapcluster.remote.group import GroupResult, HostsFailedError, gather_results
 from shapcluster.remote.ssh import (
     connect_ssh,
@@ -745,7 +745,7 @@ def verify_identical(
             f"{head}: {tag} is image {_short(head_id)}, not the {_short(image_id)} built for this run",
             hint="Another build replaced the tag meanwhile; run the command again.",
         )
-    problems = {host: _error_text(host, error) for host, error in ids.failures.items()}
+    problems = {host: host_error_text(host, error) for host, error in ids.failures.items()}
     for host, found_id in ids.successes.items():
         if found_id is None:
             problems[host] = f"{host}: image {tag} is missing"
@@ -760,7 +760,7 @@ def verify_identical(
         return read_versions(runner, head_id, versions_cache_file(root, head_id) if root else None)
 
     versions = gather_results(same, versions_on)
-    problems.update({host: _error_text(host, error) for host, error in versions.failures.items()})
+    problems.update({host: host_error_text(host, error) for host, error in versions.failures.items()})
     head_versions = versions.successes.get(head)
     for host, found in versions.successes.items():
         if head_versions is not None and found != head_versions:
@@ -779,8 +779,3 @@ def verify_identical(
             f"if a host keeps another image under {tag}, remove it there first: docker rmi {tag}",
         )
     return {host: ImageInfo(head_id, versions.successes[host]) for host in ids.successes}
-
-
-def _error_text(host: str, error: Exception) -> str:
-    text = error.message if isinstance(error, ShapclusterError) else f"{type(error).__name__}: {error}"
-    return text if text.startswith(f"{host}:") else f"{host}: {text}"

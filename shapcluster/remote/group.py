@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from shapcluster.errors import ExitStatus, RemoteError, ShapclusterError
-from shapcluster.remote.base import Runner
+from shapcluster.remote.base import Runner, host_error_text
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,4 @@ def run_in_parallel(
 
 
 def _describe(host: str, error: Exception) -> str:
-    text = error.message if isinstance(error, ShapclusterError) else f"{type(error).__name__}: {error}"
-    if not text.startswith(f"{host}:"):
-        text = f"{host}: {text}"
-    return "  - " + text.replace("\n", "\n    ")
+    return "  - " + host_error_text(host, error).replace("\n", "\n    ")
