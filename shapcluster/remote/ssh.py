@@ -43,6 +43,9 @@ KEEPALIVE_SECONDS = 30  # a followed job may print nothing for minutes; NATs mus
 _POLL_SECONDS = 0.2  # how often forwarding threads look whether their tunnel was closed
 _BUFFER = 1 << 16
 
+# What a broken SSH connection raises, for modules that must not import paramiko themselves.
+SSH_ERRORS: tuple[type[Exception], ...] = (paramiko.SSHException, OSError, EOFError)
+
 _known_hosts_lock = threading.Lock()  # hosts are contacted in parallel; appends must not interleave
 
 

@@ -35,6 +35,7 @@ from shapcluster.images import (
     write_context_tar,
 )
 from shapcluster.inventory import Host
+from shapcluster.remote import stream
 from shapcluster.remote.fake import FakeRunner
 from shapcluster.remote.group import HostsFailedError
 
@@ -568,7 +569,7 @@ def test_pump_fans_out_and_drops_a_failing_target_alone() -> None:
     bad.status_event.set()
     loads: dict[str, Any] = {"good": good, "bad": bad}
     failures: dict[str, Exception] = {}
-    images._pump(save, loads, failures, 30, lambda line: None)  # type: ignore[arg-type]
+    stream._pump(save, loads, failures, 30, lambda line: None)  # type: ignore[arg-type]
     assert good.received == b"a" * 10 + b"b" * 10 + b"c" * 10 and good.eof
     assert bad.received == b"a" * 10 and bad.closed and not bad.eof
     assert list(loads) == ["good"]
