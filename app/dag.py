@@ -266,7 +266,10 @@ def _drive(branches: list[_Branch], advance: Callable[[str, int], None]) -> None
         branch.top_up()
     owner = {ref: b for b in branches for ref in b.running}
     while owner:
-        ready, _ = ray.wait(list(owner), num_returns=1)
+        ready, _ = ray.wait(list(owner), num_returns=1, timeout=STALL_CHECK_SECONDS)
+        if not ready:
+            _fail_without_cpus()
+            continue
         for ref in ready:
             branch = owner.pop(ref)
             units, key = branch.running.pop(ref)
@@ -292,6 +295,23 @@ class Background:
     def put(cls, background: np.ndarray, weights: np.ndarray | None = None) -> Background:
         rows, merged = kernel_shap.merge_background(background, weights)
         return cls(rows, merged, ray.put(rows))
+
+
+# How long `_drive` waits for a task before it looks whether any node can still run one.
+STALL_CHECK_SECONDS = 10.0
+
+
+def _fail_without_cpus() -> None:
+    """Raise JobError naming the lost nodes when no alive node has a CPU left: the tasks would
+    wait forever (a head started with 0 CPUs whose workers all died)."""
+    nodes = ray.nodes()  # type: ignore[no-untyped-call]
+    if any(n["Alive"] and n["Resources"].get("CPU", 0) > 0 for n in nodes):
+        return
+    lost = [f"{n['NodeManagerAddress']} ({n['NodeID'][:12]})" for n in nodes if not n["Alive"]]
+    raise JobError(
+        "no Ray node with CPUs is left to run the remaining tasks; lost: "
+        + (", ".join(lost) or "none recorded")
+    )
 
 
 def _ours_branch(

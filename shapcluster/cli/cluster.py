@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from shapcluster import cluster, console, creds
+from shapcluster import cluster, console, creds, project
 from shapcluster.cli._errors import translate_errors
 from shapcluster.config import load_cluster_config
-from shapcluster.steps import DEFAULT_CONTEXT, DockerImageSteps, FileSyncSteps, RoleCredentialSteps, utc_now
+from shapcluster.steps import DockerImageSteps, FileSyncSteps, RoleCredentialSteps, utc_now
 
 ConfigOption = Annotated[
     Path,
@@ -30,13 +30,18 @@ def up(
         Path | None,
         typer.Option(
             envvar="SHAPCLUSTER_WHEELHOUSE",
-            help="Air-gapped build: a folder of cp311 wheels for docker/requirements.txt "
-            "(default: docker/wheels).",
+            help="Air-gapped build: a folder of cp311 wheels for the context's requirements.txt "
+            "(default: <context>/wheels; if it has none and PyPI is reachable, `up` downloads them "
+            "once into ~/.cache/shapcluster).",
         ),
     ] = None,
     context: Annotated[
-        Path, typer.Option(help="The image's build context (a Dockerfile and requirements.txt).")
-    ] = DEFAULT_CONTEXT,
+        Path | None,
+        typer.Option(
+            help="The image's build context, a Dockerfile and requirements.txt "
+            "(default: ./docker where you run this, else a shapcluster checkout's docker/)."
+        ),
+    ] = None,
     timeout: Annotated[
         float, typer.Option(min=1, help="Seconds to wait for every Ray node to join.")
     ] = 120.0,
@@ -48,14 +53,17 @@ def up(
 
     Running it again with nothing changed restarts nothing."""
     settings = load_cluster_config(config)
-    steps = DockerImageSteps(settings, context, wheelhouse)
+    context_dir = project.find_context(context)
     role_arn = creds.resolve_role_arn(settings.aws, required=False)
     if dry_run:
-        for host, lines in cluster.plan_up(settings, steps.planned_tag(), role_arn).items():
-            console.say(f"[bold]{host}[/]")
+        planned = DockerImageSteps(settings, context_dir, wheelhouse)
+        for host, lines in cluster.plan_up(settings, planned.planned_tag(), role_arn).items():
+            console.say(host, style="bold")
             for line in lines:
                 console.say(f"  - {line}")
         return
+    wheels = project.ensure_wheelhouse(context_dir, wheelhouse, console.progress)
+    steps = DockerImageSteps(settings, context_dir, wheels)
     credential_steps = RoleCredentialSteps(settings, role_arn) if role_arn else None
     with cluster.open_nodes(settings) as nodes:
         report = cluster.up(
@@ -65,7 +73,7 @@ def up(
     image = report.image.tag if report.image else "?"
     nodes_text = f"{report.nodes_alive} Ray nodes alive, {report.cpus} CPUs"
     changes = f"kept {len(report.kept)}, restarted {len(report.started)}"
-    console.say(f"[green]✓[/] cluster {settings.name} is up: {nodes_text}; {changes}; image {image}")
+    console.ok(f"cluster {settings.name} is up: {nodes_text}; {changes}; image {image}")
 
 
 @translate_errors
@@ -74,12 +82,14 @@ def sync(config: ConfigOption = DEFAULT_CONFIG) -> None:
     settings = load_cluster_config(config)
     with cluster.open_nodes(settings) as nodes:
         FileSyncSteps(settings).sync(nodes, console.progress)
-    console.say(f"[green]✓[/] app{' and data' if settings.sync.data_dir else ''} in sync on every host")
+    console.ok(f"app{' and data' if settings.sync.data_dir else ''} in sync on every host")
 
 
 @translate_errors
 def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Per host: reachable, container, image (and whether it is the head's), Ray node, CPUs."""
+    """Per host: reachable, container, image (and whether it is the head's), Ray node, CPUs.
+
+    Exits 0 when every node is alive, 10 when the cluster is degraded, 9 when none is up."""
     settings = load_cluster_config(config)
     with cluster.open_nodes(settings) as nodes:
         rows = cluster.status(settings, nodes)
@@ -89,7 +99,8 @@ def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
         (
             (
                 r.host, r.role, "yes" if r.reachable else "NO", r.container, r.image_id[:19],
-                "yes" if r.image_matches else "NO", "alive" if r.ray_alive else "-", f"{r.cpus:g}", r.error,
+                {True: "yes", False: "NO", None: "-"}[r.image_matches], "alive" if r.ray_alive else "-",
+                f"{r.cpus:g}", r.error,
             )
             for r in rows
         ),
@@ -97,6 +108,7 @@ def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
     alive = [r for r in rows if r.ray_alive]
     console.say(f"{len(alive)} of {len(rows)} Ray nodes alive, {sum(r.cpus for r in alive):g} CPUs")
     _print_credentials(rows)
+    cluster.check_health(rows)
 
 
 def _print_credentials(rows: list[cluster.HostStatus]) -> None:
@@ -110,7 +122,7 @@ def _print_credentials(rows: list[cluster.HostStatus]) -> None:
     missing = sorted(host for host, meta in held.items() if meta is None)
     if soonest.seconds_left(now) <= 0 or missing:
         gaps = f"; none on {', '.join(missing)}" if missing else ""
-        console.say(f"[yellow]![/] {line}{gaps}: run `shapcluster creds refresh`")
+        console.attention(f"{line}{gaps}: run `shapcluster creds refresh`")
     else:
         console.say(line)
 
@@ -125,9 +137,10 @@ def down(
     """Stop and remove this cluster's containers on every host (found by label)."""
     settings = load_cluster_config(config)
     with cluster.open_nodes(settings) as nodes:
-        results = cluster.down(settings, nodes, purge=purge)
-    for host, outcome in results.items():
-        console.say(f"[green]✓[/] {host}: {outcome}")
+        result = cluster.down(settings, nodes, purge=purge)
+    for host, outcome in result.successes.items():
+        console.ok(f"{host}: {outcome}")
+    result.raise_for_failures("down")
 
 
 COMMANDS: dict[str, Callable[..., Any]] = {"up": up, "sync": sync, "status": status, "down": down}

@@ -31,7 +31,7 @@ def refresh(config: ConfigOption = DEFAULT_CONFIG) -> None:
     with cluster.open_nodes(settings) as nodes:
         steps.refresh(nodes, console.progress, fresh)
         hosts = len(nodes)
-    console.say(
-        f"[green]✓[/] credentials for {role_arn} on {hosts} host(s); "
+    console.ok(
+        f"credentials for {role_arn} on {hosts} host(s); "
         f"they expire {creds.describe_expiry(fresh.expiration, utc_now())}"
     )

@@ -36,7 +36,7 @@ def _sweep(value: str | None) -> tuple[int, ...]:
 
 
 def _print_log_line(line: str) -> None:
-    console.say(line, markup=False)
+    console.say(line)
 
 
 def _confirm_stop() -> bool:
@@ -207,9 +207,9 @@ def submit(
             f"Job {outcome.job_id} keeps running. Follow it: shapcluster logs {outcome.job_id} --follow"
         )
     elif outcome.results_dir is not None:
-        console.say(f"[green]✓[/] job {outcome.job_id} succeeded; results: {outcome.results_dir}")
+        console.ok(f"job {outcome.job_id} succeeded; results: {outcome.results_dir}")
     else:
-        console.say(f"[green]✓[/] job {outcome.job_id} succeeded (it wrote no results)")
+        console.ok(f"job {outcome.job_id} succeeded (it wrote no results)")
 
 
 def _when(moment: datetime | None) -> str:
