@@ -654,7 +654,8 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     summary["groups"] = None if player_spec is None else player_spec.groups
     summary["tol"] = config.tol
     summary |= {"algorithm": "kernel", "algorithm_reason": reason}
-    _write_results(out_dir, summary, prepared, explanation, ref_values, names)
+    outputs = config.link.apply(prepared.outputs["fx"])
+    _write_results(out_dir, summary, prepared, explanation, ref_values, outputs, names)
     reporter.summary(
         timings.rows,
         _verdict(comparison),
@@ -775,13 +776,24 @@ def _write_results(
     prepared: _Prepared,
     explanation: kernel_shap.Explanation,
     ref_values: np.ndarray | None,
+    outputs: np.ndarray,
     names: list[str] | None = None,
 ) -> None:
-    """The CSVs (the reference's only if it ran; standard errors in sampling mode), the plot,
-    then summary.json with their time. ``names``: one per player (G)."""
+    """The CSVs (the reference's only if it ran; standard errors in sampling mode), the
+    explanation file for shap, the plots, then summary.json with their time. ``names``: one per
+    player (G); ``outputs`` (R, K): the model's output in the explanation's link space."""
     t0 = time.perf_counter()
-    classes = prepared.outputs["classes"]
-    names, row_ids = names or prepared.info["features"], prepared.data.row_ids.tolist()
+    names = names or list(prepared.info["features"])
+    rows = results.ExplainedRows(
+        row_ids=prepared.data.row_ids,
+        data_lines=results.data_lines_of(prepared.data.row_ids, from_file=not prepared.info["bundled"]),
+        features=prepared.data.rows,
+        feature_names=list(prepared.info["features"]),
+        labels=prepared.data.labels,
+        outputs=np.asarray(outputs, dtype=np.float64),
+        expected_value=np.asarray(explanation.expected_value, dtype=np.float64).reshape(-1),
+        class_names=prepared.outputs["classes"],
+    )
     tables = {"shap_values.csv": explanation.values}
     if explanation.standard_errors is not None:
         tables["shap_standard_errors.csv"] = explanation.standard_errors
@@ -789,9 +801,11 @@ def _write_results(
     if ref_values is not None:
         tables["reference_shap_values.csv"] = ref_values
     for file_name, values in tables.items():
-        results.write_csv(out_dir / file_name, results.values_frame(values, row_ids, names, classes))
-    plot_rows = prepared.data.rows if len(names) == prepared.data.rows.shape[1] else None
-    results.write_plot(out_dir / "shap_summary.png", explanation.values, plot_rows, names, classes)
+        results.write_csv(out_dir / file_name, results.values_frame(values, rows, names))
+    results.write_explanation(
+        out_dir / "explanation.npz", explanation.values, rows, names, explanation.standard_errors
+    )
+    summary["files"] = sorted([*tables, "explanation.npz", *results.write_plots(out_dir, explanation.values, rows, names)])
     summary["wall_seconds"]["write_results"] = time.perf_counter() - t0
     results.write_summary(out_dir / "summary.json", summary)
 
@@ -906,8 +920,11 @@ def _summary(
         "cpu_seconds": {keys[b.name]: b.cpu_seconds for b in branches},
         "wall_seconds": {name: seconds for name, seconds, _ in timings.rows},
         "comparison": comparison.to_dict(),
+        "seed": config.seed,
+        "test_size": config.test_size,
         "ray_version": ray.__version__,
         "python": platform.python_version(),
+        "versions": results.versions(),
     }
 
 
@@ -1097,7 +1114,7 @@ def _run_tree_dag(
     summary |= {"algorithm": algorithm, "algorithm_reason": reason, "explains": explains, "check": check}
     summary["comparison"] = check
     explained = kernel_shap.Explanation(values, expected, exact=algorithm == "tree", n_coalitions=0)
-    _write_results(out_dir, summary, prepared, explained, None)
+    _write_results(out_dir, summary, prepared, explained, None, outputs)
     verdict = _tree_verdict(check, algorithm, len(checked) if check_ref is not None else 0)
     reporter.summary(timings.rows, verdict, match, str(out_dir), reference=False)
     if not match:
@@ -1166,6 +1183,9 @@ def _tree_summary(
         "nodes_lost": _lost_nodes(nodes),
         "workers": workers,
         "wall_seconds": {name: seconds for name, seconds, _ in timings.rows},
+        "seed": config.seed,
+        "test_size": config.test_size,
         "ray_version": ray.__version__,
         "python": platform.python_version(),
+        "versions": results.versions(),
     }

@@ -37,6 +37,7 @@ class ExplainData:
     rows: npt.NDArray[np.float64]  # (R, M): the first R test rows
     row_ids: npt.NDArray[np.int64]  # their row numbers in the source data
     background: npt.NDArray[np.float64]  # (N, M): a seeded random sample of training rows
+    labels: npt.NDArray[np.int64] | None = None  # (R,): the rows' true labels
 
 
 def split_data(dataset: Dataset, test_size: float = 0.2, seed: int = 0) -> Split:
@@ -86,4 +87,4 @@ def get_data_to_explain(split: Split, rows: int, background: int, seed: int = 0)
         )
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(split.x_train), size=background, replace=False))
-    return ExplainData(split.x_test[:rows], split.test_index[:rows], split.x_train[chosen])
+    return ExplainData(split.x_test[:rows], split.test_index[:rows], split.x_train[chosen], split.y_test[:rows])
