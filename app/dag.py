@@ -650,12 +650,15 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     out_dir = Path(config.output_dir) / (config.run_id or results.new_run_id())
     cluster = {"cpus": cpus, "nodes": nodes, "nodes_lost": nodes_lost}
     summary = _summary(config, out_dir.name, cluster, prepared, explanation, comparison, timings, branches)
-    summary["players"] = names
-    summary["groups"] = None if player_spec is None else player_spec.groups
-    summary["tol"] = config.tol
-    summary |= {"algorithm": "kernel", "algorithm_reason": reason}
-    outputs = config.link.apply(prepared.outputs["fx"])
-    _write_results(out_dir, summary, prepared, explanation, ref_values, outputs, names)
+    summary |= {
+        "players": names,
+        "groups": None if player_spec is None else player_spec.groups,
+        "tol": config.tol,
+        "algorithm": "kernel",
+        "algorithm_reason": reason,
+    }
+    linked = config.link.apply(prepared.outputs["fx"])
+    _write_results(out_dir, summary, prepared, explanation, ref_values, linked, names)
     reporter.summary(
         timings.rows,
         _verdict(comparison),
@@ -805,7 +808,9 @@ def _write_results(
     results.write_explanation(
         out_dir / "explanation.npz", explanation.values, rows, names, explanation.standard_errors
     )
-    summary["files"] = sorted([*tables, "explanation.npz", *results.write_plots(out_dir, explanation.values, rows, names)])
+    summary["files"] = sorted(
+        [*tables, "explanation.npz", *results.write_plots(out_dir, explanation.values, rows, names)]
+    )
     summary["wall_seconds"]["write_results"] = time.perf_counter() - t0
     results.write_summary(out_dir / "summary.json", summary)
 

@@ -87,4 +87,6 @@ def get_data_to_explain(split: Split, rows: int, background: int, seed: int = 0)
         )
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(split.x_train), size=background, replace=False))
-    return ExplainData(split.x_test[:rows], split.test_index[:rows], split.x_train[chosen], split.y_test[:rows])
+    return ExplainData(
+        split.x_test[:rows], split.test_index[:rows], split.x_train[chosen], split.y_test[:rows]
+    )

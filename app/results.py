@@ -56,7 +56,9 @@ class ExplainedRows:
         if self.outputs.shape != (n_rows, len(self.class_names)):
             raise ValueError(f"outputs {self.outputs.shape} != (R, K) = ({n_rows}, {len(self.class_names)})")
         if self.features.shape != (n_rows, len(self.feature_names)):
-            raise ValueError(f"features {self.features.shape} != (R, M) = ({n_rows}, {len(self.feature_names)})")
+            raise ValueError(
+                f"features {self.features.shape} != (R, M) = ({n_rows}, {len(self.feature_names)})"
+            )
         for name in ("features", "outputs", "expected_value"):
             if not np.all(np.isfinite(getattr(self, name))):
                 raise ValueError(f"{name} holds a non-finite number")
@@ -125,7 +127,9 @@ def write_explanation(
     """
     arrays: dict[str, npt.NDArray[Any]] = {
         "values": np.asarray(values, dtype=np.float64),
-        "base_values": np.broadcast_to(rows.expected_value, (len(rows.row_ids), len(rows.class_names))).copy(),
+        "base_values": np.broadcast_to(
+            rows.expected_value, (len(rows.row_ids), len(rows.class_names))
+        ).copy(),
         "feature_names": np.asarray([str(n) for n in player_names], dtype=str),
         "output_names": np.asarray([str(c) for c in rows.class_names], dtype=str),
     }
@@ -232,7 +236,9 @@ def write_plots(
     return names
 
 
-def _mean_abs_bar(values: npt.NDArray[np.float64], player_names: Sequence[str], class_names: Sequence[str]) -> None:
+def _mean_abs_bar(
+    values: npt.NDArray[np.float64], player_names: Sequence[str], class_names: Sequence[str]
+) -> None:
     """Stacked horizontal bars of mean |SHAP| (G, K); the largest total on top, classes in order."""
     import matplotlib.pyplot as plt
 
