@@ -83,6 +83,19 @@ def print_error(err: ShapclusterError) -> None:
         err_console.print(_marked("Hint:", "yellow", err.hint), highlight=False, soft_wrap=True)
 
 
+def print_json(value: object) -> None:
+    """``value`` as indented JSON on stdout, nothing else on the line (for `--json`), secrets
+    masked; dates and paths as their text."""
+    import json
+
+    print(mask_secrets(json.dumps(value, indent=2, default=str)), flush=True)
+
+
+def say_err(text: str) -> None:
+    """A line for the user on stderr (keeps stdout for `--json` output), secrets masked."""
+    err_console.print(_literal(text), highlight=False, soft_wrap=True)
+
+
 def print_traceback() -> None:
     err_console.print_exception(show_locals=False)
 

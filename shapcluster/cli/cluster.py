@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shapcluster import cluster, console, creds, project
+from shapcluster import console, project
 from shapcluster.cli._errors import translate_errors
 from shapcluster.config import load_cluster_config
-from shapcluster.steps import DockerImageSteps, FileSyncSteps, RoleCredentialSteps, utc_now
+
+if TYPE_CHECKING:
+    from shapcluster import cluster
+
+# The core modules that import docker, fabric/paramiko or boto3 are imported inside the commands:
+# `--help` and tab completion then load none of them (tests/unit/test_cli_speed.py).
 
 ConfigOption = Annotated[
     Path,
@@ -52,6 +58,9 @@ def up(
     """Build one Ray image, start the head and the workers, and wait until every node is alive.
 
     Running it again with nothing changed restarts nothing."""
+    from shapcluster import cluster, creds
+    from shapcluster.steps import DockerImageSteps, FileSyncSteps, RoleCredentialSteps
+
     settings = load_cluster_config(config)
     context_dir = project.find_context(context)
     role_arn = creds.resolve_role_arn(settings.aws, required=False)
@@ -79,20 +88,42 @@ def up(
 @translate_errors
 def sync(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Copy the app code and data to every host (only what changed)."""
+    from shapcluster import cluster
+    from shapcluster.steps import FileSyncSteps
+
     settings = load_cluster_config(config)
     with cluster.open_nodes(settings) as nodes:
         FileSyncSteps(settings).sync(nodes, console.progress)
     console.ok(f"app{' and data' if settings.sync.data_dir else ''} in sync on every host")
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
+
+
 @translate_errors
-def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
+def status(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
     """Per host: reachable, container, image (and whether it is the head's), Ray node, CPUs.
 
-    Exits 0 when every node is alive, 10 when the cluster is degraded, 9 when none is up."""
+    Exits 0 when every node is alive, 10 when the cluster is degraded, 9 when none is up
+    (also with --json, after printing it)."""
+    from shapcluster import cluster
+
     settings = load_cluster_config(config)
     with cluster.open_nodes(settings) as nodes:
         rows = cluster.status(settings, nodes)
+    alive = [r for r in rows if r.ray_alive]
+    if as_json:
+        console.print_json(
+            {
+                "cluster": settings.name,
+                "nodes_alive": len(alive),
+                "hosts": len(rows),
+                "cpus_alive": sum(r.cpus for r in alive),
+                "rows": [dataclasses.asdict(r) for r in rows],
+            }
+        )
+        cluster.check_health(rows)
+        return
     console.print_table(
         f"Cluster {settings.name}",
         ("host", "role", "reachable", "container", "image", "same image", "Ray node", "CPUs", "error"),
@@ -105,13 +136,15 @@ def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
             for r in rows
         ),
     )  # fmt: skip
-    alive = [r for r in rows if r.ray_alive]
     console.say(f"{len(alive)} of {len(rows)} Ray nodes alive, {sum(r.cpus for r in alive):g} CPUs")
     _print_credentials(rows)
     cluster.check_health(rows)
 
 
 def _print_credentials(rows: list[cluster.HostStatus]) -> None:
+    from shapcluster import creds
+    from shapcluster.steps import utc_now
+
     held = {r.host: r.credentials for r in rows if r.reachable}
     metas = [m for m in held.values() if m is not None]
     if not metas:
@@ -131,11 +164,25 @@ def _print_credentials(rows: list[cluster.HostStatus]) -> None:
 def down(
     config: ConfigOption = DEFAULT_CONFIG,
     purge: Annotated[
-        bool, typer.Option("--purge", help="Also remove the image and the synced files.")
+        bool, typer.Option("--purge", help="Also remove the image and the synced files (asks first).")
     ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --purge.")] = False,
 ) -> None:
-    """Stop and remove this cluster's containers on every host (found by label)."""
+    """Stop and remove this cluster's containers on every host (found by label).
+
+    --purge asks for confirmation (skip it with -y); answering no exits 1 with nothing changed."""
+    from shapcluster import cluster
+
     settings = load_cluster_config(config)
+    if purge and not yes:
+        hosts = ", ".join(h.address for h in settings.inventory.hosts)
+        question = (
+            f"Remove cluster {settings.name}'s containers, images and synced files "
+            f"({settings.remote_dir}) on {hosts}?"
+        )
+        if not typer.confirm(question, default=False):
+            console.say("Nothing removed.")
+            raise typer.Exit(1)
     with cluster.open_nodes(settings) as nodes:
         result = cluster.down(settings, nodes, purge=purge)
     for host, outcome in result.successes.items():

@@ -44,6 +44,7 @@ def root(
 app.command("submit")(job.submit)
 app.command("jobs")(job.list_jobs)
 app.command("logs")(job.logs)
+app.command("stop")(job.stop)
 for name, command in cluster.COMMANDS.items():
     app.command(name)(command)
 app.add_typer(creds.app, name="creds")

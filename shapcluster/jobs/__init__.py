@@ -36,6 +36,7 @@ from shapcluster.jobs.api import (
     read_token,
     run_job,
     short_entrypoint,
+    stop_job,
     submit,
     submit_once,
     wait_for_end,
@@ -65,6 +66,6 @@ __all__ = [
     "cluster_block", "content_hash", "credentials_warning", "fetch_results", "follow_logs", "head_image",
     "job_info", "job_logs", "jobs_api_errors", "jobs_on", "list_files_command", "list_jobs", "logs_on",
     "map_data_path", "new_job_id", "open_session", "raise_for_status", "ray_jobs_client", "read_token",
-    "run_job", "run_local", "short_entrypoint", "submit", "submit_once", "sync_warning", "unsynced_files",
-    "wait_for_end",
+    "run_job", "run_local", "short_entrypoint", "stop_job", "submit", "submit_once", "sync_warning",
+    "unsynced_files", "wait_for_end",
 ]  # fmt: skip

@@ -314,14 +314,18 @@ def run_job(
     block: Mapping[str, str] | None = None,
     progress: Progress = lambda _: None,
     stop_timeout: float = STOP_TIMEOUT_SECONDS,
+    wait: bool = True,
 ) -> JobOutcome:
     """Submit, follow the log, fetch the results, and raise unless the job succeeded.
 
     Ctrl-C while following asks ``confirm_stop``: yes stops the job and waits until Ray says it
     stopped (JobStoppedError); no leaves it running and returns a detached outcome.
+    ``wait`` False (`submit --no-wait`): return a detached outcome as soon as Ray accepted it.
     """
     head, client = session.head, session.client
     submit_once(session, job_id, entrypoint)
+    if not wait:
+        return JobOutcome(job_id, "PENDING", None, detached=True)
     progress(f"Job {job_id} submitted to {head.name}; its log follows (Ctrl-C to stop or detach).")
     lines: list[str] = []
     with jobs_api_errors(head.name, session.port, job_id):
@@ -400,8 +404,10 @@ def submit(
     connect: Callable[[Host], Runner] | None = None,
     client_factory: ClientFactory = ray_jobs_client,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    wait: bool = True,
 ) -> JobOutcome:
     """Run the job on the cluster's head through the Jobs API; results to job.output_dir/<id>/.
+    ``wait`` False: return once the job is submitted (its results stay on the head).
 
     Local problems (a --data file outside the synced folder) are found before any host is
     contacted. ``warn`` hears about credentials that expire before the job likely ends.
@@ -439,6 +445,7 @@ def submit(
                 confirm_stop=confirm_stop,
                 block=block,
                 progress=progress,
+                wait=wait,
             )
 
 
@@ -463,6 +470,33 @@ def job_logs(
 ) -> JobInfo:
     with cluster.open_nodes(config, connect) as nodes, _session(config, nodes[0], client_factory) as session:
         return logs_on(session, job_id, follow=follow, on_log=on_log)
+
+
+def stop_job(
+    config: ClusterConfig,
+    job_id: str,
+    *,
+    connect: Callable[[Host], Runner] | None = None,
+    client_factory: ClientFactory = ray_jobs_client,
+    timeout: float = STOP_TIMEOUT_SECONDS,
+) -> JobInfo:
+    """Stop a cluster job and wait until Ray says it ended; a job that has ended already is left
+    as it is (its info returned). Raises InputError for an unknown id, RemoteError when the stop
+    does not land within ``timeout`` seconds."""
+    with cluster.open_nodes(config, connect) as nodes, _session(config, nodes[0], client_factory) as session:
+        head = session.head.name
+        with jobs_api_errors(head, session.port, job_id):
+            info = job_info(session.client.get_job_info(job_id))
+            if info.done:
+                return info
+            session.client.stop_job(job_id)
+            info = wait_for_end(session.client, job_id, timeout)
+    if not info.done:
+        raise RemoteError(
+            f"{head}: asked job {job_id} to stop, but it is still {info.status} after {timeout:.0f} s.",
+            hint="`shapcluster jobs` shows when it ends.",
+        )
+    return info
 
 
 @contextmanager
