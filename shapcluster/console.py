@@ -102,8 +102,8 @@ def print_traceback() -> None:
 
 def print_table(title: str, columns: Iterable[str], rows: Iterable[Iterable[object]]) -> None:
     table = Table(title=_literal(title))
-    for column in columns:
-        table.add_column(_literal(column))
+    for column in columns:  # fold, never "…": a cut host or job id is useless (also when piped)
+        table.add_column(_literal(column), overflow="fold")
     for row in rows:
         table.add_row(*(_literal(str(cell)) for cell in row))
     console.print(table)

@@ -180,8 +180,8 @@ def submit(
 
     On the cluster of --config unless --local. The log follows live; Ctrl-C stops the job or leaves it.
 
-    Exit status: 0 match, 3 bad input, 4 the explainers disagree, 6 a host is unreachable
-    or Ray rejected the token, 7 the job failed, 8 it was stopped, 9 no cluster is up.
+    Exit status: 0 match, 3 bad input, 4 the explainers disagree, 6 a host is unreachable or Ray \
+rejected the token, 7 the job failed, 8 it was stopped, 9 no cluster is up.
     """
     from shapcluster import jobs
 

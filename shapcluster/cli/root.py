@@ -7,6 +7,9 @@ import typer
 from shapcluster import __version__, console
 from shapcluster.cli import cluster, creds, job
 from shapcluster.cli._errors import set_debug
+from shapcluster.cli._help import fold_long_words
+
+fold_long_words()
 
 app = typer.Typer(
     name="shapcluster",
