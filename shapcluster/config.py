@@ -116,7 +116,11 @@ def load_cluster_config(path: Path) -> ClusterConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        where = f"no {DEFAULT_CONFIG_NAME} in {config_places()}" if path == default else f"{path}: not found"
+        where = (
+            f"no {DEFAULT_CONFIG_NAME} in {config_places()}"
+            if path == default
+            else f"{path.absolute()}: not found"
+        )
         raise InputError(
             f"config file not found: {where}",
             hint="Copy inventory/shapcluster.toml.example there, or pass --config / set SHAPCLUSTER_CONFIG.",
@@ -436,7 +440,7 @@ def _read_workers(config: ClusterConfig) -> list[Host]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(
-            f"{path}: workers file not found (named by workers.file in {config.path})",
+            f"{path.absolute()}: workers file not found (named by workers.file in {config.path.absolute()})",
             hint="Create it: one [user@]host[:port] per line; an empty file means a head-only cluster. "
             "See inventory/workers.txt.example.",
         ) from None

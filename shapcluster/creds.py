@@ -81,7 +81,7 @@ def resolve_role_arn(aws: AwsConfig, *, required: bool) -> str | None:
         if not required and not aws.roles_file_explicit:
             return None
         raise InputError(
-            f"{path}: roles file not found, so there is no IAM role to assume",
+            f"{path.absolute()}: roles file not found, so there is no IAM role to assume",
             hint=f"Write the role's ARN ({ROLE_ARN_EXAMPLE}) on one line of {path}, "
             "or set role_arn in the [aws] table of the config.",
         ) from None

@@ -33,6 +33,7 @@ def invoke(*args: str):
         ["creds", "refresh"],
         ["jobs"],
         ["logs"],
+        ["stop"],
     ],
 )
 def test_every_command_has_help(command):
