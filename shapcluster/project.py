@@ -92,6 +92,27 @@ def _has_wheels(folder: Path) -> bool:
     return folder.is_dir() and any(path.suffix == ".whl" for path in folder.iterdir())
 
 
+def planned_wheelhouse(
+    context: Path, explicit: Path | None, *, cache_dir: Path | None = None
+) -> tuple[Path | None, str | None]:
+    """For `up --dry-run`: the wheelhouse `up` would build from, and a note when there is none
+    yet (then the path is None and `up` would download one or stop). Downloads nothing."""
+    local = explicit if explicit is not None else context / WHEELS_DIR
+    if _has_wheels(local):
+        return local, None
+    requirements = context / "requirements.txt"
+    if explicit is not None or not requirements.is_file():
+        return None, f"wheelhouse missing: {local.absolute()} holds no wheels; `up` would stop there"
+    cached = (cache_dir or wheel_cache_dir()) / requirements_hash(requirements)
+    if _has_wheels(cached):
+        return cached, f"no wheelhouse in {local.absolute()}; `up` would use the one made earlier: {cached}"
+    command = " ".join(download_args(requirements, local))
+    return None, (
+        f"wheelhouse missing: no wheels in {local.absolute()} or {cached}; `up` would first download "
+        f"them with pip (this machine must reach PyPI), or make them elsewhere: {command}"
+    )
+
+
 def ensure_wheelhouse(
     context: Path,
     explicit: Path | None,

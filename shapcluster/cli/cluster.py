@@ -65,8 +65,15 @@ def up(
     context_dir = project.find_context(context)
     role_arn = creds.resolve_role_arn(settings.aws, required=False)
     if dry_run:
-        planned = DockerImageSteps(settings, context_dir, wheelhouse)
-        for host, lines in cluster.plan_up(settings, planned.planned_tag(), role_arn).items():
+        wheels, note = project.planned_wheelhouse(context_dir, wheelhouse)
+        if note:
+            console.attention(note)
+        tag = (
+            DockerImageSteps(settings, context_dir, wheels).planned_tag()
+            if wheels is not None
+            else f"{settings.image.name}:<hash of the context, once the wheelhouse exists>"
+        )
+        for host, lines in cluster.plan_up(settings, tag, role_arn).items():
             console.say(host, style="bold")
             for line in lines:
                 console.say(f"  - {line}")
