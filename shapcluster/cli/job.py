@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 from argparse import ArgumentTypeError
 from datetime import datetime
 from pathlib import Path
@@ -218,14 +220,19 @@ rejected the token, 7 the job failed, 8 it was stopped, 9 no cluster is up.
             raise typer.BadParameter(
                 "applies to cluster jobs only (a local run ends with the command)", param_hint="--no-wait"
             )
-        summary = jobs.run_local(job)
+        # With --json the job's own lines go to stderr, so stdout holds the JSON alone.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            summary = jobs.run_local(job)
         if as_json:
+            comparison = summary.get("comparison") or {}
             console.print_json(
                 {
                     "job_id": summary.get("run_id"),
                     "status": "SUCCEEDED",
-                    "local": True,
                     "results_dir": str(Path(job.output_dir) / str(summary.get("run_id"))),
+                    "detached": False,
+                    "local": True,
+                    "verdict": comparison.get("verdict"),
                 }
             )
         return

@@ -234,3 +234,18 @@ def test_down_purge_asks_first(config: ClusterConfig, monkeypatch: pytest.Monkey
     assert result.exit_code == 0 and calls == [True, True] and "?" not in result.output
     result = CliRunner().invoke(app, ["down", "-c", str(config.path)])  # no --purge: no question
     assert result.exit_code == 0 and calls == [True, True, False]
+
+
+def test_local_json_keeps_stdout_for_the_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def fake_run_local(job: Any) -> dict[str, Any]:
+        print("✓ etl ...")  # the job's own lines, printed to stdout by its reporter
+        return {"run_id": "r1", "comparison": {"verdict": "match"}}
+
+    monkeypatch.setattr(jobs, "run_local", fake_run_local)
+    result = CliRunner().invoke(app, ["submit", "--local", "--json", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "job_id": "r1", "status": "SUCCEEDED", "results_dir": str(tmp_path / "r1"), "detached": False,
+        "local": True, "verdict": "match",
+    }  # fmt: skip
+    assert "✓ etl" in result.stderr
