@@ -249,3 +249,27 @@ def test_local_json_keeps_stdout_for_the_json(monkeypatch: pytest.MonkeyPatch, t
         "local": True, "verdict": "match",
     }  # fmt: skip
     assert "✓ etl" in result.stderr
+
+
+def test_dry_run_wheelhouse_plan_downloads_nothing(tmp_path: Path) -> None:
+    from shapcluster import project
+
+    context = tmp_path / "docker"
+    context.mkdir()
+    (context / "requirements.txt").write_text("ray[default]==2.60.0\n")
+    cache = tmp_path / "cache"
+    wheels, note = project.planned_wheelhouse(context, None, cache_dir=cache)
+    assert wheels is None and note is not None and note.startswith("wheelhouse missing")
+    assert "pip download" in note and str(context / "wheels") in note
+    assert not cache.exists()  # nothing made
+    explicit = tmp_path / "mine"
+    wheels, note = project.planned_wheelhouse(context, explicit, cache_dir=cache)
+    assert wheels is None and note == f"wheelhouse missing: {explicit} holds no wheels; `up` would stop there"
+    cached = cache / project.requirements_hash(context / "requirements.txt")
+    cached.mkdir(parents=True)
+    (cached / "ray-2.60.0-cp311-cp311-manylinux2014_x86_64.whl").write_bytes(b"x")
+    wheels, note = project.planned_wheelhouse(context, None, cache_dir=cache)
+    assert wheels == cached and note is not None and "made earlier" in note
+    (context / "wheels").mkdir()
+    (context / "wheels" / "ray-2.60.0-cp311-cp311-manylinux2014_x86_64.whl").write_bytes(b"x")
+    assert project.planned_wheelhouse(context, None, cache_dir=cache) == (context / "wheels", None)
