@@ -185,7 +185,7 @@ def main() -> None:
             steps = [f"{at:5.1f} s {line}" for at, line in lines]
         warm = statistics.median(warm_runs)
         down, _ = shapcluster("down", "--config", str(config))
-        shapcluster("down", "--config", str(config), "--purge")
+        shapcluster("down", "--config", str(config), "--purge", "-y")
         print(f"shapcluster: cold up {cold:.1f} s, warm up {warm_runs} s, down {down:.1f} s", file=sys.stderr)
         manual = None if options.skip_by_hand else by_hand(lab, BASE_TAG, wheelhouse, work)
     report: dict[str, object] = {

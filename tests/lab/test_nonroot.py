@@ -102,12 +102,12 @@ def test_a_non_root_ssh_user_can_purge_what_a_job_wrote_as_root(
             "exec", head, "sh", "-c", "mkdir -p /shapcluster/results/k && echo 1 > /shapcluster/results/k/v"
         )
         lab.head.docker("rm", "--force", head)
-        purged = shapcluster("down", "--config", str(config), "--purge")
+        purged = shapcluster("down", "--config", str(config), "--purge", "-y")
         assert purged.returncode == 0, purged.stdout + purged.stderr
         assert not any(remote_root.iterdir()), list(remote_root.rglob("*"))
     finally:
         subprocess.run(["chown", "-R", "root:root", str(user_dirs)], check=False)
-        shapcluster("down", "--config", str(config), "--purge", timeout=300)
+        shapcluster("down", "--config", str(config), "--purge", "-y", timeout=300)
 
 
 def pwd_uid(user: str) -> int:

@@ -79,7 +79,7 @@ def config(lab: Lab, lab_base_image: str, shipped_image: BuiltImage, tmp_path: P
         yield path
     finally:
         lab.ensure_running()  # a failure test may have stopped a daemon
-        shapcluster("down", "--config", str(path), "--purge", timeout=300)
+        shapcluster("down", "--config", str(path), "--purge", "-y", timeout=300)
         assert all(ids == "" for ids in containers(lab).values()), containers(lab)
 
 
@@ -152,7 +152,7 @@ def test_up_again_and_down(lab: Lab, config: Path, wheelhouse: Path) -> None:
     )
     assert (head_dir / "results" / "j" / "x").exists()
 
-    down = shapcluster("down", "--config", str(config), "--purge")
+    down = shapcluster("down", "--config", str(config), "--purge", "-y")
     assert down.returncode == 0, down.stderr
     assert all(ids == "" for ids in containers(lab).values())
     assert all(h.docker("images", "-q", IMAGE_NAME).strip() == "" for h in lab.hosts)
