@@ -100,7 +100,8 @@ def check_context(context_dir: Path, wheelhouse: Path | None, ray_version: str) 
     for path in (dockerfile, requirements):
         if not path.is_file():
             raise InputError(
-                f"{path}: not found; the image's build context needs a Dockerfile and requirements.txt",
+                f"{path.absolute()}: not found; the image's build context needs a Dockerfile and "
+                "requirements.txt",
                 hint="Point the build at the project's docker/ folder.",
             )
     pinned = pinned_ray_version(requirements.read_text(encoding="utf-8"))
