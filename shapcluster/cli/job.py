@@ -249,9 +249,8 @@ rejected the token, 7 the job failed, 8 it was stopped, 9 no cluster is up.
         console.print_json({**dataclasses.asdict(outcome), "local": False})
     elif outcome.detached and not wait:
         console.ok(
-            f"job {outcome.job_id} submitted. Follow it: shapcluster logs {outcome.job_id} --follow; "
-            f"stop it: shapcluster stop {outcome.job_id}; its results stay on the head until it ends "
-            f"(results/{outcome.job_id} in the cluster's remote_dir)."
+            f"job {outcome.job_id} submitted. Follow it (and fetch its results when it ends): "
+            f"shapcluster logs {outcome.job_id} --follow; stop it: shapcluster stop {outcome.job_id}"
         )
     elif outcome.detached:
         console.say(
@@ -310,18 +309,30 @@ def logs(
     job_id: Annotated[str, typer.Argument(metavar="JOB", help="The job id (see `shapcluster jobs`).")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
     config: ConfigOption = DEFAULT_CONFIG,
+    output_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="SHAPCLUSTER_OUTPUT_DIR",
+            help="With --follow: copy the ended job's results to OUTPUT_DIR/<job id>/.",
+        ),
+    ] = Path("results"),
 ) -> None:
-    """Print a cluster job's log (--follow: live, until it ends; Ctrl-C leaves it running)."""
+    """Print a cluster job's log (--follow: live, until it ends, then fetch its results; Ctrl-C
+    leaves it running)."""
     from shapcluster import jobs
 
     settings = load_cluster_config(config)
     try:
-        info = jobs.job_logs(settings, job_id, follow=follow, on_log=_print_log_line)
+        info = jobs.job_logs(
+            settings, job_id, follow=follow, on_log=_print_log_line, results_to=output_dir if follow else None
+        )
     except KeyboardInterrupt:
         console.say(f"\nJob {job_id} keeps running.")
         return
     if follow:
-        console.say(f"Job {job_id}: {info.status}")
+        fetched = output_dir / job_id
+        where = f"; results: {fetched}" if info.done and fetched.is_dir() else ""
+        console.say(f"Job {job_id}: {info.status}{where}")
 
 
 @translate_errors

@@ -465,11 +465,17 @@ def job_logs(
     *,
     follow: bool,
     on_log: OnLog,
+    results_to: Path | None = None,
     connect: Callable[[Host], Runner] | None = None,
     client_factory: ClientFactory = ray_jobs_client,
 ) -> JobInfo:
+    """Print a job's log (``follow``: until it ends); with ``results_to``, copy an ended job's
+    results to ``results_to/<job-id>/`` (what `submit` does at the end; for `submit --no-wait`)."""
     with cluster.open_nodes(config, connect) as nodes, _session(config, nodes[0], client_factory) as session:
-        return logs_on(session, job_id, follow=follow, on_log=on_log)
+        info = logs_on(session, job_id, follow=follow, on_log=on_log)
+        if results_to is not None and info.done:
+            fetch_results(nodes[0], job_id, results_to)
+        return info
 
 
 def stop_job(

@@ -276,3 +276,22 @@ def test_dry_run_wheelhouse_plan_downloads_nothing(tmp_path: Path) -> None:
     (context / "wheels").mkdir()
     (context / "wheels" / "ray-2.60.0-cp311-cp311-manylinux2014_x86_64.whl").write_bytes(b"x")
     assert project.planned_wheelhouse(context, None, cache_dir=cache) == (context / "wheels", None)
+
+
+def test_logs_follow_fetches_the_results_of_an_ended_job(config: ClusterConfig, tmp_path: Path) -> None:
+    """After `submit --no-wait`, `logs JOB --follow` brings the results back as submit would."""
+    client = FakeClient(status="SUCCEEDED", full_log="done\n")
+    lines: list[str] = []
+    out = tmp_path / "out"
+    info = jobs.job_logs(
+        config, JOB_ID, follow=True, on_log=lines.append, results_to=out,
+        connect=lambda host: healthy_head(), client_factory=Factory(client),
+    )  # fmt: skip
+    assert info.status == "SUCCEEDED" and lines == ["done"]
+    assert sorted(p.name for p in (out / JOB_ID).iterdir()) == ["shap_values.csv", "summary.json"]
+    running = FakeClient(status="RUNNING", exit_code=None, full_log="so far\n")
+    jobs.job_logs(
+        config, JOB_ID, follow=False, on_log=lines.append, results_to=tmp_path / "none",
+        connect=lambda host: healthy_head(), client_factory=Factory(running),
+    )  # fmt: skip
+    assert not (tmp_path / "none").exists()  # a running job has nothing to fetch yet
