@@ -10,7 +10,7 @@ import argparse
 import enum
 from dataclasses import dataclass, fields
 
-from app.kernel_shap import Link
+from app.link import Link
 
 EXACT = "exact"
 

@@ -46,6 +46,9 @@ REFERENCE = "shap.KernelExplainer"
 MAX_RETRIES = 3  # reruns of a task whose worker or node was lost (Ray's default, made explicit)
 # What ray.get raises once those retries (or lineage reconstruction) are used up.
 _LOST = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError)
+# Longest wait for every warm-up task to hold its own worker process (workers still starting,
+# or a busy cluster); past it the explainers start with the processes that are ready.
+WARM_UP_SECONDS = 120.0
 # Longest wait for a node to show it is alive at the end: Ray's own health checks take ~15 s
 # (up to a minute if checks time out) to declare a killed node dead.
 NODE_CHECK_SECONDS = 60.0
@@ -62,6 +65,74 @@ def _resolve(box: list[Ref]) -> Any:
             _objects.clear()
         _objects[key] = ray.get(box[0])
     return _objects[key]
+
+
+@ray.remote(num_cpus=0)
+class _Barrier:
+    """Holds ``parties`` callers until all have arrived (an asyncio actor: no polling)."""
+
+    def __init__(self, parties: int) -> None:
+        import asyncio
+
+        self._parties = parties
+        self._arrived = 0
+        self._all_here = asyncio.Event()
+
+    async def arrive(self) -> int:
+        self._arrived += 1
+        if self._arrived >= self._parties:
+            self._all_here.set()
+        await self._all_here.wait()
+        return self._arrived
+
+
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
+def warm_up_step(
+    model_box: list[Ref], rows: np.ndarray, background: np.ndarray, barrier: Any, with_shap: bool
+) -> int:
+    """Load in this worker process what the explainers' tasks will need; return its PID.
+
+    The model is unpickled into the per-process cache, scikit-learn's prediction path, our kernel
+    and threadpoolctl run once on one synthetic row (and shap is imported when the reference
+    runs), so none of that lands in the explainers' clock. The task then waits at ``barrier``
+    until every warm-up task holds a process of its own: Ray would otherwise hand a finished
+    worker the next warm-up task and leave the other processes cold.
+    """
+    fitted = _resolve(model_box)
+    if with_shap:
+        import shap  # noqa: F401  (its import takes seconds; the reference's tasks need it)
+    with _single_threaded():
+        masks = np.zeros((1, rows.shape[1]), dtype=bool)
+        kernel_shap.evaluate_coalitions(
+            fitted.predict_proba, rows[:1], background[:1], masks, dtype=model.input_dtype(fitted)
+        )
+    try:
+        ray.get(barrier.arrive.remote(), timeout=WARM_UP_SECONDS)
+    except ray.exceptions.GetTimeoutError:
+        log.warning("warm-up: not every worker process started within %.0f s", WARM_UP_SECONDS)
+    return os.getpid()
+
+
+def warm_up_workers(
+    model_box: list[Ref], data: model.ExplainData, workers: int, *, with_shap: bool = False
+) -> list[int]:
+    """Start ``workers`` worker processes (at most the cluster's CPUs) and load the model into each.
+
+    Returns the PIDs of the processes warmed (distinct unless the barrier timed out). The
+    explainers' tasks then run in these processes with the model already deserialised, so
+    their wall time is the explanation's, and the warm-up's own time is a step of its own.
+    """
+    parties = max(1, min(workers, _cluster_cpus()))
+    barrier = _Barrier.remote(parties)  # type: ignore[attr-defined]
+    try:
+        return ray.get(
+            [
+                warm_up_step.remote(model_box, data.rows, data.background, barrier, with_shap)
+                for _ in range(parties)
+            ]
+        )
+    finally:
+        ray.kill(barrier)
 
 
 def _single_threaded() -> Any:
@@ -196,7 +267,10 @@ def _drive(branches: list[_Branch], advance: Callable[[str, int], None]) -> None
         branch.top_up()
     owner = {ref: b for b in branches for ref in b.running}
     while owner:
-        ready, _ = ray.wait(list(owner), num_returns=1)
+        ready, _ = ray.wait(list(owner), num_returns=1, timeout=STALL_CHECK_SECONDS)
+        if not ready:
+            _fail_without_cpus()
+            continue
         for ref in ready:
             branch = owner.pop(ref)
             units, key = branch.running.pop(ref)
@@ -222,6 +296,23 @@ class Background:
     def put(cls, background: np.ndarray, weights: np.ndarray | None = None) -> Background:
         rows, merged = kernel_shap.merge_background(background, weights)
         return cls(rows, merged, ray.put(rows))
+
+
+# How long `_drive` waits for a task before it looks whether any node can still run one.
+STALL_CHECK_SECONDS = 10.0
+
+
+def _fail_without_cpus() -> None:
+    """Raise JobError naming the lost nodes when no alive node has a CPU left: the tasks would
+    wait forever (a head started with 0 CPUs whose workers all died)."""
+    nodes = ray.nodes()  # type: ignore[no-untyped-call]
+    if any(n["Alive"] and n["Resources"].get("CPU", 0) > 0 for n in nodes):
+        return
+    lost = [f"{n['NodeManagerAddress']} ({n['NodeID'][:12]})" for n in nodes if not n["Alive"]]
+    raise JobError(
+        "no Ray node with CPUs is left to run the remaining tasks; lost: "
+        + (", ".join(lost) or "none recorded")
+    )
 
 
 def _ours_branch(
@@ -490,6 +581,11 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     nodes = _alive_nodes()
     if len(nodes) > 1:
         reporter.info(f"Explaining on {len(nodes)} Ray nodes with {cpus} CPUs.")
+    t0 = time.perf_counter()
+    pids = warm_up_workers(prepared.model_box, prepared.data, workers, with_shap=config.reference)
+    processes = f"{len(set(pids))} worker process{'' if len(set(pids)) == 1 else 'es'}"
+    reporter.step("warm_up", f"{processes}, the model loaded in each", time.perf_counter() - t0)
+    timings.add("warm_up", t0, f"{processes}, model loaded")
     ours, plans, budget = _ours_rounds(config, prepared, budget, workers, players, reporter)
     if not all(plan.exact for plan, _ in plans.values()):
         exact_n = kernel_shap.exact_nsamples(n_players)
@@ -539,13 +635,17 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     out_dir = Path(config.output_dir) / (config.run_id or results.new_run_id())
     cluster = {"cpus": cpus, "nodes": nodes, "nodes_lost": nodes_lost}
     summary = _summary(config, out_dir.name, cluster, prepared, explanation, comparison, timings, branches)
-    summary["players"] = names
-    summary["groups"] = None if player_spec is None else player_spec.groups
-    summary["tol"] = config.tol
-    summary["background_weights"] = config.background_weights
-    summary["background_distinct"] = len(prepared.background.rows)
-    summary |= {"algorithm": "kernel", "algorithm_reason": reason}
-    _write_results(out_dir, summary, prepared, explanation, ref_values, names)
+    summary |= {
+        "players": names,
+        "groups": None if player_spec is None else player_spec.groups,
+        "tol": config.tol,
+        "background_weights": config.background_weights,
+        "background_distinct": len(prepared.background.rows),
+        "algorithm": "kernel",
+        "algorithm_reason": reason,
+    }
+    linked = config.link.apply(prepared.outputs["fx"])
+    _write_results(out_dir, summary, prepared, explanation, ref_values, linked, names)
     reporter.summary(
         timings.rows,
         _verdict(comparison),
@@ -666,13 +766,24 @@ def _write_results(
     prepared: _Prepared,
     explanation: kernel_shap.Explanation,
     ref_values: np.ndarray | None,
+    outputs: np.ndarray,
     names: list[str] | None = None,
 ) -> None:
-    """The CSVs (the reference's only if it ran; standard errors in sampling mode), the plot,
-    then summary.json with their time. ``names``: one per player (G)."""
+    """The CSVs (the reference's only if it ran; standard errors in sampling mode), the
+    explanation file for shap, the plots, then summary.json with their time. ``names``: one per
+    player (G); ``outputs`` (R, K): the model's output in the explanation's link space."""
     t0 = time.perf_counter()
-    classes = prepared.outputs["classes"]
-    names, row_ids = names or prepared.info["features"], prepared.data.row_ids.tolist()
+    names = names or list(prepared.info["features"])
+    rows = results.ExplainedRows(
+        row_ids=prepared.data.row_ids,
+        data_lines=results.data_lines_of(prepared.data.row_ids, from_file=not prepared.info["bundled"]),
+        features=prepared.data.rows,
+        feature_names=list(prepared.info["features"]),
+        labels=prepared.data.labels,
+        outputs=np.asarray(outputs, dtype=np.float64),
+        expected_value=np.asarray(explanation.expected_value, dtype=np.float64).reshape(-1),
+        class_names=prepared.outputs["classes"],
+    )
     tables = {"shap_values.csv": explanation.values}
     if explanation.standard_errors is not None:
         tables["shap_standard_errors.csv"] = explanation.standard_errors
@@ -680,9 +791,13 @@ def _write_results(
     if ref_values is not None:
         tables["reference_shap_values.csv"] = ref_values
     for file_name, values in tables.items():
-        results.write_csv(out_dir / file_name, results.values_frame(values, row_ids, names, classes))
-    plot_rows = prepared.data.rows if len(names) == prepared.data.rows.shape[1] else None
-    results.write_plot(out_dir / "shap_summary.png", explanation.values, plot_rows, names, classes)
+        results.write_csv(out_dir / file_name, results.values_frame(values, rows, names))
+    results.write_explanation(
+        out_dir / "explanation.npz", explanation.values, rows, names, explanation.standard_errors
+    )
+    summary["files"] = sorted(
+        [*tables, "explanation.npz", *results.write_plots(out_dir, explanation.values, rows, names)]
+    )
     summary["wall_seconds"]["write_results"] = time.perf_counter() - t0
     results.write_summary(out_dir / "summary.json", summary)
 
@@ -799,8 +914,11 @@ def _summary(
         "cpu_seconds": {keys[b.name]: b.cpu_seconds for b in branches},
         "wall_seconds": {name: seconds for name, seconds, _ in timings.rows},
         "comparison": comparison.to_dict(),
+        "seed": config.seed,
+        "test_size": config.test_size,
         "ray_version": ray.__version__,
         "python": platform.python_version(),
+        "versions": results.versions(),
     }
 
 
@@ -992,7 +1110,7 @@ def _run_tree_dag(
     summary |= {"algorithm": algorithm, "algorithm_reason": reason, "explains": explains, "check": check}
     summary["comparison"] = check
     explained = kernel_shap.Explanation(values, expected, exact=algorithm == "tree", n_coalitions=0)
-    _write_results(out_dir, summary, prepared, explained, None)
+    _write_results(out_dir, summary, prepared, explained, None, outputs)
     verdict = _tree_verdict(check, algorithm, len(checked) if check_ref is not None else 0)
     reporter.summary(timings.rows, verdict, match, str(out_dir), reference=False)
     if not match:
@@ -1061,6 +1179,9 @@ def _tree_summary(
         "nodes_lost": _lost_nodes(nodes),
         "workers": workers,
         "wall_seconds": {name: seconds for name, seconds, _ in timings.rows},
+        "seed": config.seed,
+        "test_size": config.test_size,
         "ray_version": ray.__version__,
         "python": platform.python_version(),
+        "versions": results.versions(),
     }

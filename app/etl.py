@@ -89,7 +89,7 @@ def read_source(source: str) -> bytes:
         return _read_url(source)
     path = Path(source)
     if not path.exists():
-        raise DataError(f"{source}: no such file. Pass --data with the path of your CSV.")
+        raise DataError(f"{path.absolute()}: no such file. Pass --data with the path of your CSV.")
     if path.is_dir():
         raise DataError(f"{source}: is a folder, not a CSV file.")
     try:

@@ -26,7 +26,6 @@ Conventions: ``M`` features (columns), ``G`` players (feature groups; ``G = M`` 
 
 from __future__ import annotations
 
-import enum
 import itertools
 import math
 import warnings
@@ -36,6 +35,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from app import link as _link
+
+Link = _link.Link  # the link lives in app.link (no numpy) so the CLI can import it fast
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 Predict = Callable[[npt.NDArray[np.floating]], npt.NDArray[np.floating]]
@@ -56,20 +58,6 @@ MAX_TOL_NSAMPLES = 1 << 17
 
 class PlanTooLargeError(ValueError):
     """A plan would exceed PLAN_MEMORY_BUDGET; the message says what to pass instead."""
-
-
-class Link(enum.StrEnum):
-    IDENTITY = "identity"
-    LOGIT = "logit"
-
-    def apply(self, values: npt.ArrayLike) -> FloatArray:
-        """The link of values of any shape; logit clips to [1e-15, 1 - 1e-15] first, like shap,
-        so probabilities of exactly 0 or 1 (a forest's) stay finite."""
-        array = np.asarray(values, dtype=np.float64)
-        if self is Link.IDENTITY:
-            return array
-        clipped = np.clip(array, LOGIT_EPSILON, 1.0 - LOGIT_EPSILON)
-        return np.asarray(np.log(clipped / (1.0 - clipped)))
 
 
 def default_nsamples(n_features: int) -> int:

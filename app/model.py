@@ -39,6 +39,7 @@ class ExplainData:
     row_ids: npt.NDArray[np.int64]  # their row numbers in the source data
     background: npt.NDArray[np.float64]  # (N, M): a seeded random sample of training rows
     background_weights: npt.NDArray[np.float64] | None = None  # (N,): their weights, if given
+    labels: npt.NDArray[np.int64] | None = None  # (R,): the rows' true labels
 
 
 def split_data(dataset: Dataset, test_size: float = 0.2, seed: int = 0) -> Split:
@@ -90,4 +91,10 @@ def get_data_to_explain(split: Split, rows: int, background: int, seed: int = 0)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(split.x_train), size=background, replace=False))
     weights = None if split.w_train is None else split.w_train[chosen]
-    return ExplainData(split.x_test[:rows], split.test_index[:rows], split.x_train[chosen], weights)
+    return ExplainData(
+        split.x_test[:rows],
+        split.test_index[:rows],
+        split.x_train[chosen],
+        background_weights=weights,
+        labels=split.y_test[:rows],
+    )

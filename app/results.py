@@ -1,14 +1,24 @@
-"""Write a run's results: SHAP values as CSV, summary.json and a summary plot (PNG)."""
+"""Write a run's results: values as CSV, an explanation file for shap, summary.json, plots (PNG).
+
+The writing functions take the values plus an ``ExplainedRows`` (what was explained) and a
+folder or path; each writes atomically. Conventions: R rows, M features, G players (M, or the
+groups of --groups), K classes.
+"""
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import math
 import os
+import platform
 import secrets
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +31,127 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
+@dataclass(frozen=True)
+class ExplainedRows:
+    """What the explained rows are, written beside their SHAP values.
+
+    Conventions: R explained rows, M features, K model outputs (one per class).
+    ``row_ids``: each row's 0-based position in the data (pandas' index: the first data row, on
+    the line after the header, is 0). ``data_lines``: its 1-based line number in the CSV file
+    (the header is line 1, so ``data_line = row + 2``); None when the data has no file (the
+    bundled wine data).
+    """
+
+    row_ids: npt.NDArray[np.int64]  # (R,)
+    data_lines: npt.NDArray[np.int64] | None  # (R,) or None
+    features: npt.NDArray[np.float64]  # (R, M): the rows' feature values, as the model saw them
+    feature_names: Sequence[str]  # (M,)
+    labels: npt.NDArray[Any] | None  # (R,): the true label of each row, None if unknown
+    outputs: npt.NDArray[np.float64]  # (R, K): the model's output, in the explanation's link space
+    expected_value: npt.NDArray[np.float64]  # (K,): the expected (base) value, same space
+    class_names: Sequence[str]  # (K,): in the model's order (scikit-learn's sorted classes_)
+
+    def __post_init__(self) -> None:
+        n_rows = len(self.row_ids)
+        if self.outputs.shape != (n_rows, len(self.class_names)):
+            raise ValueError(f"outputs {self.outputs.shape} != (R, K) = ({n_rows}, {len(self.class_names)})")
+        if self.features.shape != (n_rows, len(self.feature_names)):
+            raise ValueError(
+                f"features {self.features.shape} != (R, M) = ({n_rows}, {len(self.feature_names)})"
+            )
+        for name in ("features", "outputs", "expected_value"):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise ValueError(f"{name} holds a non-finite number")
+
+
+def data_lines_of(row_ids: npt.ArrayLike, from_file: bool) -> npt.NDArray[np.int64] | None:
+    """1-based CSV line numbers of 0-based data rows (line 1 is the header), None without a file."""
+    return np.asarray(row_ids, dtype=np.int64) + 2 if from_file else None
+
+
+VALUE_PREFIX = "value:"  # feature-value columns: "value:alcohol" beside the SHAP column "alcohol"
+
+
 def values_frame(
-    values: npt.NDArray[np.float64],
-    row_ids: Sequence[int],
-    feature_names: Sequence[str],
-    class_names: Sequence[str],
+    values: npt.NDArray[np.float64], rows: ExplainedRows, player_names: Sequence[str]
 ) -> pd.DataFrame:
-    """One line per (row, class): the row's number in the data, the class, a column per feature."""
-    n_rows, n_features, n_classes = values.shape
-    flat = values.transpose(0, 2, 1).reshape(n_rows * n_classes, n_features)
-    frame = pd.DataFrame(flat, columns=list(feature_names))
-    frame.insert(0, "class", np.tile(np.asarray(class_names, dtype=object), n_rows))
-    frame.insert(0, "row", np.repeat(np.asarray(row_ids), n_classes))
-    return frame
+    """One line per (explained row, class); ``values`` (R, G, K), G players (features or groups).
+
+    Columns: ``row`` (0-based data row), ``data_line`` (1-based CSV line, empty without a file),
+    ``class``, ``label`` (the row's true label), ``expected_value`` and ``model_output`` (of that
+    class, link space), one column of SHAP values per player (its name), then the row's feature
+    values as ``value:<feature>``. Per line, the SHAP values sum to model_output - expected_value.
+    """
+    n_rows, n_players, n_classes = values.shape
+    if n_players != len(player_names) or n_classes != len(rows.class_names) or n_rows != len(rows.row_ids):
+        raise ValueError(f"values {values.shape} do not match {n_rows} rows, players and classes")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("SHAP values hold a non-finite number")
+    flat = values.transpose(0, 2, 1).reshape(n_rows * n_classes, n_players)
+    frame = pd.DataFrame(flat, columns=list(player_names))
+    repeat = functools.partial(np.repeat, repeats=n_classes)
+    lines = repeat(rows.data_lines) if rows.data_lines is not None else [pd.NA] * (n_rows * n_classes)
+    labels = repeat(np.asarray(rows.labels)) if rows.labels is not None else [pd.NA] * (n_rows * n_classes)
+    head = pd.DataFrame(
+        {
+            "row": repeat(np.asarray(rows.row_ids)),
+            "data_line": pd.array(lines, dtype="Int64"),
+            "class": np.tile(np.asarray(rows.class_names, dtype=object), n_rows),
+            "label": labels,
+            "expected_value": np.tile(rows.expected_value, n_rows),
+            "model_output": rows.outputs.reshape(-1),
+        }
+    )
+    feature_values = pd.DataFrame(
+        np.repeat(rows.features, n_classes, axis=0),
+        columns=[VALUE_PREFIX + str(name) for name in rows.feature_names],
+    )
+    return pd.concat([head, frame, feature_values], axis=1)
+
+
+def write_explanation(
+    path: Path,
+    values: npt.NDArray[np.float64],
+    rows: ExplainedRows,
+    player_names: Sequence[str],
+    standard_errors: npt.NDArray[np.float64] | None = None,
+) -> None:
+    """An ``.npz`` whose arrays are exactly ``shap.Explanation``'s arguments, no pickled objects:
+
+        explanation = shap.Explanation(**np.load(path))
+
+    ``values`` (R, G, K), ``base_values`` (R, K), ``feature_names`` (G,), ``output_names`` (K,),
+    ``data`` (R, M) when the players are the features (absent with --groups), ``error_std``
+    (R, G, K) in sampling mode. Slice one class for shap's single-output plots:
+    ``explanation[:, :, k]``.
+    """
+    arrays: dict[str, npt.NDArray[Any]] = {
+        "values": np.asarray(values, dtype=np.float64),
+        "base_values": np.broadcast_to(
+            rows.expected_value, (len(rows.row_ids), len(rows.class_names))
+        ).copy(),
+        "feature_names": np.asarray([str(n) for n in player_names], dtype=str),
+        "output_names": np.asarray([str(c) for c in rows.class_names], dtype=str),
+    }
+    if len(player_names) == len(rows.feature_names):
+        arrays["data"] = np.asarray(rows.features, dtype=np.float64)
+    if standard_errors is not None:
+        arrays["error_std"] = np.asarray(standard_errors, dtype=np.float64)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    _write_atomic(path, buffer.getvalue())
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of what made the numbers (None: not installed where the job ran, e.g.
+    shapcluster inside the cluster's image); read from package metadata, nothing imported."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("shap", "scikit-learn", "ray", "numpy", "pandas", "shapcluster"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
@@ -62,34 +180,86 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     _write_atomic(path, (text + "\n").encode())
 
 
-def write_plot(
-    path: Path,
-    values: npt.NDArray[np.float64],
-    rows: npt.NDArray[np.float64] | None,
-    feature_names: Sequence[str],
-    class_names: Sequence[str],
-) -> None:
-    """Mean |SHAP value| per player; ``rows`` None when players are groups of columns."""
+def write_plots(
+    out_dir: Path, values: npt.NDArray[np.float64], rows: ExplainedRows, player_names: Sequence[str]
+) -> list[str]:
+    """The PNGs; returns their file names. ``values`` (R, G, K).
+
+    - ``shap_summary.png``: mean |SHAP value| per player, one stacked bar per class in the
+      model's class order;
+    - ``beeswarm_class_<c>.png``: shap's beeswarm of class c (colour: the feature's value; grey
+      with --groups, whose players have no single value);
+    - ``waterfall_row_<row>.png``: shap's waterfall of the first explained row, for the class the
+      model gives the highest output.
+    Every title says how many rows it shows; figures are saved with tight bounds so labels fit.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import shap
 
-    per_class = [values[:, :, k] for k in range(values.shape[2])]
-    shap.summary_plot(
-        per_class if len(per_class) > 1 else per_class[0],
-        rows,
-        feature_names=list(feature_names),
-        class_names=[f"class {c}" for c in class_names],
-        plot_type="bar",
-        show=False,
+    n_rows = values.shape[0]
+    rows_text = f"{n_rows} explained row{'s' if n_rows != 1 else ''}"
+    names: list[str] = []
+
+    def save(name: str, title: str, pad: float = 6.0) -> None:
+        figure = plt.gcf()
+        figure.axes[0].set_title(title, fontsize=11, pad=pad)
+        figure.savefig(out_dir / name, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        names.append(name)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _mean_abs_bar(values, player_names, rows.class_names)
+    save("shap_summary.png", f"Mean |SHAP value| per feature over {rows_text}")
+    data = rows.features if len(player_names) == len(rows.feature_names) else None
+    explanation = shap.Explanation(
+        values=values,
+        base_values=np.broadcast_to(rows.expected_value, (n_rows, len(rows.class_names))),
+        data=data,
+        feature_names=[str(n) for n in player_names],
+        output_names=[str(c) for c in rows.class_names],
     )
-    figure = plt.gcf()
-    figure.suptitle("Mean |SHAP value| per feature (distributed KernelSHAP)")
+    for k, class_name in enumerate(rows.class_names):
+        shap.plots.beeswarm(explanation[:, :, k], show=False, max_display=len(player_names) + 1)
+        save(f"beeswarm_class_{_safe(class_name)}.png", f"Class {class_name}: SHAP values of {rows_text}")
+    k = int(np.argmax(rows.outputs[0]))
+    line = "" if rows.data_lines is None else f", data line {int(rows.data_lines[0])}"
+    label = "" if rows.labels is None else f", label {rows.labels[0]}"
+    shap.plots.waterfall(explanation[0, :, k], show=False, max_display=len(player_names) + 1)
+    save(
+        f"waterfall_row_{int(rows.row_ids[0])}.png",
+        f"Row {int(rows.row_ids[0])}{line}{label}: class {rows.class_names[k]} (highest output), 1 row",
+        pad=26.0,  # above shap's f(x) label
+    )
+    return names
+
+
+def _mean_abs_bar(
+    values: npt.NDArray[np.float64], player_names: Sequence[str], class_names: Sequence[str]
+) -> None:
+    """Stacked horizontal bars of mean |SHAP| (G, K); the largest total on top, classes in order."""
+    import matplotlib.pyplot as plt
+
+    mean_abs = np.abs(values).mean(axis=0)  # (G, K)
+    order = np.argsort(mean_abs.sum(axis=1))  # ascending: barh draws bottom-up
+    figure, axis = plt.subplots(figsize=(8, 0.4 * len(player_names) + 1.6))
+    left = np.zeros(len(order))
+    colours = plt.get_cmap("viridis", max(len(class_names), 2))
+    for k, class_name in enumerate(class_names):
+        axis.barh(
+            [str(player_names[g]) for g in order], mean_abs[order, k], left=left, color=colours(k),
+            label=f"class {class_name}",
+        )  # fmt: skip
+        left += mean_abs[order, k]
+    axis.set_xlabel("mean |SHAP value| (stacked over classes)")
+    axis.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+
+
+def _safe(name: object) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
             data = ["--data", str(data_dir / WINE_CSV.name)]
             return scaling.main(["--config", str(config), *data, *argv])
         finally:
-            shapcluster("down", "--config", str(config), "--purge")
+            shapcluster("down", "--config", str(config), "--purge", "-y")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ the total of every step. shap's reference explainer is left out (``--no-referenc
 CPUs are ours alone; ``--with-reference`` keeps it in (then it shares the CPUs with ours, and
 the total counts both branches although they run at once).
 
-Each run is a fresh job, as a user's is: our explainer's wall time includes starting the Ray
-worker processes the earlier steps did not use (``cpu_seconds``, our tasks' own time, shows
-what is not), so speed-ups mean most when the explainer takes tens of seconds (the job's
-default workload) rather than the second or two of a smoke test.
+Each run is a fresh job, as a user's is. The job's ``warm_up`` step starts one worker process
+per CPU and loads the model into each before our explainer's clock starts; it is a step of its
+own in ``wall_seconds`` (so in ``total_seconds``), not in our explainer's wall time. Compare
+that wall time with ``cpu_seconds`` / CPUs (our tasks' own time): the gap is what scheduling
+and start-up still cost; a task's own time that grows with the CPU count is contention for the
+cores (other processes on a shared machine) or for memory bandwidth.
 
 Writes to ``--out`` (default ``benchmarks/out/scaling-<timestamp>/``): ``scaling.csv`` (one line
 per run), ``scaling_summary.csv`` (median, min, max per CPU count and batch size),

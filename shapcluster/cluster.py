@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar
 from shapcluster import commands as cmd
 from shapcluster import creds
 from shapcluster.config import ClusterConfig
-from shapcluster.errors import RemoteError
+from shapcluster.errors import DegradedError, InputError, NoClusterError, RemoteError
 from shapcluster.inventory import Host, check_cpus
 from shapcluster.remote.base import Runner, tail
 from shapcluster.remote.group import GroupResult, gather_results, run_in_parallel
@@ -52,6 +52,8 @@ class Facts:
     cpus: int  # CPUs Ray gets on this host (configured, checked against nproc)
     docker_version: str
     free_bytes: int
+    architecture: str = ""  # docker info's, e.g. x86_64 or aarch64
+    rootless: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,10 @@ class SyncSteps(Protocol):
 
 
 class CredentialSteps(Protocol):
-    """Make sure every host holds AWS credentials that do not expire soon."""
+    """Make sure every host holds AWS credentials that do not expire soon: ``prepare`` asks STS
+    (in preflight, before any build), ``ensure`` writes the result to every host."""
 
+    def prepare(self, nodes: Sequence[Node], progress: Progress) -> None: ...
     def ensure(self, nodes: Sequence[Node], progress: Progress) -> None: ...
 
 
@@ -96,14 +100,26 @@ def make_nodes(config: ClusterConfig, connect: Callable[[Host], Runner]) -> list
 
 
 def node_ip(host: Host) -> str:
-    """The address Ray advertises: Ray must never fall back to 127.0.0.1 on a multi-host cluster."""
+    """The address Ray advertises for ``host``: its ``ray_address`` if set, else its address
+    (resolved here). Ray must never use a loopback address on a multi-host cluster: a head on
+    127.0.0.1 tells every worker to join 127.0.0.1, where no head runs."""
+    chosen = host.ray_address or host.address
     try:
-        return str(ipaddress.ip_address(host.address))
+        ip = ipaddress.ip_address(chosen)
     except ValueError:
         try:
-            return socket.gethostbyname(host.address)
+            ip = ipaddress.ip_address(socket.gethostbyname(chosen))
         except OSError as err:
             raise RemoteError(f"{host.name}: cannot resolve the host name ({err})") from None
+    if ip.is_loopback or ip.is_unspecified:
+        via = "" if str(ip) == chosen else f" (it resolves to {ip})"
+        raise InputError(
+            f"{host.location}: {host.name}: {chosen}{via} is a loopback address; Ray nodes on other "
+            "hosts cannot reach it",
+            hint="Use the host's address on the network the hosts share, or give that address as "
+            "ray_address (head.ray_address in the config, ray_address=IP on a workers.txt line).",
+        )
+    return str(ip)
 
 
 def gather_on_nodes(nodes: Sequence[Node], action: Callable[[Node], T]) -> GroupResult[T]:
@@ -119,27 +135,54 @@ def run_on_nodes(nodes: Sequence[Node], action: Callable[[Node], T], *, what: st
 
 
 def preflight(nodes: Sequence[Node]) -> dict[str, Facts]:
-    """SSH, docker, CPUs and disk on every host in parallel; nothing is changed anywhere."""
+    """SSH, Docker (version, architecture, rootless), CPUs, disk and a writable remote directory
+    on every host in parallel, one SSH command each; nothing is changed anywhere. Every host must
+    have the head's architecture: the image is built there and shipped as it is."""
 
     def check(node: Node) -> Facts:
-        runner = node.runner
-        docker = runner.run(cmd.docker_server_version_command(), check=False)
-        if not docker.ok:
+        found = cmd.parse_preflight(node.runner.run(cmd.preflight_command(node.layout.root)).stdout)
+        status, version = found["docker"]
+        if status != 0:
             raise RemoteError(
-                f"{node.name}: the Docker daemon is not usable: {tail(docker.stderr) or 'no answer'}",
+                f"{node.name}: the Docker daemon is not usable: {tail(version) or 'no answer'}",
                 hint=f"Install Docker on {node.name} and let its SSH user run `docker` (docker group).",
             )
-        cpus = check_cpus(node.host, runner.run(cmd.count_cpus_command()).stdout)
-        free = cmd.parse_disk_free(runner.run(cmd.disk_free_command(node.layout.root, nearest=True)).stdout)
+        architecture, _, options = found["info"][1].partition(" ")
+        if "name=rootless" in options:
+            raise RemoteError(
+                f"{node.name}: Docker runs rootless there; Ray containers need the host's own network "
+                "(--network host), which a rootless daemon cannot give",
+                hint=f"Use the system Docker daemon on {node.name} (add the SSH user to the docker group).",
+            )
+        cpus = check_cpus(node.host, found["nproc"][1])
+        free = cmd.parse_disk_free(found["df"][1])
         if free < MIN_FREE_BYTES:
             raise RemoteError(
                 f"{node.name}: only {free / 1024**3:.1f} GiB free under {node.layout.root}; "
                 f"the Ray image needs {MIN_FREE_BYTES / 1024**3:.0f} GiB.",
                 hint="Free some space or point cluster.remote_dir at a larger disk.",
             )
-        return Facts(cpus, docker.stdout.strip(), free)
+        status, parent = found["writable"]
+        if status != 0:
+            raise InputError(
+                f"{node.name}: cluster.remote_dir {node.layout.root} is not writable by the SSH user "
+                f"({parent} is not)",
+                hint=f"Create it there for that user (sudo install -d -o USER {node.layout.root}) or set "
+                "cluster.remote_dir to a folder the user owns.",
+            )
+        return Facts(cpus, version.strip(), free, architecture.strip(), False)
 
-    return run_on_nodes(nodes, check, what="preflight")
+    facts = run_on_nodes(nodes, check, what="preflight")
+    head_arch = facts[nodes[0].name].architecture
+    other = {name: f.architecture for name, f in facts.items() if f.architecture != head_arch}
+    if other:
+        raise InputError(
+            "preflight: every host must have the head's CPU architecture "
+            f"({nodes[0].name}: {head_arch}), the image is built there: "
+            + ", ".join(f"{name} is {arch or 'unknown'}" for name, arch in other.items()),
+            hint="Remove those hosts from the workers file (or run a separate cluster for them).",
+        )
+    return facts
 
 
 def read_token(head: Node) -> str | None:
@@ -169,19 +212,21 @@ def ensure_token(nodes: Sequence[Node]) -> None:
 
 
 def write_credentials(nodes: Sequence[Node], credentials: creds.RoleCredentials, now: datetime) -> None:
-    """Credentials file, env.list, then meta.json on every host: each written atomically, 0600."""
-    profile = creds.credentials_file_text(credentials)
-    env_list = creds.env_list_text(credentials)
-    meta = creds.meta_text(credentials, now)
+    """The keys (process.json), the profile files, env.list, then meta.json on every host: each
+    written atomically, 0600 (see ``creds`` for why no key is in env.list)."""
+    texts = (  # RemoteLayout attribute -> content; the keys first, the meta that vouches for them last
+        ("aws_process_file", creds.process_output_text(credentials)),
+        ("aws_credentials_file", creds.credentials_file_text(credentials)),
+        ("aws_config_file", creds.config_file_text(credentials)),
+        ("env_file", creds.env_list_text(credentials)),
+        ("aws_meta_file", creds.meta_text(credentials, now)),
+    )
 
     def place(node: Node) -> None:
         layout = node.layout
         node.runner.run(cmd.make_dirs_command(layout.secrets_dir, layout.aws_dir, mode=0o700))
-        for path, text in (
-            (layout.aws_credentials_file, profile),
-            (layout.env_file, env_list),
-            (layout.aws_meta_file, meta),
-        ):
+        for attribute, text in texts:
+            path = getattr(layout, attribute)
             node.runner.run(cmd.write_file_command(path, 0o600), stdin=text, secret=True)
 
     run_on_nodes(nodes, place, what="writing AWS credentials")
@@ -231,12 +276,22 @@ def containers_on(runner: Runner, cluster: str) -> list[cmd.ContainerInfo]:
     return cmd.parse_containers(runner.run(cmd.list_containers_command(cluster)).stdout)
 
 
-def ensure_container(node: Node, config: ClusterConfig, command: str, *, force: bool = False) -> bool:
-    """Keep a running container with the same spec; otherwise replace it. True if (re)started."""
+def ensure_container(
+    node: Node,
+    config: ClusterConfig,
+    command: str,
+    *,
+    force: bool = False,
+    before_start: Callable[[], None] | None = None,
+) -> bool:
+    """Keep a running container with the same spec; otherwise replace it. True if (re)started.
+    ``before_start`` runs first when the container is to be (re)started (a check that may raise)."""
     mine = [c for c in containers_on(node.runner, config.name) if c.role == node.role]
     wanted = cmd.spec_of(command)
     if not force and len(mine) == 1 and mine[0].spec == wanted and mine[0].state == "running":
         return False
+    if before_start is not None:
+        before_start()
     if mine:
         node.runner.run(cmd.remove_containers_command(config.name, node.role))
     node.runner.run(command)
@@ -260,8 +315,12 @@ def up(
     """
     report = UpReport()
     head, workers = nodes[0], list(nodes[1:])
+    for node in nodes:  # a loopback or unresolvable Ray address is refused before any change
+        node_ip(node.host)
     progress(f"Preflight on {len(nodes)} host(s): SSH, Docker, CPUs, disk")
     facts = preflight(nodes)
+    if credential_steps is not None:
+        credential_steps.prepare(nodes, progress)
     image = image_steps.ensure(head, progress)
     report.image = image
     if workers:
@@ -287,7 +346,10 @@ def up(
         def start_worker(node: Node) -> bool:
             command = start_command(config, node, image, facts[node.name].cpus, head_ip, aws=aws)
             # Workers of a restarted head hold a dead GCS connection: restart them too.
-            return ensure_container(node, config, command, force=head_restarted)
+            return ensure_container(
+                node, config, command, force=head_restarted,
+                before_start=lambda: check_reaches_head(node, image, head_ip, config.ray.gcs),
+            )  # fmt: skip
 
         if workers:
             progress(f"Starting {len(workers)} Ray worker(s) in parallel")
@@ -302,6 +364,19 @@ def up(
     report.started = [n.name for n in started]
     report.kept = [n.name for n in nodes if n not in started]
     return report
+
+
+def check_reaches_head(node: Node, image: ImageRef, head_ip: str, port: int) -> None:
+    """Before a worker starts: can its host open a TCP connection to the head's GCS port? A
+    firewall or a wrong address otherwise shows only as a node that never joins."""
+    reached = node.runner.run(cmd.reach_port_command(image.image_id, head_ip, port), check=False, timeout=90)
+    if not reached.ok:
+        why = tail(reached.stdout + reached.stderr, lines=2) or f"exit status {reached.exit_code}"
+        raise RemoteError(
+            f"{node.name}: cannot reach the Ray head's GCS port {head_ip}:{port} ({why})",
+            hint=f"Allow TCP from {node.name} to {head_ip} on the Ray ports ([ray] in the config), or, if "
+            "the head has several networks, set head.ray_address to the address the workers reach.",
+        )
 
 
 def _remove_started(config: ClusterConfig, started: Sequence[Node]) -> None:
@@ -343,21 +418,46 @@ def wait_for_nodes(
     )
 
 
-def down(config: ClusterConfig, nodes: Sequence[Node], *, purge: bool = False) -> dict[str, str]:
+def down(config: ClusterConfig, nodes: Sequence[Node], *, purge: bool = False) -> GroupResult[str]:
     """Remove this cluster's containers and AWS credentials on every reachable host (found by
     label, so no local state is needed); with purge also its images and synced files.
-    Unreachable hosts are reported after the others are cleaned."""
+
+    Returns what was done on each host and the failure of each other one, so the caller can
+    report the cleaned hosts before it raises for the unreachable ones."""
 
     def clean(node: Node) -> str:
+        if node.role is cmd.Role.HEAD:  # jobs wrote results as root: give them to the SSH user
+            head = cmd.container_name(config.name, cmd.Role.HEAD, node_ip(node.host))
+            node.runner.run(cmd.hand_back_results_command(head), check=False)
         removed = node.runner.run(cmd.remove_containers_command(config.name)).stdout.split()
         # Nothing runs to use them any more; `up` writes fresh ones.
         node.runner.run(cmd.remove_paths_command(node.layout.aws_dir, node.layout.env_file))
-        if purge:
-            node.runner.run(cmd.remove_images_command(config.image.name))
-            node.runner.run(cmd.remove_paths_command(node.layout.root))
-        return f"{len(removed)} container(s) removed" + (", images and files purged" if purge else "")
+        done = f"{len(removed)} container(s) removed"
+        if not purge:
+            return done
+        purge_files(node, config.image.name)
+        pruned = node.runner.run(cmd.remove_images_command(config.image.name))
+        freed = cmd.parse_reclaimed(pruned.stdout) or "0B"
+        return f"{done}; images purged ({freed} freed); {node.layout.root} removed"
 
-    return run_on_nodes(nodes, clean, what="down")
+    return gather_on_nodes(nodes, clean)
+
+
+def purge_files(node: Node, image_name: str) -> None:
+    """Remove the host's remote directory. Files the SSH user may not remove (written as root
+    by a container whose results were not handed back) are removed through a throw-away
+    container of the cluster image first; if no such image is left, say what to run."""
+    root = node.layout.root
+    if node.runner.run(cmd.remove_paths_command(root), check=False).ok:
+        return
+    image = node.runner.run(cmd.any_image_command(image_name), check=False).stdout.strip()
+    if not image:
+        raise RemoteError(
+            f"{node.name}: cannot remove {root} (files written as root by a container)",
+            hint=f"Remove it as root on {node.name}: sudo rm -rf {root}",
+        )
+    node.runner.run(cmd.remove_as_root_command(image, root))
+    node.runner.run(cmd.remove_paths_command(root))
 
 
 @dataclass(frozen=True)
@@ -367,8 +467,8 @@ class HostStatus:
     reachable: bool
     container: str  # state, or "none"
     image_id: str
-    image_matches: bool  # the same image as the head's container
-    ray_alive: bool
+    image_matches: bool | None  # the same image as the head's container; None: no container here
+    ray_alive: bool  # Ray counts the node alive AND its container is running
     cpus: float
     error: str = ""
     credentials: creds.CredentialsMeta | None = None  # AWS role credentials on this host
@@ -376,32 +476,55 @@ class HostStatus:
 
 def status(config: ClusterConfig, nodes: Sequence[Node]) -> list[HostStatus]:
     """Per host: reachable, this cluster's container and its image, what Ray says, and the
-    expiry of its AWS credentials."""
+    expiry of its AWS credentials.
+
+    A node counts as alive only when its container runs: Ray keeps a killed node alive until
+    its health checks time out (tens of seconds), and `status` must not count it meanwhile."""
 
     def look(node: Node) -> tuple[list[cmd.ContainerInfo], creds.CredentialsMeta | None]:
         return containers_on(node.runner, config.name), read_credentials(node)
 
     result = gather_on_nodes(nodes, look)
-    alive = _alive_nodes(config, nodes[0]) if nodes[0].name in result.successes else {}
     head_containers = result.successes.get(nodes[0].name, ([], None))[0]
+    head_running = any(c.role == "head" and c.state == "running" for c in head_containers)
+    alive = _alive_nodes(config, nodes[0]) if head_running else {}
     head_image = next((c.image_id for c in head_containers if c.role == "head"), None)
     rows = []
     for node in nodes:
         if node.name in result.failures:
             error = str(result.failures[node.name])
-            rows.append(HostStatus(node.name, node.role, False, "?", "?", False, False, 0, error))
+            rows.append(HostStatus(node.name, node.role, False, "?", "?", None, False, 0, error))
             continue
         containers, meta = result.successes[node.name]
         mine = [c for c in containers if c.role == node.role]
         image = mine[0].image_id if mine else "-"
+        running = any(c.state == "running" for c in mine)
         ip = node_ip(node.host)
         rows.append(
             HostStatus(
                 node.name, node.role, True, ", ".join(c.state for c in mine) or "none", image,
-                bool(mine) and image == head_image, ip in alive, alive.get(ip, 0), credentials=meta,
+                (image == head_image) if mine else None, running and ip in alive,
+                alive.get(ip, 0) if running else 0, credentials=meta,
             )
         )  # fmt: skip
     return rows
+
+
+def check_health(rows: Sequence[HostStatus]) -> None:
+    """Raise NoClusterError when the head runs no Ray container, DegradedError when any host is
+    unreachable or its Ray node is not alive; return when the cluster is whole."""
+    head = rows[0]
+    if not head.reachable:
+        raise RemoteError(head.error or f"{head.host}: unreachable")
+    if "running" not in head.container.split(", "):
+        raise NoClusterError(f"{head.host}: no Ray head container runs there (container: {head.container}).")
+    lost = [r for r in rows if not r.ray_alive]
+    if lost:
+        why = [f"{r.host} ({'unreachable' if not r.reachable else f'container {r.container}'})" for r in lost]
+        raise DegradedError(
+            f"{len(rows) - len(lost)} of {len(rows)} Ray nodes alive; not alive: {', '.join(why)}",
+            hint="`shapcluster up` restarts what is missing (it keeps what runs).",
+        )
 
 
 def _alive_nodes(config: ClusterConfig, head: Node) -> dict[str, float]:

@@ -22,6 +22,10 @@ IMAGE_ID_LABEL = "shapcluster.image-id"
 # Hash of the whole `docker run` command: `up` keeps a container whose spec is unchanged and
 # replaces one whose image, CPUs, mounts or ports changed.
 SPEC_LABEL = "shapcluster.spec"
+# Set by the Dockerfile on BOTH build stages to the configured image name (build argument
+# below), so purge finds the untagged build stage too.
+BUILT_FOR_LABEL = "shapcluster.image"
+BUILT_FOR_BUILDARG = "SHAPCLUSTER_IMAGE"
 
 # Paths inside the Ray containers; the job finds its code and data there.
 CONTAINER_TOKEN_PATH = "/run/secrets/ray-auth-token"
@@ -32,8 +36,14 @@ CONTAINER_RESULTS_DIR = "/shapcluster/results"  # head only, writable: jobs writ
 # is seen by running containers; a single-file bind mount would keep the old inode.
 CONTAINER_AWS_DIR = "/run/secrets/aws"
 CONTAINER_AWS_CREDENTIALS = f"{CONTAINER_AWS_DIR}/credentials"
+CONTAINER_AWS_CONFIG = f"{CONTAINER_AWS_DIR}/config"
+CONTAINER_AWS_PROCESS = f"{CONTAINER_AWS_DIR}/process.json"  # printed by the profile's credential_process
 
-STOP_TIMEOUT_SECONDS = 15
+# `ray start --block` drains its node for up to RAY_DRAIN_SECONDS on SIGTERM; `docker stop`
+# must wait longer, or it SIGKILLs Ray mid-drain (issue 12, fault 10). A node without work
+# stops in a few seconds, so `down` takes that long only when Ray really drains.
+RAY_DRAIN_SECONDS = 30
+STOP_TIMEOUT_SECONDS = RAY_DRAIN_SECONDS + 5
 _PS_FIELDS = (
     "{{.ID}}",
     "{{.Names}}",
@@ -82,6 +92,14 @@ class RemoteLayout:
     @property
     def aws_credentials_file(self) -> str:
         return f"{self.aws_dir}/credentials"
+
+    @property
+    def aws_config_file(self) -> str:
+        return f"{self.aws_dir}/config"
+
+    @property
+    def aws_process_file(self) -> str:
+        return f"{self.aws_dir}/process.json"
 
     @property
     def aws_meta_file(self) -> str:
@@ -231,6 +249,47 @@ def disk_free_command(path: str, *, nearest: bool = False) -> str:
     return f'd={shlex.quote(path)}; while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done; df -P -k -- "$d"'
 
 
+# One SSH round trip for the whole preflight: each check's output after a marker line
+# "@@<name> <exit status>"; see parse_preflight.
+_SECTION_FUNCTION = (
+    'section() { n=$1; shift; o=$("$@" 2>&1); r=$?; printf \'@@%s %s\\n%s\\n\' "$n" "$r" "$o"; }'
+)
+PREFLIGHT_SECTIONS = ("docker", "info", "nproc", "df", "writable")
+
+
+def preflight_command(root: str) -> str:
+    """Docker's version, architecture and security options, CPUs, free disk under ``root`` and
+    whether the SSH user may write there (the nearest existing parent), changing nothing."""
+    nearest = f'd={shlex.quote(root)}; while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done'
+    checks = {
+        "docker": docker_server_version_command(),
+        "info": "docker info --format '{{.Architecture}} {{json .SecurityOptions}}'",
+        "nproc": count_cpus_command(),
+        "df": shlex.join(["sh", "-c", f'{nearest}; df -P -k -- "$d"']),
+        "writable": shlex.join(
+            ["sh", "-c", f'{nearest}; [ -d "$d" ] && [ -w "$d" ] && echo "$d" || {{ echo "$d"; exit 1; }}']
+        ),
+    }
+    return "; ".join([_SECTION_FUNCTION, *(f"section {name} {checks[name]}" for name in PREFLIGHT_SECTIONS)])
+
+
+def parse_preflight(output: str) -> dict[str, tuple[int, str]]:
+    """``name -> (exit status, output)`` of every section of ``preflight_command``."""
+    sections: dict[str, tuple[int, list[str]]] = {}
+    current: list[str] | None = None
+    for line in output.splitlines():
+        marker = re.fullmatch(r"@@([a-z]+) ([0-9]+)", line)
+        if marker:
+            current = []
+            sections[marker[1]] = (int(marker[2]), current)
+        elif current is not None:
+            current.append(line)
+    missing = [name for name in PREFLIGHT_SECTIONS if name not in sections]
+    if missing:
+        raise RemoteError(f"unexpected preflight output (no {', '.join(missing)}): {output.strip()[:200]!r}")
+    return {name: (status, "\n".join(lines).strip()) for name, (status, lines) in sections.items()}
+
+
 def docker_server_version_command() -> str:
     return "docker version --format '{{.Server.Version}}'"
 
@@ -248,9 +307,77 @@ def container_logs_command(name: str, lines: int = 30) -> str:
 
 
 def remove_images_command(repository: str) -> str:
-    """Remove every tag of the cluster's image repository; succeeds when there is none."""
+    """Remove every image shapcluster built for ``repository``: all images labelled for it,
+    tagged or not (the build stage is untagged), then any tag of it left from older builds.
+    Succeeds when there is none; prints docker's "Total reclaimed space: ..." line."""
+    prune = shlex.join(
+        ["docker", "image", "prune", "--all", "--force", "--filter", f"label={BUILT_FOR_LABEL}={repository}"]
+    )
     find = shlex.join(["docker", "images", "--quiet", "--filter", f"reference={repository}"])
-    return f'ids=$({find} | sort -u) && if [ -n "$ids" ]; then docker rmi --force $ids; fi'
+    return (
+        f'{prune} | grep -i "reclaimed" ; ids=$({find} | sort -u) && '
+        f'if [ -n "$ids" ]; then docker rmi --force $ids >/dev/null; fi'
+    )
+
+
+def parse_reclaimed(output: str) -> str | None:
+    """docker's "Total reclaimed space: 1.67GB" as "1.67GB"; None if it printed none."""
+    match = re.search(r"reclaimed space:\s*(\S+)", output, re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+def hand_back_results_command(container: str) -> str:
+    """Give the results a job wrote (as root, inside the head container) to the SSH user, so
+    the user can read and remove them; run through the still running head container."""
+    return (
+        f'docker exec {shlex.quote(container)} chown -R "$(id -u):$(id -g)" '
+        f"{shlex.quote(CONTAINER_RESULTS_DIR)}"
+    )
+
+
+def any_image_command(repository: str) -> str:
+    """The ID of one image built for ``repository`` (labelled or tagged); prints nothing if none."""
+    labelled = shlex.join(
+        ["docker", "images", "--quiet", "--filter", f"label={BUILT_FOR_LABEL}={repository}"]
+    )
+    tagged = shlex.join(["docker", "images", "--quiet", "--filter", f"reference={repository}"])
+    return f"{{ {tagged}; {labelled}; }} | head -n 1"
+
+
+def remove_as_root_command(image: str, folder: str) -> str:
+    """Remove what is inside ``folder`` with root's rights, through a throw-away container of
+    ``image``, for files the SSH user may not remove (a job wrote them as root)."""
+    mount = _mount_spec(Mount(folder, "/purge", read_only=False))
+    return shlex.join(
+        ["docker", "run", "--rm", "--network", "none", "--mount", mount, "--entrypoint", "find", image,
+         "/purge", "-mindepth", "1", "-delete"]
+    )  # fmt: skip
+
+
+# Runs in a throw-away container of the cluster image on a worker (no tool beyond docker is
+# assumed on the host): connect to the head's GCS port until the deadline, print why not.
+_REACH_SCRIPT = (
+    "import socket, sys, time\n"
+    "deadline = time.monotonic() + {seconds}\n"
+    "while True:\n"
+    "    try:\n"
+    "        socket.create_connection(({host!r}, {port}), timeout=3).close()\n"
+    "        break\n"
+    "    except OSError as err:\n"
+    "        if time.monotonic() > deadline:\n"
+    "            print(err)\n"
+    "            sys.exit(1)\n"
+    "        time.sleep(0.5)\n"
+)
+
+
+def reach_port_command(image: str, host: str, port: int, seconds: float = 30) -> str:
+    """Succeeds once ``host:port`` accepts a TCP connection from this host's network (within
+    ``seconds``: the head's Ray opens its GCS port a moment after its container starts)."""
+    script = _REACH_SCRIPT.format(host=host, port=port, seconds=seconds)
+    return shlex.join(
+        ["docker", "run", "--rm", "--network", "host", "--entrypoint", "python", image, "-c", script]
+    )
 
 
 # Runs inside the head container (it has the token in its environment): one JSON line with

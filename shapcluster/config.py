@@ -20,7 +20,9 @@ from shapcluster.inventory import (
     build_inventory,
     parse_host_spec,
     parse_inventory,
+    parse_ip,
 )
+from shapcluster.project import config_places, find_config
 
 DEFAULT_CONFIG_NAME = "shapcluster.toml"
 HOST_PLACEHOLDER = "{host}"
@@ -40,6 +42,9 @@ class SshConfig:
     known_hosts: Path
     accept_new_host_keys: bool
     connect_timeout: float
+    # Read ~/.ssh/config (HostName, User, Port, IdentityFile, ProxyJump) as OpenSSH does.
+    use_ssh_config: bool = True
+    ssh_config_file: Path | None = None  # None: ~/.ssh/config
 
 
 @dataclass(frozen=True)
@@ -102,12 +107,22 @@ class ClusterConfig:
 
 
 def load_cluster_config(path: Path) -> ClusterConfig:
-    """Read, validate and resolve a config file and the workers file it names."""
+    """Read, validate and resolve a config file and the workers file it names.
+
+    The default name (``shapcluster.toml``, relative) is looked for in the working directory,
+    then in its ``inventory/`` folder, the README's project layout."""
+    default = Path(DEFAULT_CONFIG_NAME)
+    path = find_config(path, default=default)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        where = (
+            f"no {DEFAULT_CONFIG_NAME} in {config_places()}"
+            if path == default
+            else f"{path.absolute()}: not found"
+        )
         raise InputError(
-            f"{path}: config file not found",
+            f"config file not found: {where}",
             hint="Copy inventory/shapcluster.toml.example there, or pass --config / set SHAPCLUSTER_CONFIG.",
         ) from None
     except (OSError, UnicodeDecodeError) as err:
@@ -142,6 +157,7 @@ def parse_cluster_config(text: str, path: Path) -> ClusterConfig:
     shm_size = cluster.string("shm_size", "2g", pattern=_SHM_RE, expected="a size such as 512m or 2g")
     head_spec = head_t.optional_string("host")
     head_cpus = head_t.positive_int("cpus")
+    head_ray_address = head_t.optional_string("ray_address", expected="an IP address")
     workers_file = workers_t.path("file", "workers.txt")
     worker_cpus = workers_t.positive_int("cpus")
     ssh_user = ssh_t.optional_string("user", pattern=USER_RE, expected="a user name")
@@ -151,6 +167,8 @@ def parse_cluster_config(text: str, path: Path) -> ClusterConfig:
         known_hosts=ssh_t.path("known_hosts", "~/.ssh/known_hosts"),
         accept_new_host_keys=ssh_t.boolean("accept_new_host_keys", False),
         connect_timeout=float(ssh_t.positive_int("connect_timeout") or 10),
+        use_ssh_config=ssh_t.boolean("use_ssh_config", True),
+        ssh_config_file=ssh_t.optional_path("config_file"),
     )
     image = ImageConfig(
         name=image_t.string("name", "shapcluster-ray", pattern=_IMAGE_RE, expected="a docker image name"),
@@ -167,7 +185,7 @@ def parse_cluster_config(text: str, path: Path) -> ClusterConfig:
 
     _check_remote_dir(reader, remote_dir)
     _check_ports(reader, ray)
-    head = _parse_head(reader, head_spec, head_cpus, ssh_user)
+    head = _parse_head(reader, head_spec, head_cpus, ssh_user, head_ray_address)
     reader.raise_problems()
     assert head is not None  # raise_problems guarantees it
     return ClusterConfig(
@@ -394,7 +412,9 @@ def _check_ports(reader: _Reader, ports: RayPorts) -> None:
         reader.problem("ray", "min_worker_port", "must be below ray.max_worker_port")
 
 
-def _parse_head(reader: _Reader, spec: str | None, cpus: int | None, ssh_user: str | None) -> Host | None:
+def _parse_head(
+    reader: _Reader, spec: str | None, cpus: int | None, ssh_user: str | None, ray_address: str | None
+) -> Host | None:
     line = find_key_line(reader.text, "head", "host")
     if spec is None:
         reader.problem("head", "host", "missing: expected the head as [user@]host[:port]")
@@ -402,12 +422,16 @@ def _parse_head(reader: _Reader, spec: str | None, cpus: int | None, ssh_user: s
     where = f"{reader.path}:{line}: head.host" if line else f"{reader.path}: head.host"
     try:
         user, address, port = parse_host_spec(spec, where=where)
+        if ray_address is not None:
+            at = find_key_line(reader.text, "head", "ray_address")
+            ray_address = parse_ip(ray_address, where=f"{reader.path}:{at}: head.ray_address")
     except InputError as err:
         reader.problems.append(err.message)
         return None
     return Host(
-        address=address, user=user or ssh_user, port=port, cpus=cpus, source=str(reader.path), line=line
-    )
+        address=address, user=user or ssh_user, port=port, cpus=cpus, source=str(reader.path), line=line,
+        ray_address=ray_address,
+    )  # fmt: skip
 
 
 def _read_workers(config: ClusterConfig) -> list[Host]:
@@ -416,7 +440,7 @@ def _read_workers(config: ClusterConfig) -> list[Host]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(
-            f"{path}: workers file not found (named by workers.file in {config.path})",
+            f"{path.absolute()}: workers file not found (named by workers.file in {config.path.absolute()})",
             hint="Create it: one [user@]host[:port] per line; an empty file means a head-only cluster. "
             "See inventory/workers.txt.example.",
         ) from None

@@ -1,6 +1,9 @@
 """The only module of shapcluster that imports rich: consoles, progress, logging set-up.
 
-Everything the user sees goes through here, so secrets can be masked in one place.
+Everything the user sees goes through here, so secrets can be masked in one place. Text is
+always printed literally: messages carry host names, file contents, remote output and config
+values, whose brackets (``[user@]host``, ``[workers]``) must neither vanish nor crash rich's
+markup parser. Only the fixed marks below (✓, !, Error:, Hint:) are styled.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from collections.abc import Iterable
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from shapcluster.errors import ShapclusterError
 from shapcluster.secrets import mask_secrets
@@ -43,24 +46,54 @@ def setup_logging(*, debug: bool) -> None:
         logging.getLogger(talkative).setLevel(logging.WARNING)
 
 
-def say(text: str, *, markup: bool = True) -> None:
-    """A line for the user on stdout, secrets masked; ``markup=False`` for text from elsewhere
-    (a job's log), whose brackets must print as they are."""
-    console.print(mask_secrets(text), markup=markup, highlight=False, soft_wrap=True)
+def _literal(text: str, style: str | None = None) -> Text:
+    return Text(mask_secrets(text), style=style or "")
+
+
+def _marked(mark: str, style: str, text: str) -> Text:
+    return Text.assemble((mark, style), " ", _literal(text))
+
+
+def say(text: str, *, style: str | None = None) -> None:
+    """A line for the user on stdout, printed literally, secrets masked."""
+    console.print(_literal(text, style), highlight=False, soft_wrap=True)
+
+
+def ok(text: str) -> None:
+    """A line reporting success, after a green check mark."""
+    console.print(_marked("✓", "green", text), highlight=False, soft_wrap=True)
+
+
+def attention(text: str) -> None:
+    """A line that asks the user to act, after a yellow exclamation mark (stdout, not a warning)."""
+    console.print(_marked("!", "yellow", text), highlight=False, soft_wrap=True)
 
 
 def progress(line: str) -> None:
-    console.print(f"[dim]…[/] {escape(mask_secrets(line))}", soft_wrap=True)
+    console.print(_marked("…", "dim", line), highlight=False, soft_wrap=True)
 
 
 def warn(line: str) -> None:
-    err_console.print(f"[yellow]Warning:[/] {escape(mask_secrets(line))}", soft_wrap=True)
+    err_console.print(_marked("Warning:", "yellow", line), highlight=False, soft_wrap=True)
 
 
 def print_error(err: ShapclusterError) -> None:
-    err_console.print(f"[bold red]Error:[/] {mask_secrets(err.message)}", soft_wrap=True)
+    err_console.print(_marked("Error:", "bold red", err.message), highlight=False, soft_wrap=True)
     if err.hint:
-        err_console.print(f"[yellow]Hint:[/] {mask_secrets(err.hint)}", soft_wrap=True)
+        err_console.print(_marked("Hint:", "yellow", err.hint), highlight=False, soft_wrap=True)
+
+
+def print_json(value: object) -> None:
+    """``value`` as indented JSON on stdout, nothing else on the line (for `--json`), secrets
+    masked; dates and paths as their text."""
+    import json
+
+    print(mask_secrets(json.dumps(value, indent=2, default=str)), flush=True)
+
+
+def say_err(text: str) -> None:
+    """A line for the user on stderr (keeps stdout for `--json` output), secrets masked."""
+    err_console.print(_literal(text), highlight=False, soft_wrap=True)
 
 
 def print_traceback() -> None:
@@ -68,9 +101,9 @@ def print_traceback() -> None:
 
 
 def print_table(title: str, columns: Iterable[str], rows: Iterable[Iterable[object]]) -> None:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
+    table = Table(title=_literal(title))
+    for column in columns:  # fold, never "…": a cut host or job id is useless (also when piped)
+        table.add_column(_literal(column), overflow="fold")
     for row in rows:
-        table.add_row(*(mask_secrets(str(cell)) for cell in row))
+        table.add_row(*(_literal(str(cell)) for cell in row))
     console.print(table)

@@ -3,13 +3,17 @@
 The only boto3 importer on the control side. Every secret is registered for masking the moment
 it is known, kept out of reprs, and never put into an error message.
 
-What each host receives (written by ``cluster.write_credentials``), all mode 0600:
-- ``env.list`` for ``docker run --env-file``: the keys, the region, and AWS_PROFILE plus
-  AWS_SHARED_CREDENTIALS_FILE pointing at
-- ``aws/credentials``: the same keys as an AWS credentials-file profile. The ``aws`` folder is
-  mounted read-only into the containers, so a refresh (which renames a new file into place)
-  reaches processes that are already running: boto3 sessions created with that profile read
-  the file, while a container's environment is fixed at start.
+What each host receives (written by ``cluster.write_credentials``), all mode 0600. No key is
+ever in a container's environment: the AWS SDKs read environment keys first and a container's
+environment is fixed at start, so keys there would outlive every refresh. Instead:
+- ``env.list`` for ``docker run --env-file``: the region, the endpoint, AWS_PROFILE and the
+  paths of the two files below (AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE). So any SDK call
+  with the default chain (a plain ``boto3.client("s3")``, pyarrow, s3fs, Ray Data) finds
+- ``aws/credentials`` and ``aws/config``: the profile, whose ``credential_process`` prints
+- ``aws/process.json``: the keys and their expiry in the SDKs' credential-process format. The
+  ``aws`` folder is mounted read-only into the containers and a refresh renames new files into
+  place, so every new session reads the new keys at once, and a long-lived session, whose
+  process credentials are refreshable, reads them again before its old keys expire.
 - ``aws/meta.json``: role, session and expiry, not secret, for `status` and `submit`.
 """
 
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from shapcluster.commands import CONTAINER_AWS_CREDENTIALS
+from shapcluster.commands import CONTAINER_AWS_CONFIG, CONTAINER_AWS_CREDENTIALS, CONTAINER_AWS_PROCESS
 from shapcluster.config import ROLE_ARN_EXAMPLE, ROLE_ARN_RE, AwsConfig
 from shapcluster.errors import InputError, ShapclusterError
 from shapcluster.secrets import register_secret
@@ -77,7 +81,7 @@ def resolve_role_arn(aws: AwsConfig, *, required: bool) -> str | None:
         if not required and not aws.roles_file_explicit:
             return None
         raise InputError(
-            f"{path}: roles file not found, so there is no IAM role to assume",
+            f"{path.absolute()}: roles file not found, so there is no IAM role to assume",
             hint=f"Write the role's ARN ({ROLE_ARN_EXAMPLE}) on one line of {path}, "
             "or set role_arn in the [aws] table of the config.",
         ) from None
@@ -237,15 +241,14 @@ def _caller_arn(session: Any, aws: AwsConfig) -> str | None:
 
 
 def env_list_text(creds: RoleCredentials) -> str:
-    """``docker run --env-file`` lines: values are taken literally, so nothing is quoted."""
+    """``docker run --env-file`` lines (values are taken literally, so nothing is quoted): where
+    the SDKs find the profile, never the keys themselves (see the module docstring)."""
     values = {
-        "AWS_ACCESS_KEY_ID": creds.access_key_id,
-        "AWS_SECRET_ACCESS_KEY": creds.secret_access_key,
-        "AWS_SESSION_TOKEN": creds.session_token,
         "AWS_DEFAULT_REGION": creds.region,
         "AWS_REGION": creds.region,
         "AWS_PROFILE": CONTAINER_PROFILE,
         "AWS_SHARED_CREDENTIALS_FILE": CONTAINER_AWS_CREDENTIALS,
+        "AWS_CONFIG_FILE": CONTAINER_AWS_CONFIG,
     }
     if creds.endpoint_url:
         values["AWS_ENDPOINT_URL"] = creds.endpoint_url
@@ -255,12 +258,36 @@ def env_list_text(creds: RoleCredentials) -> str:
     return "".join(f"{name}={value}\n" for name, value in values.items())
 
 
+# The SDKs run this without a shell; `cat` exists in every image.
+CREDENTIAL_PROCESS = f"cat {CONTAINER_AWS_PROCESS}"
+
+
 def credentials_file_text(creds: RoleCredentials) -> str:
+    """The credentials-file profile: no keys, only the process that prints them (botocore merges
+    this file into its profiles; a profile with keys here would be static and never refresh)."""
+    return f"[{CONTAINER_PROFILE}]\ncredential_process = {CREDENTIAL_PROCESS}\n"
+
+
+def config_file_text(creds: RoleCredentials) -> str:
+    """The config-file profile, for SDKs that read credential_process only there (C++: pyarrow)."""
     return (
-        f"[{CONTAINER_PROFILE}]\n"
-        f"aws_access_key_id = {creds.access_key_id}\n"
-        f"aws_secret_access_key = {creds.secret_access_key}\n"
-        f"aws_session_token = {creds.session_token}\n"
+        f"[profile {CONTAINER_PROFILE}]\ncredential_process = {CREDENTIAL_PROCESS}\nregion = {creds.region}\n"
+    )
+
+
+def process_output_text(creds: RoleCredentials) -> str:
+    """What ``credential_process`` prints: the AWS SDKs' process-credentials JSON, version 1."""
+    for value in (creds.access_key_id, creds.secret_access_key, creds.session_token):
+        if "\n" in value or not value:
+            raise CredentialsError("STS returned an unusable key; nothing was written.")
+    return json.dumps(
+        {
+            "Version": 1,
+            "AccessKeyId": creds.access_key_id,
+            "SecretAccessKey": creds.secret_access_key,
+            "SessionToken": creds.session_token,
+            "Expiration": creds.expiration.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
     )
 
 

@@ -21,6 +21,7 @@ class ExitStatus(enum.IntEnum):
     JOB_FAILED = 7  # the job failed inside the app
     JOB_STOPPED = 8  # the job was stopped by the user
     NO_CLUSTER = 9  # the head answers over SSH, but no cluster runs there (no container or dashboard)
+    DEGRADED = 10  # `status`: the cluster is up, but some host or Ray node is not
 
 
 class ShapclusterError(Exception):
@@ -73,3 +74,9 @@ class NoClusterError(ShapclusterError):
 
     def __init__(self, message: str, *, hint: str | None = "Start the cluster: shapcluster up") -> None:
         super().__init__(message, hint=hint)
+
+
+class DegradedError(ShapclusterError):
+    """The cluster is up but not whole: a host is unreachable or a Ray node is not alive."""
+
+    exit_status = ExitStatus.DEGRADED

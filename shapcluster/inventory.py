@@ -1,6 +1,6 @@
 """Hosts of a cluster: the head from the config file, the workers from ``workers.txt``.
 
-A worker line is ``[user@]host[:port] [cpus=N]``; ``#`` starts a comment. Every problem is
+A worker line is ``[user@]host[:port] [cpus=N] [ray_address=IP]``; ``#`` starts a comment. Every problem is
 reported with its ``file:line`` so the user can go straight to it.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from shapcluster.errors import InputError, RemoteError
 
 DEFAULT_SSH_PORT = 22
-LINE_FORMAT = "[user@]host[:port] [cpus=N]"
+LINE_FORMAT = "[user@]host[:port] [cpus=N] [ray_address=IP]"
 
 # Conservative on purpose: these values end up in ssh targets and docker labels.
 USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
@@ -36,6 +36,7 @@ class Host:
     cpus: int | None = None
     source: str = "<unknown>"
     line: int | None = None
+    ray_address: str | None = None  # the IP Ray advertises, for hosts on several networks
 
     @property
     def name(self) -> str:
@@ -150,14 +151,30 @@ def _parse_line(content: str, source: str, number: int) -> Host:
     spec, *options = content.split()
     user, address, port = parse_host_spec(spec, where=where)
     cpus: int | None = None
+    ray_address: str | None = None
+    seen: set[str] = set()
     for option in options:
         key, sep, value = option.partition("=")
-        if not sep or key != "cpus":
+        if not sep or key not in {"cpus", "ray_address"}:
             raise InputError(f"{where}: unknown option {option!r}: expected {LINE_FORMAT}")
-        if cpus is not None:
-            raise InputError(f"{where}: cpus= is given twice")
-        cpus = parse_positive_int(value, where=f"{where}: cpus")
-    return Host(address=address, user=user, port=port, cpus=cpus, source=source, line=number)
+        if key in seen:
+            raise InputError(f"{where}: {key}= is given twice")
+        seen.add(key)
+        if key == "cpus":
+            cpus = parse_positive_int(value, where=f"{where}: cpus")
+        else:
+            ray_address = parse_ip(value, where=f"{where}: ray_address")
+    return Host(
+        address=address, user=user, port=port, cpus=cpus, source=source, line=number, ray_address=ray_address
+    )
+
+
+def parse_ip(text: str, *, where: str) -> str:
+    """An IPv4 or IPv6 address, normalised; anything else is an InputError naming ``where``."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InputError(f"{where}: {text!r} is not an IP address") from None
 
 
 def parse_positive_int(text: str, *, where: str) -> int:

@@ -10,9 +10,6 @@ from shapcluster import cluster, creds, images, sync
 from shapcluster.cluster import ImageRef, Node, Progress
 from shapcluster.config import AwsConfig, ClusterConfig
 
-# The image's build context: docker/ beside the package in a checkout of the project.
-DEFAULT_CONTEXT = Path(__file__).resolve().parent.parent / "docker"
-
 
 class DockerImageSteps:
     def __init__(self, config: ClusterConfig, context_dir: Path, wheelhouse: Path | None) -> None:
@@ -28,6 +25,10 @@ class DockerImageSteps:
         return images.image_tag(self.config.image.name, digest)
 
     def ensure(self, head: Node, progress: Progress) -> ImageRef:
+        found = images.find_built_image(head.runner, self.config.image, self.context_dir, self.wheelhouse)
+        if found is not None:
+            progress(f"{head.name}: image {found.tag} is up to date, no build needed")
+            return ImageRef(found.tag, found.image_id)
         built = images.ensure_image(
             head.host, self.config.ssh, self.config.image, self.context_dir, self.wheelhouse, progress
         )
@@ -40,7 +41,8 @@ class DockerImageSteps:
         )
 
     def verify(self, nodes: Sequence[Node], image: ImageRef) -> None:
-        images.verify_identical([n.runner for n in nodes], image.tag, image.image_id)
+        roots = {n.name: n.layout.root for n in nodes}
+        images.verify_identical([n.runner for n in nodes], image.tag, image.image_id, roots)
 
 
 class FileSyncSteps:
@@ -88,6 +90,8 @@ class RoleCredentialSteps:
         self.role_arn = role_arn
         self.assume = assume
         self.clock = clock
+        self._pending: creds.RoleCredentials | None = None  # assumed by prepare, written by ensure
+        self._prepared = False
 
     def stale_hosts(self, nodes: Sequence[Node]) -> list[str]:
         now, margin = self.clock(), self.config.aws.refresh_margin_seconds
@@ -98,11 +102,22 @@ class RoleCredentialSteps:
             if meta is None or meta.role_arn != self.role_arn or meta.seconds_left(now) < margin
         ]
 
-    def ensure(self, nodes: Sequence[Node], progress: Progress) -> None:
+    def prepare(self, nodes: Sequence[Node], progress: Progress) -> None:
+        """Part of preflight, before any build: if any host needs credentials, ask STS now, so
+        a refused role stops `up` before the image is built and shipped."""
         stale = self.stale_hosts(nodes)
         if stale:
             progress(f"AWS credentials missing or expiring on {', '.join(stale)}: assuming {self.role_arn}")
-            self.refresh(nodes, progress)
+            self._pending = self.assume_role()
+        self._prepared = True
+
+    def ensure(self, nodes: Sequence[Node], progress: Progress) -> None:
+        """Write what ``prepare`` obtained (or check again, if it was not called)."""
+        if self._pending is None and not self._prepared:
+            self.prepare(nodes, progress)
+        pending, self._pending, self._prepared = self._pending, None, False  # the next `up` asks again
+        if pending is not None:
+            self.refresh(nodes, progress, pending)
 
     def assume_role(self) -> creds.RoleCredentials:
         return self.assume(self.config.aws, self.role_arn)

@@ -1,21 +1,29 @@
-"""`shapcluster submit` (on the cluster, or locally with --local), `jobs` and `logs`."""
+"""`shapcluster submit` (on the cluster, or locally with --local), `jobs`, `logs` and `stop`."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import sys
 from argparse import ArgumentTypeError
 from datetime import datetime
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
 
 from app.config import Algorithm, parse_nsamples, parse_sweep
-from app.kernel_shap import Link
-from shapcluster import console, jobs
+from app.link import Link
+from shapcluster import console
 from shapcluster.cli._errors import translate_errors
-from shapcluster.cli.cluster import DEFAULT_CONFIG, ConfigOption
+from shapcluster.cli.cluster import DEFAULT_CONFIG, ConfigOption, JsonOption
 from shapcluster.config import load_cluster_config
 from shapcluster.errors import InputError
+
+if TYPE_CHECKING:
+    from shapcluster.config import ClusterConfig
+# shapcluster.jobs (Ray's client, SSH, pandas) is imported inside the commands: `--help` stays fast.
 
 _JOB = "Job options"
 _RUN = "Where it runs"
@@ -36,7 +44,7 @@ def _sweep(value: str | None) -> tuple[int, ...]:
 
 
 def _print_log_line(line: str) -> None:
-    console.say(line, markup=False)
+    console.say(line)
 
 
 def _confirm_stop() -> bool:
@@ -164,14 +172,30 @@ def submit(
             rich_help_panel=_JOB,
         ),
     ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="--no-wait: print the job id once the cluster accepted the job, and how to follow it.",
+            rich_help_panel=_RUN,
+        ),
+    ] = True,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="End with a JSON summary on stdout (the log goes to stderr).", rich_help_panel=_RUN
+        ),
+    ] = False,
 ) -> None:
     """Run the SHAP job: train, explain with our KernelSHAP and shap's side by side, compare.
 
     On the cluster of --config unless --local. The log follows live; Ctrl-C stops the job or leaves it.
 
-    Exit status: 0 match, 3 bad input, 4 the explainers disagree, 6 a host is unreachable
-    or Ray rejected the token, 7 the job failed, 8 it was stopped, 9 no cluster is up.
+    Exit status: 0 match, 3 bad input, 4 the explainers disagree, 6 a host is unreachable or Ray \
+rejected the token, 7 the job failed, 8 it was stopped, 9 no cluster is up.
     """
+    from shapcluster import jobs
+
     if run_id is not None and ("/" in run_id or run_id in {"", ".", ".."}):
         raise InputError(f"--run-id {run_id!r} must be a plain folder name.")
     if cpus is not None and not local:
@@ -202,24 +226,63 @@ def submit(
         cpus=cpus,
     )
     if local:
-        jobs.run_local(job)
+        if not wait:
+            raise typer.BadParameter(
+                "applies to cluster jobs only (a local run ends with the command)", param_hint="--no-wait"
+            )
+        # With --json the job's own lines go to stderr, so stdout holds the JSON alone.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            summary = jobs.run_local(job)
+        if as_json:
+            comparison = summary.get("comparison") or {}
+            console.print_json(
+                {
+                    "job_id": summary.get("run_id"),
+                    "status": "SUCCEEDED",
+                    "results_dir": str(Path(job.output_dir) / str(summary.get("run_id"))),
+                    "detached": False,
+                    "local": True,
+                    "verdict": comparison.get("verdict"),
+                }
+            )
         return
     outcome = jobs.submit(
-        load_cluster_config(config),
+        _cluster_config(config),
         job,
-        on_log=_print_log_line,
+        on_log=console.say_err if as_json else _print_log_line,
         confirm_stop=_confirm_stop,
-        progress=console.progress,
+        progress=console.say_err if as_json else console.progress,
         warn=console.warn,
+        wait=wait,
     )
-    if outcome.detached:
+    if as_json:
+        console.print_json({**dataclasses.asdict(outcome), "local": False})
+    elif outcome.detached and not wait:
+        console.ok(
+            f"job {outcome.job_id} submitted. Follow it (and fetch its results when it ends): "
+            f"shapcluster logs {outcome.job_id} --follow; stop it: shapcluster stop {outcome.job_id}"
+        )
+    elif outcome.detached:
         console.say(
             f"Job {outcome.job_id} keeps running. Follow it: shapcluster logs {outcome.job_id} --follow"
         )
     elif outcome.results_dir is not None:
-        console.say(f"[green]✓[/] job {outcome.job_id} succeeded; results: {outcome.results_dir}")
+        console.ok(f"job {outcome.job_id} succeeded; results: {outcome.results_dir}")
     else:
-        console.say(f"[green]✓[/] job {outcome.job_id} succeeded (it wrote no results)")
+        console.ok(f"job {outcome.job_id} succeeded (it wrote no results)")
+
+
+def _cluster_config(config: Path) -> ClusterConfig:
+    """The cluster config; without one, the error also suggests `submit --local`."""
+    try:
+        return load_cluster_config(config)
+    except InputError as err:
+        if not err.message.startswith("config file not found"):
+            raise
+        hint = f"{err.hint} " if err.hint else ""
+        raise InputError(
+            err.message, hint=f"{hint}To run the job on this machine: shapcluster submit --local"
+        ) from None
 
 
 def _when(moment: datetime | None) -> str:
@@ -235,10 +298,15 @@ def _duration(seconds: float | None) -> str:
 
 
 @translate_errors
-def list_jobs(config: ConfigOption = DEFAULT_CONFIG) -> None:
+def list_jobs(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
     """The jobs submitted to the cluster: id, state, start, duration, command."""
+    from shapcluster import jobs
+
     settings = load_cluster_config(config)
     rows = jobs.list_jobs(settings)
+    if as_json:
+        console.print_json([dataclasses.asdict(r) for r in rows])
+        return
     console.print_table(
         f"Jobs on cluster {settings.name}",
         ("job", "state", "started", "duration", "command"),
@@ -251,13 +319,41 @@ def logs(
     job_id: Annotated[str, typer.Argument(metavar="JOB", help="The job id (see `shapcluster jobs`).")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
     config: ConfigOption = DEFAULT_CONFIG,
+    output_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="SHAPCLUSTER_OUTPUT_DIR",
+            help="With --follow: copy the ended job's results to OUTPUT_DIR/<job id>/.",
+        ),
+    ] = Path("results"),
 ) -> None:
-    """Print a cluster job's log (--follow: live, until it ends; Ctrl-C leaves it running)."""
+    """Print a cluster job's log (--follow: live, until it ends, then fetch its results; Ctrl-C
+    leaves it running)."""
+    from shapcluster import jobs
+
     settings = load_cluster_config(config)
     try:
-        info = jobs.job_logs(settings, job_id, follow=follow, on_log=_print_log_line)
+        info = jobs.job_logs(
+            settings, job_id, follow=follow, on_log=_print_log_line, results_to=output_dir if follow else None
+        )
     except KeyboardInterrupt:
         console.say(f"\nJob {job_id} keeps running.")
         return
     if follow:
-        console.say(f"Job {job_id}: {info.status}")
+        fetched = output_dir / job_id
+        where = f"; results: {fetched}" if info.done and fetched.is_dir() else ""
+        console.say(f"Job {job_id}: {info.status}{where}")
+
+
+@translate_errors
+def stop(
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="The job id (see `shapcluster jobs`).")],
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Stop a cluster job and wait until Ray says it ended (a job that ended already is left alone).
+
+    Exit status: 0 stopped or already ended, 3 no such job, 6 the stop did not land, 9 no cluster is up."""
+    from shapcluster import jobs
+
+    info = jobs.stop_job(load_cluster_config(config), job_id)
+    console.ok(f"job {job_id}: {info.status}")

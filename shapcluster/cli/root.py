@@ -7,6 +7,9 @@ import typer
 from shapcluster import __version__, console
 from shapcluster.cli import cluster, creds, job
 from shapcluster.cli._errors import set_debug
+from shapcluster.cli._help import fold_long_words
+
+fold_long_words()
 
 app = typer.Typer(
     name="shapcluster",
@@ -44,6 +47,7 @@ def root(
 app.command("submit")(job.submit)
 app.command("jobs")(job.list_jobs)
 app.command("logs")(job.logs)
+app.command("stop")(job.stop)
 for name, command in cluster.COMMANDS.items():
     app.command(name)(command)
 app.add_typer(creds.app, name="creds")

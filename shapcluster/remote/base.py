@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from shapcluster.errors import RemoteError
+from shapcluster.errors import RemoteError, ShapclusterError
+from shapcluster.secrets import MASK
 
 logger = logging.getLogger(__name__)
 
-REDACTED = "****"
+REDACTED = MASK  # one mask for secrets in commands and in output
 TAIL_LINES = 5
 TAIL_CHARS = 600
 
@@ -101,6 +102,13 @@ def tail(text: str, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
     """The last few lines of an output, enough to see why a command failed."""
     kept = "\n".join(text.rstrip().splitlines()[-lines:])
     return kept if len(kept) <= chars else "…" + kept[-chars:]
+
+
+def host_error_text(host: str, error: Exception) -> str:
+    """One host's failure as text that starts with the host's name (once), for the one error
+    that names every failed host."""
+    text = error.message if isinstance(error, ShapclusterError) else f"{type(error).__name__}: {error}"
+    return text if text.startswith(f"{host}:") else f"{host}: {text}"
 
 
 def check_result(host: str, result: Result) -> Result:

@@ -21,13 +21,14 @@ from shapcluster.remote.base import Result, check_result, display_command, save_
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Script:
     pattern: re.Pattern[str]
     exit_code: int = 0
     stdout: str = ""
     stderr: str = ""
     error: RemoteError | None = None
+    times: int | None = None  # answers this many commands, then no more; None: every one
 
 
 class FakeRunner:
@@ -54,9 +55,18 @@ class FakeRunner:
     def host(self) -> str:
         return self._host
 
-    def respond(self, pattern: str, *, stdout: str = "", stderr: str = "", exit_code: int = 0) -> FakeRunner:
-        """Answer commands matching the regex ``pattern`` (``re.search``) with this result."""
-        self._scripts.append(_Script(re.compile(pattern), exit_code, stdout, stderr))
+    def respond(
+        self,
+        pattern: str,
+        *,
+        stdout: str = "",
+        stderr: str = "",
+        exit_code: int = 0,
+        times: int | None = None,
+    ) -> FakeRunner:
+        """Answer commands matching the regex ``pattern`` (``re.search``) with this result
+        (only the next ``times`` of them, if given)."""
+        self._scripts.append(_Script(re.compile(pattern), exit_code, stdout, stderr, times=times))
         return self
 
     def fail(self, pattern: str, message: str = "connection refused") -> FakeRunner:
@@ -81,7 +91,11 @@ class FakeRunner:
         with self._lock:
             self.commands.append(command)
             self.stdins.append(stdin)
-            script = next((s for s in reversed(self._scripts) if s.pattern.search(command)), None)
+            script = next(
+                (s for s in reversed(self._scripts) if s.times != 0 and s.pattern.search(command)), None
+            )
+            if script is not None and script.times is not None:
+                script.times -= 1
         if script is None:
             return Result(command=display, exit_code=0)
         if script.error is not None:

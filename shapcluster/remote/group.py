@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from shapcluster.errors import RemoteError, ShapclusterError
-from shapcluster.remote.base import Runner
+from shapcluster.errors import ExitStatus, RemoteError, ShapclusterError
+from shapcluster.remote.base import Runner, host_error_text
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,10 @@ class GroupResult(Generic[T]):
 
 
 class HostsFailedError(RemoteError):
-    """Some hosts failed; ``result`` keeps the successes of the others (e.g. to clean them up)."""
+    """Some hosts failed; ``result`` keeps the successes of the others (e.g. to clean them up).
+
+    Its exit status is the failures' own when they all share one (``cpus=64`` on a 2-core host
+    is a configuration error, 3, not an unreachable host); otherwise that of a remote failure."""
 
     def __init__(self, what: str, result: GroupResult[Any]) -> None:
         total = len(result.successes) + len(result.failures)
@@ -45,6 +48,12 @@ class HostsFailedError(RemoteError):
                 hints.append(hint)
         super().__init__("\n".join(lines), hint="\n".join(hints) or None)
         self.result = result
+        statuses = {
+            e.exit_status if isinstance(e, ShapclusterError) else ExitStatus.ERROR
+            for e in result.failures.values()
+        }
+        if len(statuses) == 1 and ExitStatus.ERROR not in statuses:
+            self.exit_status = statuses.pop()
 
 
 def gather_results(
@@ -86,7 +95,4 @@ def run_in_parallel(
 
 
 def _describe(host: str, error: Exception) -> str:
-    text = error.message if isinstance(error, ShapclusterError) else f"{type(error).__name__}: {error}"
-    if not text.startswith(f"{host}:"):
-        text = f"{host}: {text}"
-    return "  - " + text.replace("\n", "\n    ")
+    return "  - " + host_error_text(host, error).replace("\n", "\n    ")

@@ -3,6 +3,11 @@
 Host keys are checked against one known_hosts file. An unknown key is refused unless the user
 explicitly asked to accept new keys on first contact (like ssh's ``accept-new``); a changed key
 is always refused.
+
+The user's ``~/.ssh/config`` is honoured as OpenSSH does (``HostName``, ``User``, ``Port``,
+``IdentityFile``, ``ProxyJump``), values given in shapcluster's own files winning, unless
+``ssh.use_ssh_config = false``; docker-py's connections (``connect_ssh``) resolve hosts the
+same way, so a hint's ``ssh`` command and shapcluster reach the same machine.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -27,8 +33,8 @@ from invoke.exceptions import CommandTimedOut
 
 from shapcluster.commands import install_file_command, make_dirs_command, write_file_command
 from shapcluster.config import SshConfig
-from shapcluster.errors import InputError, RemoteError
-from shapcluster.inventory import DEFAULT_SSH_PORT, Host
+from shapcluster.errors import InputError, RemoteError, ShapclusterError
+from shapcluster.inventory import DEFAULT_SSH_PORT, Host, parse_host_spec
 from shapcluster.remote.base import Result, check_result, display_command, log_command, save_atomically
 
 logger = logging.getLogger(__name__)
@@ -36,6 +42,9 @@ logger = logging.getLogger(__name__)
 KEEPALIVE_SECONDS = 30  # a followed job may print nothing for minutes; NATs must not drop the link
 _POLL_SECONDS = 0.2  # how often forwarding threads look whether their tunnel was closed
 _BUFFER = 1 << 16
+
+# What a broken SSH connection raises, for modules that must not import paramiko themselves.
+SSH_ERRORS: tuple[type[Exception], ...] = (paramiko.SSHException, OSError, EOFError)
 
 _known_hosts_lock = threading.Lock()  # hosts are contacted in parallel; appends must not interleave
 
@@ -95,32 +104,162 @@ class _WholeStdinRemote(fabric.runners.Remote):  # type: ignore[misc]
         return data.decode() if isinstance(data, bytes) else data
 
 
-def make_connection(host: Host, options: SshConfig) -> fabric.Connection:
-    timeout = max(1, round(options.connect_timeout))
-    connect_kwargs: dict[str, Any] = {
-        "look_for_keys": options.key is None,
-        "allow_agent": True,
-        "banner_timeout": timeout,
-        "auth_timeout": timeout,
-    }
+@dataclass(frozen=True)
+class SshTarget:
+    """Where and as whom to connect for one host, after the user's ssh config."""
+
+    hostname: str
+    port: int
+    user: str | None
+    identity_files: tuple[Path, ...] = ()
+    proxy_jump: str | None = None  # OpenSSH's [user@]host[:port][,...]
+
+
+def ssh_config_file(options: SshConfig) -> Path | None:
+    """The OpenSSH client config to honour; None when ``ssh.use_ssh_config`` is false."""
+    if not options.use_ssh_config:
+        return None
+    return options.ssh_config_file or Path.home() / ".ssh" / "config"
+
+
+def resolve_target(host: Host, options: SshConfig) -> SshTarget:
+    """``host`` as OpenSSH would reach it: its ssh config block fills in what shapcluster's files
+    leave open (a port other than 22 and a user given there win, as on ssh's command line)."""
+    path = ssh_config_file(options)
+    found: dict[str, Any] = {}
+    if path is not None and path.is_file():
+        try:
+            found = dict(paramiko.SSHConfig.from_path(str(path)).lookup(host.address))
+        except (OSError, ValueError, paramiko.SSHException) as err:
+            raise InputError(
+                f"{path}: cannot read this ssh config: {err}",
+                hint="Fix it, or set use_ssh_config = false in the [ssh] table of the config file.",
+            ) from None
+    port = host.port if host.port != DEFAULT_SSH_PORT else int(found.get("port", DEFAULT_SSH_PORT))
+    identity = tuple(Path(p).expanduser() for p in found.get("identityfile", ()))
+    jump = found.get("proxyjump")
+    return SshTarget(
+        hostname=str(found.get("hostname", host.address)),
+        port=port,
+        user=host.user or found.get("user"),
+        identity_files=identity,
+        proxy_jump=None if jump in (None, "none") else str(jump),
+    )
+
+
+def jump_hosts(target: SshTarget, where: str) -> list[Host]:
+    """The ProxyJump hops, first hop first."""
+    if not target.proxy_jump:
+        return []
+    hops = []
+    for spec in target.proxy_jump.split(","):
+        user, address, port = parse_host_spec(spec.strip().removeprefix("ssh://"), where=where)
+        hops.append(Host(address=address, user=user, port=port, source=where))
+    return hops
+
+
+def auth_kwargs(options: SshConfig, target: SshTarget) -> dict[str, Any]:
+    """paramiko's key arguments: ssh.key, else the ssh config's IdentityFile, the agent and the
+    default keys."""
+    kwargs: dict[str, Any] = {"look_for_keys": options.key is None, "allow_agent": True}
     if options.key is not None:
         # A loaded key instead of key_filename: paramiko would otherwise report a failed login
         # with an RSA or ECDSA key as a confusing key-format error.
-        connect_kwargs["pkey"] = load_private_key(options.key)
-    # The user's ~/.ssh/config and fabric files must not change what the config file says.
+        kwargs["pkey"] = load_private_key(options.key)
+    elif target.identity_files:
+        existing = [str(p) for p in target.identity_files if p.is_file()]
+        if existing:
+            kwargs["key_filename"] = existing
+    return kwargs
+
+
+def make_connection(host: Host, options: SshConfig, *, hop: bool = False) -> fabric.Connection:
+    """A fabric Connection for ``host`` (not yet open); ``hop``: a ProxyJump host, whose own
+    ProxyJump is not followed."""
+    timeout = max(1, round(options.connect_timeout))
+    target = resolve_target(host, options)
+    connect_kwargs: dict[str, Any] = {
+        **auth_kwargs(options, target),
+        "banner_timeout": timeout,
+        "auth_timeout": timeout,
+    }
+    gateway = None
+    if not hop:
+        for jump in jump_hosts(target, f"ProxyJump of {host.name} in {ssh_config_file(options)}"):
+            gateway = _chain(make_connection(jump, options, hop=True), gateway)
+    # fabric's own ssh-config loading stays off: resolve_target did it, with our precedence.
     config = fabric.Config(
         lazy=True, overrides={"load_ssh_configs": False, "runners": {"remote": _WholeStdinRemote}}
     )
     connection = fabric.Connection(
-        host.address,
-        user=host.user,
-        port=host.port,
+        target.hostname,
+        user=target.user,
+        port=target.port,
         config=config,
+        gateway=gateway,
         connect_timeout=timeout,
         connect_kwargs=connect_kwargs,
     )
     connection.client = make_client(options)  # fabric's own client would auto-add unknown keys
     return connection
+
+
+def _chain(hop: fabric.Connection, previous: fabric.Connection | None) -> fabric.Connection:
+    if previous is not None:
+        hop.gateway = previous
+    return hop
+
+
+def ssh_connect_params(host: Host, ssh: SshConfig) -> dict[str, Any]:
+    """``paramiko.SSHClient.connect`` arguments for ``host`` (after the ssh config), without a
+    ProxyJump socket (``connect_ssh`` adds one)."""
+    timeout = ssh.connect_timeout
+    target = resolve_target(host, ssh)
+    return {
+        "hostname": target.hostname,
+        "port": target.port,
+        "username": target.user,
+        "timeout": timeout,
+        "banner_timeout": timeout,
+        "auth_timeout": timeout,
+        **auth_kwargs(ssh, target),
+    }
+
+
+def open_jump(host: Host, ssh: SshConfig, params: dict[str, Any]) -> fabric.Connection | None:
+    """Through the ssh config's ProxyJump hops (if any): open them and put a channel to the
+    host into ``params["sock"]``; return the last hop, which must stay open as long as that."""
+    hops = jump_hosts(resolve_target(host, ssh), f"ProxyJump of {host.name}")
+    if not hops:
+        return None
+    gateway = None
+    for hop in hops:
+        gateway = _chain(make_connection(hop, ssh, hop=True), gateway)
+    assert gateway is not None
+    gateway.open()
+    params["sock"] = gateway.transport.open_channel(
+        "direct-tcpip", (params["hostname"], params["port"]), ("127.0.0.1", 0)
+    )
+    return gateway
+
+
+def connect_ssh(host: Host, ssh: SshConfig) -> paramiko.SSHClient:
+    """A connected paramiko client that checks the host key against ``ssh.known_hosts`` only,
+    through the ProxyJump hops of the ssh config if any."""
+    params = ssh_connect_params(host, ssh)
+    client = make_client(ssh)
+    try:
+        gateway = open_jump(host, ssh, params)
+        if gateway is not None:
+            client._shapcluster_gateway = gateway  # type: ignore[attr-defined]  # lives with the client
+        client.connect(**params)
+    except ShapclusterError:
+        client.close()
+        raise
+    except Exception as err:
+        client.close()
+        raise translate_ssh_error(err, host, ssh) from err
+    return client
 
 
 def load_private_key(path: Path) -> paramiko.PKey:
@@ -160,8 +299,17 @@ def translate_ssh_error(  # noqa: PLR0911 - one branch per kind of failure reads
 ) -> RemoteError:
     """Turn a paramiko/socket/invoke failure into an error that says what to do next."""
     target = f"{host.user + '@' if host.user else ''}{host.address}"
+    no_config = [] if options.use_ssh_config else ["-F", "/dev/null"]  # as shapcluster: ignore it
     ssh_test = shlex.join(
-        ["ssh", *(["-i", str(options.key)] if options.key else []), "-p", str(host.port), target, "true"]
+        [
+            "ssh",
+            *no_config,
+            *(["-i", str(options.key)] if options.key else []),
+            "-p",
+            str(host.port),
+            target,
+            "true",
+        ]
     )
     if isinstance(error, UnknownHostKeyError):
         return RemoteError(
@@ -169,7 +317,7 @@ def translate_ssh_error(  # noqa: PLR0911 - one branch per kind of failure reads
             f"(not in {options.known_hosts})",
             hint=f"Check the fingerprint with the host's owner, then trust it: "
             f"{keyscan_command(host, options.known_hosts, error.key.get_name())}"
-            " (or run again with --accept-new-host-keys).",
+            " (or set accept_new_host_keys = true in the [ssh] table of the config file).",
         )
     if isinstance(error, paramiko.BadHostKeyException):
         return RemoteError(

@@ -33,13 +33,15 @@ def test_submit_local_runs_the_whole_dag(wine_csv: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert not ray.is_initialized()  # the job shut down the instance it started
     out = tmp_path / "r1"
-    assert sorted(p.name for p in out.iterdir()) == [
-        "reference_shap_values.csv",
-        "shap_summary.png",
-        "shap_values.csv",
-        "summary.json",
-    ]
+    beeswarms = [f"beeswarm_class_{c}.png" for c in range(3, 9)]
     summary = json.loads((out / "summary.json").read_text())
+    files = sorted([*beeswarms, "explanation.npz", "reference_shap_values.csv", "shap_summary.png",
+                    "shap_values.csv", f"waterfall_row_{summary['row_ids'][0]}.png"])  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "summary.json"])
+    assert summary["files"] == files
+    assert (summary["seed"], summary["test_size"]) == (0, 0.2)
+    assert set(summary["versions"]) >= {"shap", "scikit-learn", "ray", "shapcluster", "python"}
+    assert summary["versions"]["shapcluster"] and summary["versions"]["shap"]
     assert summary["comparison"]["verdict"] == "match"
     assert summary["comparison"]["max_abs_diff"] <= 1e-9
     assert summary["comparison"]["additivity_error_ours"] <= 1e-9
@@ -51,11 +53,19 @@ def test_submit_local_runs_the_whole_dag(wine_csv: Path, tmp_path: Path):
     assert node["cpus"] == 2 and node["id"] and node["ip"]
     assert summary["nodes_lost"] == [] and "node lost" not in result.output
     assert summary["comparison"]["skipped"] is False
-    for step in ("etl", "create_model", "get_data_to_explain", "compare_results", "write_results"):
+    for step in ("etl", "create_model", "get_data_to_explain", "warm_up", "compare_results", "write_results"):
         assert summary["wall_seconds"][step] >= 0
     ours = pd.read_csv(out / "shap_values.csv")
     theirs = pd.read_csv(out / "reference_shap_values.csv")
-    assert len(ours) == 3 * 6 and list(ours.columns[:2]) == ["row", "class"]
+    assert len(ours) == 3 * 6 and list(ours.columns[:6]) == [
+        "row",
+        "data_line",
+        "class",
+        "label",
+        "expected_value",
+        "model_output",
+    ]
+    assert (ours["data_line"] == ours["row"] + 2).all()  # line 1 of the file is the header
     assert list(ours["row"].unique()) == summary["row_ids"]
     features = summary["feature_names"]
     assert np.abs(ours[features].to_numpy() - theirs[features].to_numpy()).max() <= 1e-9
@@ -143,7 +153,10 @@ def test_no_reference_runs_our_explainer_alone(local_ray, wine_csv, tmp_path, ca
     status = main([*argv, "--no-reference", "--output-dir", str(tmp_path), "--run-id", "alone"])
     assert status == 0
     out = tmp_path / "alone"
-    assert sorted(p.name for p in out.iterdir()) == ["shap_summary.png", "shap_values.csv", "summary.json"]
+    assert {"shap_summary.png", "shap_values.csv", "summary.json", "explanation.npz"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert not (out / "reference_shap_values.csv").exists()
     summary = json.loads((out / "summary.json").read_text())
     comparison = summary["comparison"]
     assert comparison["skipped"] is True and comparison["match"] is True

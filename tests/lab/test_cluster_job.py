@@ -60,6 +60,15 @@ class RoleCluster:
         text = (self.remote_dir(host) / "secrets" / "env.list").read_text()
         return dict(line.split("=", 1) for line in text.splitlines())
 
+    def keys(self, host: Host) -> dict[str, str]:
+        """The keys the host's credential_process hands out (aws/process.json)."""
+        process = json.loads((self.remote_dir(host) / "secrets" / "aws" / "process.json").read_text())
+        return {
+            "AWS_ACCESS_KEY_ID": process["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": process["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": process["SessionToken"],
+        }
+
     def container(self, host: Host) -> str:
         role = cmd.Role.HEAD if host == self.lab.head else cmd.Role.WORKER
         return cmd.container_name(CLUSTER, role, host.ip)
@@ -129,9 +138,10 @@ def test_up_gives_every_host_working_credentials_0600(role_cluster: RoleCluster)
     keys = set()
     for host in lab.hosts:
         secrets_dir = role_cluster.remote_dir(host) / "secrets"
-        for path in (secrets_dir / "env.list", secrets_dir / "aws" / "credentials"):
-            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-        values = role_cluster.env_list(host)
+        for name in ("env.list", "aws/credentials", "aws/config", "aws/process.json"):
+            assert stat.S_IMODE((secrets_dir / name).stat().st_mode) == 0o600, name
+        values = role_cluster.keys(host)
+        assert not any(k in role_cluster.env_list(host) for k in values)  # no key in the environment
         keys.add(values["AWS_ACCESS_KEY_ID"])
         s3 = role_cluster.world.client(
             "s3",
@@ -141,7 +151,7 @@ def test_up_gives_every_host_working_credentials_0600(role_cluster: RoleCluster)
         assert s3.head_object(Bucket=aws_server.BUCKET, Key=aws_server.KEY)["ContentLength"] > 0
         # The container was started with them (and with the refreshable profile).
         env = host.docker("exec", role_cluster.container(host), "env")
-        assert f"AWS_ACCESS_KEY_ID={values['AWS_ACCESS_KEY_ID']}" in env
+        assert "AWS_ACCESS_KEY_ID" not in env
         assert "AWS_PROFILE=shapcluster" in env
     assert len(keys) == 1  # one assume-role, the same keys everywhere
 
@@ -151,13 +161,14 @@ def test_up_gives_every_host_working_credentials_0600(role_cluster: RoleCluster)
     assert re.search(r"\(in (59|60) min\)", status.stdout), status.stdout
 
 
-# A process in a running container that keeps reading S3 the way the job does (a new boto3
-# session per read, naming AWS_PROFILE) and reports when the keys it gets change.
+# A process in a running container that keeps reading S3 with a plain default-chain session
+# (what any library does: no profile named, nothing shapcluster-specific) and reports when the
+# keys it gets change. Keys in the container's environment would win forever (issue 12).
 WATCHER = f"""
-import os, sys, time, boto3
+import sys, time, boto3
 first, deadline = None, time.monotonic() + 240
 while time.monotonic() < deadline:
-    session = boto3.session.Session(profile_name=os.environ["AWS_PROFILE"])
+    session = boto3.session.Session()
     key = session.get_credentials().get_frozen_credentials().access_key
     if first is None:
         first = key
@@ -191,7 +202,7 @@ def test_refresh_reaches_a_running_process_without_a_restart(role_cluster: RoleC
         h.name: h.docker("inspect", "-f", "{{.State.StartedAt}}", role_cluster.container(h))
         for h in lab.hosts
     }
-    old_key = role_cluster.env_list(worker)["AWS_ACCESS_KEY_ID"]
+    old_key = role_cluster.keys(worker)["AWS_ACCESS_KEY_ID"]
 
     watcher = subprocess.Popen(
         worker.nsenter(["docker", "exec", container, "python", "-c", WATCHER]),
@@ -208,7 +219,7 @@ def test_refresh_reaches_a_running_process_without_a_restart(role_cluster: RoleC
         assert f"credentials for {ROLE_ARN} on 3 host(s)" in refresh.stdout
         assert role_cluster.secrets_in(output) == []
 
-        new_keys = {h.name: role_cluster.env_list(h)["AWS_ACCESS_KEY_ID"] for h in lab.hosts}
+        new_keys = {h.name: role_cluster.keys(h)["AWS_ACCESS_KEY_ID"] for h in lab.hosts}
         assert len(set(new_keys.values())) == 1 and old_key not in new_keys.values()
         new_key = new_keys[worker.name]
         seen = lines.get(timeout=60)

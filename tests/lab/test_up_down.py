@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -78,7 +79,7 @@ def config(lab: Lab, lab_base_image: str, shipped_image: BuiltImage, tmp_path: P
         yield path
     finally:
         lab.ensure_running()  # a failure test may have stopped a daemon
-        shapcluster("down", "--config", str(path), "--purge", timeout=300)
+        shapcluster("down", "--config", str(path), "--purge", "-y", timeout=300)
         assert all(ids == "" for ids in containers(lab).values()), containers(lab)
 
 
@@ -134,8 +135,35 @@ def test_up_again_and_down(lab: Lab, config: Path, wheelhouse: Path) -> None:
     assert status.returncode == 0 and status.stdout.count("running") == 3, status.stdout
     assert "3 of 3 Ray nodes alive, 3 CPUs" in status.stdout
 
-    down = shapcluster("down", "--config", str(config), "--purge")
+    # Issue 12, fault 5: right after a worker's container dies Ray still counts it; status not.
+    worker = lab.workers[0]
+    worker.docker("kill", cmd.container_name(CLUSTER, cmd.Role.WORKER, worker.ip))
+    degraded = shapcluster("status", "--config", str(config))
+    assert degraded.returncode == ExitStatus.DEGRADED, degraded.stdout + degraded.stderr
+    assert "2 of 3 Ray nodes alive, 2 CPUs" in degraded.stdout
+    assert f"not alive: {worker.ip} (container exited)" in degraded.stderr
+    healed = shapcluster("up", "--config", str(config), "--wheelhouse", str(wheelhouse))
+    assert healed.returncode == 0 and "kept 2, restarted 1" in healed.stdout, healed.stdout + healed.stderr
+
+    # A job's results, written as root inside the head container, go with the purge too.
+    head_dir = next(p for p in (lab.dir / "e2e").glob("*") if p.name == lab.head.ip)
+    lab.head.docker(
+        "exec", head, "sh", "-c", "mkdir -p /shapcluster/results/j && touch /shapcluster/results/j/x"
+    )
+    assert (head_dir / "results" / "j" / "x").exists()
+
+    down = shapcluster("down", "--config", str(config), "--purge", "-y")
     assert down.returncode == 0, down.stderr
     assert all(ids == "" for ids in containers(lab).values())
     assert all(h.docker("images", "-q", IMAGE_NAME).strip() == "" for h in lab.hosts)
+    # Issue 12, fault 4: the untagged build stage goes too, and down says how much was freed.
+    label = f"label={cmd.BUILT_FOR_LABEL}={IMAGE_NAME}"
+    assert lab.head.docker("images", "--all", "--quiet", "--filter", label).strip() == ""
+    assert re.search(rf"{re.escape(lab.head.ip)}: .*images purged \([0-9.]+[kMG]?B freed\)", down.stdout), (
+        down.stdout
+    )
     assert not any((lab.dir / "e2e").glob("*/app"))
+    assert not head_dir.exists()
+
+    gone = shapcluster("status", "--config", str(config))
+    assert gone.returncode == ExitStatus.NO_CLUSTER, gone.stdout + gone.stderr

@@ -33,6 +33,7 @@ def invoke(*args: str):
         ["creds", "refresh"],
         ["jobs"],
         ["logs"],
+        ["stop"],
     ],
 )
 def test_every_command_has_help(command):
@@ -54,7 +55,10 @@ def test_cluster_commands_name_a_missing_config(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = invoke(*command)
     assert result.exit_code == ExitStatus.INPUT
-    assert "shapcluster.toml: config file not found" in result.output
+    assert (
+        f"config file not found: no shapcluster.toml in {tmp_path}/shapcluster.toml and "
+        f"{tmp_path}/inventory/shapcluster.toml"
+    ) in result.output.replace("\n", "")
     assert "inventory/shapcluster.toml.example" in result.output
 
 
@@ -129,3 +133,24 @@ def test_up_dry_run_prints_a_plan_per_host_and_contacts_none(tmp_path):
     assert "10.9.0.1\n  - check SSH, Docker, CPUs (all CPUs (nproc))" in result.output
     assert "receive image shapcluster-ray:" in result.output
     assert "start a Ray worker joining 10.9.0.1:6379" in result.output
+
+
+def test_brackets_in_messages_print_literally_and_a_bad_head_is_exit_3(tmp_path: Path):
+    """Issue 12, fault 2: user and host text is never rich markup."""
+    (tmp_path / "workers.txt").write_text("bad:host:1\n")
+    (tmp_path / "c.toml").write_text('[head]\nhost = "10.0.0.1"\n[workers]\ncpu = 3\n')
+    result = invoke("status", "--config", str(tmp_path / "c.toml"))
+    assert result.exit_code == ExitStatus.INPUT, result.output
+    assert "[workers] takes cpus, file" in result.output
+    (tmp_path / "c.toml").write_text('[head]\nhost = "10.0.0.1"\n')
+    result = invoke("status", "--config", str(tmp_path / "c.toml"))
+    assert result.exit_code == ExitStatus.INPUT, result.output
+    assert (
+        "Each line of" in result.output
+        and "is `[user@]host[:port] [cpus=N] [ray_address=IP]`" in result.output
+    )
+    (tmp_path / "c.toml").write_text('[head]\nhost = "[/x]"\n')
+    result = invoke("status", "--config", str(tmp_path / "c.toml"))
+    assert result.exit_code == ExitStatus.INPUT, result.output
+    assert "'/x' in '[/x]' is not an IPv6 address" in result.output
+    assert "Traceback" not in result.output and "MarkupError" not in result.output

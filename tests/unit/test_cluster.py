@@ -11,7 +11,7 @@ import pytest
 from shapcluster import cluster
 from shapcluster import commands as cmd
 from shapcluster.config import ClusterConfig, load_cluster_config
-from shapcluster.errors import RemoteError
+from shapcluster.errors import DegradedError, ExitStatus, InputError, NoClusterError, RemoteError
 from shapcluster.remote.fake import FakeRunner
 
 IPS = {"10.9.0.1": 2, "10.9.0.2": 1, "10.9.0.3": 2}
@@ -29,11 +29,23 @@ def config(tmp_path: Path) -> ClusterConfig:
     return load_cluster_config(tmp_path / "shapcluster.toml")
 
 
+def preflight_answers(
+    runner: FakeRunner,
+    *,
+    docker: tuple[int, str] = (0, "20.10.24"),
+    info: str = 'x86_64 ["name=seccomp,profile=default"]',
+    nproc: str = "2",
+    writable: tuple[int, str] = (0, "/srv"),
+) -> FakeRunner:
+    """Script the one-command preflight (see commands.preflight_command)."""
+    sections = {"docker": docker, "info": (0, info), "nproc": (0, nproc), "df": (0, DF), "writable": writable}
+    text = "".join(f"@@{name} {status}\n{out}\n" for name, (status, out) in sections.items())
+    return runner.respond(r"^section\(\)", stdout=text)
+
+
 def healthy(host: str) -> FakeRunner:
     runner = FakeRunner(host)
-    runner.respond(r"^docker version", stdout="20.10.24\n")
-    runner.respond(r"^nproc$", stdout="2\n")
-    runner.respond(r"df -P -k", stdout=DF)
+    preflight_answers(runner)
     runner.respond(r"^test -f .*env\.list", exit_code=1)
     runner.respond(r"^cat -- .*ray-auth-token", exit_code=1)
     runner.respond(r"^docker exec .* python -c", stdout=json.dumps([[ip, float(c)] for ip, c in IPS.items()]))
@@ -78,7 +90,7 @@ def running(runner: FakeRunner, ip: str, earlier: FakeRunner) -> None:
 
 
 def docker_runs(runner: FakeRunner) -> list[str]:
-    return [c for c in runner.commands if c.startswith("docker run ")]
+    return [c for c in runner.commands if c.startswith("docker run --detach")]
 
 
 def test_up_on_fresh_hosts_starts_head_then_workers_and_waits(config):
@@ -154,7 +166,7 @@ def test_unreachable_worker_fails_preflight_and_nothing_is_started(config):
 
 def test_host_without_docker_is_named_with_what_to_do(config):
     runners = {ip: healthy(ip) for ip in IPS}
-    runners["10.9.0.2"].respond(r"^docker version", exit_code=127, stderr="sh: docker: not found")
+    preflight_answers(runners["10.9.0.2"], docker=(127, "sh: docker: not found"))
     with pytest.raises(RemoteError) as caught:
         run_up(config, runners)
     assert "10.9.0.2: the Docker daemon is not usable: sh: docker: not found" in caught.value.message
@@ -163,15 +175,15 @@ def test_host_without_docker_is_named_with_what_to_do(config):
 
 def test_too_many_cpus_configured_is_refused_in_preflight(config):
     runners = {ip: healthy(ip) for ip in IPS}
-    runners["10.9.0.3"].respond(r"^nproc$", stdout="1\n")
-    runners["10.9.0.1"].respond(r"^nproc$", stdout="1\n")  # head asks for 2 of 1
+    preflight_answers(runners["10.9.0.3"], nproc="1")
+    preflight_answers(runners["10.9.0.1"], nproc="1")  # head asks for 2 of 1
     with pytest.raises(RemoteError, match=r"10\.9\.0\.1"):
         run_up(config, runners)
 
 
 def test_failed_worker_start_removes_what_this_run_started(config):
     runners = {ip: healthy(ip) for ip in IPS}
-    runners["10.9.0.3"].respond(r"^docker run ", exit_code=125, stderr="docker: Error response: boom")
+    runners["10.9.0.3"].respond(r"^docker run --detach", exit_code=125, stderr="docker: Error response: boom")
     with pytest.raises(RemoteError, match=r"starting Ray workers failed on 1 of 2 hosts:\n  - 10\.9\.0\.3"):
         run_up(config, runners)
     for ip, role in (("10.9.0.1", cmd.Role.HEAD), ("10.9.0.2", cmd.Role.WORKER)):
@@ -195,20 +207,61 @@ def test_down_cleans_reachable_hosts_and_names_the_unreachable(config):
     runners = {ip: healthy(ip) for ip in IPS}
     runners["10.9.0.1"].respond(r"^ids=\$\(docker ps", stdout="c1\n")
     runners["10.9.0.2"].fail(r".", "cannot connect")
+    result = cluster.down(config, nodes_for(config, runners))
+    assert result.successes == {"10.9.0.1": "1 container(s) removed", "10.9.0.3": "0 container(s) removed"}
     with pytest.raises(RemoteError, match=r"down failed on 1 of 3 hosts:\n  - 10\.9\.0\.2: cannot connect"):
-        cluster.down(config, nodes_for(config, runners))
+        result.raise_for_failures("down")
     for ip in ("10.9.0.1", "10.9.0.3"):
-        assert runners[ip].commands == [
+        assert runners[ip].commands[-2:] == [
             cmd.remove_containers_command("lab"),
             "rm -rf -- /srv/sc/secrets/aws /srv/sc/secrets/env.list",  # the AWS credentials go too
         ]
+    # Results a job wrote as root are handed to the SSH user while the head container still runs.
+    assert runners["10.9.0.1"].commands[0] == (
+        'docker exec shapcluster-lab-head-10-9-0-1 chown -R "$(id -u):$(id -g)" /shapcluster/results'
+    )
 
 
 def test_down_purge_removes_images_and_files(config):
     runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.2"].respond(r"^docker image prune", stdout="Total reclaimed space: 1.67GB\n")
+    result = cluster.down(config, nodes_for(config, runners), purge=True).successes
+    assert result["10.9.0.2"] == "0 container(s) removed; images purged (1.67GB freed); /srv/sc removed"
+    assert runners["10.9.0.2"].commands[-2:] == [
+        "rm -rf -- /srv/sc",
+        cmd.remove_images_command("shapcluster-ray"),
+    ]
+    # Issue 12, fault 4: every image labelled for this image name goes, tagged or not (build stage).
+    assert cmd.remove_images_command("shapcluster-ray").startswith(
+        "docker image prune --all --force --filter label=shapcluster.image=shapcluster-ray |"
+    )
+
+
+def test_purge_removes_root_owned_files_through_a_container(config):
+    """Issue 12, fault 1: a non-root SSH user cannot remove what a container wrote as root."""
+    runners = {ip: healthy(ip) for ip in IPS}
+    head = runners["10.9.0.1"]
+    head.respond(
+        r"^rm -rf -- /srv/sc$", exit_code=1, stderr="rm: cannot remove ...: Permission denied", times=1
+    )
+    head.respond(r"head -n 1$", stdout="sha256:0123\n")
+    head.respond(r"^docker run --rm --network none", stdout="")
     result = cluster.down(config, nodes_for(config, runners), purge=True)
-    assert result["10.9.0.2"] == "0 container(s) removed, images and files purged"
-    assert runners["10.9.0.2"].commands[-1] == "rm -rf -- /srv/sc"
+    assert not result.failures
+    assert (
+        "docker run --rm --network none --mount type=bind,source=/srv/sc,target=/purge "
+        "--entrypoint find sha256:0123 /purge -mindepth 1 -delete"
+    ) in head.commands
+    removals = [c for c in head.commands if c == "rm -rf -- /srv/sc"]
+    assert len(removals) == 2  # tried, then again once root's files are gone
+
+
+def test_purge_without_any_image_says_how_to_remove_the_files(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.2"].respond(r"^rm -rf -- /srv/sc$", exit_code=1, stderr="Permission denied")
+    result = cluster.down(config, nodes_for(config, runners), purge=True)
+    error = result.failures["10.9.0.2"]
+    assert "cannot remove /srv/sc" in str(error) and "sudo rm -rf /srv/sc" in (error.hint or "")
 
 
 def test_status_reports_containers_image_match_ray_and_unreachable_hosts(config):
@@ -225,3 +278,173 @@ def test_status_reports_containers_image_match_ray_and_unreachable_hosts(config)
     assert (head.container, head.image_matches, head.ray_alive, head.cpus) == ("running", True, True, 2.0)
     assert (worker.image_matches, worker.ray_alive, worker.cpus) == (False, True, 1.0)
     assert (lost.reachable, lost.ray_alive) == (False, False) and "cannot connect" in lost.error
+    with pytest.raises(
+        DegradedError, match=r"^2 of 3 Ray nodes alive; not alive: 10\.9\.0\.3 \(unreachable\)$"
+    ):
+        cluster.check_health(list(rows.values()))
+
+
+def test_status_does_not_count_a_node_whose_container_is_not_running(config):
+    """Issue 12, fault 5: Ray still counts a killed worker alive for a while; status must not."""
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.1"].respond(r"^docker ps --all --no-trunc", stdout="a|n|head|sha256:0123|s|running|Up\n")
+    runners["10.9.0.2"].respond(
+        r"^docker ps --all --no-trunc", stdout="b|n|worker|sha256:0123|s|exited|Exited\n"
+    )
+    rows = cluster.status(config, nodes_for(config, runners))  # Ray (healthy) still lists all three
+    by_host = {r.host: r for r in rows}
+    assert (by_host["10.9.0.2"].ray_alive, by_host["10.9.0.2"].cpus) == (False, 0)
+    assert by_host["10.9.0.3"].image_matches is None  # no container there: not a mismatch
+    assert by_host["10.9.0.3"].ray_alive is False
+    with pytest.raises(DegradedError) as caught:
+        cluster.check_health(rows)
+    assert caught.value.exit_status == ExitStatus.DEGRADED == 10
+    assert "10.9.0.2 (container exited)" in caught.value.message
+    assert "10.9.0.3 (container none)" in caught.value.message
+
+
+def test_status_without_a_head_container_is_no_cluster(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    rows = cluster.status(config, nodes_for(config, runners))
+    assert not any(r.ray_alive for r in rows)  # the head's Ray is not even asked
+    assert not any("docker exec" in c for c in runners["10.9.0.1"].commands)
+    with pytest.raises(NoClusterError) as caught:
+        cluster.check_health(rows)
+    assert caught.value.exit_status == 9
+
+
+def test_status_of_a_whole_cluster_is_healthy(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    for ip in IPS:
+        role = "head" if ip == "10.9.0.1" else "worker"
+        runners[ip].respond(r"^docker ps --all --no-trunc", stdout=f"x|n|{role}|sha256:0123|s|running|Up\n")
+    rows = cluster.status(config, nodes_for(config, runners))
+    assert all(r.ray_alive and r.image_matches for r in rows)
+    cluster.check_health(rows)
+
+
+@pytest.mark.parametrize("head", ["localhost", "127.0.0.1", "127.0.1.1"])
+def test_a_loopback_head_is_refused_before_any_host_is_contacted(tmp_path, head):
+    """Issue 12, fault 9: workers would be told to join 127.0.0.1."""
+    (tmp_path / "workers.txt").write_text("10.9.0.2\n")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "c.toml").write_text(f'[head]\nhost = "{head}"\n[sync]\napp_dir = "app"\n')
+    config = load_cluster_config(tmp_path / "c.toml")
+    with pytest.raises(InputError, match=r"c\.toml:2: .*is a loopback address") as caught:
+        cluster.plan_up(config, "img:1")
+    assert caught.value.exit_status == 3
+    runners = {a: healthy(a) for a in (head, "10.9.0.2")}
+    with pytest.raises(InputError):
+        cluster.up(config, cluster.make_nodes(config, lambda h: runners[h.address]), Steps(), Steps(), print)
+    assert all(r.commands == [] for r in runners.values())
+
+
+def test_ray_address_overrides_the_address_ray_advertises(tmp_path):
+    (tmp_path / "workers.txt").write_text("w1 ray_address=10.9.0.2\n")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "c.toml").write_text(
+        '[head]\nhost = "headbox"\nray_address = "10.9.0.1"\n[sync]\napp_dir = "app"\n'
+    )
+    config = load_cluster_config(tmp_path / "c.toml")
+    plan = cluster.plan_up(config, "img:1")
+    assert plan["headbox"][-1] == "start the Ray head on 10.9.0.1:6379 unless the same container runs"
+    assert plan["w1"][-1] == "start a Ray worker joining 10.9.0.1:6379 unless the same container runs"
+    assert cluster.node_ip(config.inventory.workers[0]) == "10.9.0.2"
+
+
+def test_cpus_beyond_nproc_is_a_configuration_error(config):
+    """Issue 12, fault 7: exit 3 naming workers.txt:line, not 6."""
+    runners = {ip: healthy(ip) for ip in IPS}
+    preflight_answers(runners["10.9.0.2"], nproc="1")
+    preflight_answers(runners["10.9.0.3"], nproc="1")
+    (config.workers_file).write_text("10.9.0.2 cpus=1\n10.9.0.3 cpus=64\n")
+    config = load_cluster_config(config.path)
+    with pytest.raises(RemoteError) as caught:
+        cluster.preflight(nodes_for(config, runners))
+    assert caught.value.exit_status == ExitStatus.INPUT
+    assert "workers.txt:2: 10.9.0.3 is configured with 64 CPUs but has only 1" in caught.value.message
+
+
+def test_a_worker_of_another_architecture_is_refused_before_any_build(config):
+    """Issue 12, fault 9: arm64 beside x86_64 used to fail only after a multi-GB ship."""
+    runners = {ip: healthy(ip) for ip in IPS}
+    preflight_answers(runners["10.9.0.3"], info='aarch64 ["name=seccomp,profile=default"]')
+    steps = Steps()
+    with pytest.raises(InputError, match=r"10\.9\.0\.1: x86_64.*10\.9\.0\.3 is aarch64"):
+        run_up(config, runners, steps)
+    assert steps.calls == []
+
+
+def test_rootless_docker_is_refused_naming_the_host(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    preflight_answers(runners["10.9.0.2"], info='x86_64 ["name=seccomp,profile=default","name=rootless"]')
+    steps = Steps()
+    with pytest.raises(RemoteError, match=r"10\.9\.0\.2: Docker runs rootless"):
+        run_up(config, runners, steps)
+    assert steps.calls == []
+
+
+def test_an_unwritable_remote_dir_is_refused_before_any_build(config):
+    runners = {ip: healthy(ip) for ip in IPS}
+    preflight_answers(runners["10.9.0.2"], writable=(1, "/srv"))
+    steps = Steps()
+    with pytest.raises(RemoteError) as caught:
+        run_up(config, runners, steps)
+    assert caught.value.exit_status == ExitStatus.INPUT
+    assert (
+        "10.9.0.2: cluster.remote_dir /srv/sc is not writable by the SSH user (/srv is not)"
+        in caught.value.message
+    )
+    assert steps.calls == []
+
+
+def test_a_role_sts_refuses_stops_up_before_any_build(config):
+    """Issue 12, fault 9: STS is asked in preflight, not after the image is built and shipped."""
+    from shapcluster.creds import CredentialsError
+    from shapcluster.steps import RoleCredentialSteps
+
+    def refuse(aws, role_arn):
+        raise CredentialsError(f"AccessDenied: may not assume {role_arn}")
+
+    runners = {ip: healthy(ip) for ip in IPS}
+    role = "arn:aws:iam::123456789012:role/shap-reader"
+    steps = Steps()
+    with pytest.raises(CredentialsError, match="AccessDenied"):
+        cluster.up(
+            config, nodes_for(config, runners), steps, steps, lambda _: None,
+            credential_steps=RoleCredentialSteps(config, role, assume=refuse),
+        )  # fmt: skip
+    assert steps.calls == []
+    assert all(docker_runs(r) == [] for r in runners.values())
+
+
+def test_a_worker_that_cannot_reach_the_heads_gcs_port_is_named(config):
+    """Issue 12, fault 9: checked before the worker starts, so the failure names the port."""
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.3"].respond(
+        r"^docker run --rm --network host --entrypoint python", exit_code=1, stdout="timed out\n"
+    )
+    with pytest.raises(RemoteError) as caught:
+        run_up(config, runners)
+    assert "10.9.0.3: cannot reach the Ray head's GCS port 10.9.0.1:6379 (timed out)" in caught.value.message
+    assert "head.ray_address" in (caught.value.hint or "")
+    assert not any(c.startswith("docker run --detach") for c in runners["10.9.0.3"].commands)
+    reach = [c for c in runners["10.9.0.2"].commands if "--entrypoint python" in c]
+    assert reach == [cmd.reach_port_command("sha256:0123", "10.9.0.1", 6379)]
+
+
+def test_the_reach_check_script_connects_until_its_deadline():
+    import shlex
+    import socket
+    import subprocess
+    import sys
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        script = shlex.split(cmd.reach_port_command("img", "127.0.0.1", port, seconds=5))[-1]
+        assert subprocess.run([sys.executable, "-c", script], check=False, timeout=30).returncode == 0
+    done = subprocess.run(
+        [sys.executable, "-c", shlex.split(cmd.reach_port_command("img", "127.0.0.1", port, seconds=0))[-1]],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 1 and "refused" in done.stdout.lower()

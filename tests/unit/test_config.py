@@ -88,7 +88,9 @@ def test_shipped_example_is_valid(tmp_path: Path) -> None:
         "10.0.0.11",
         "10.0.0.12",
         "worker3.example.org:2222",
+        "10.0.0.14",
     ]
+    assert config.inventory.workers[-1].ray_address == "192.168.7.14"
 
 
 def problems_of(tmp_path: Path, text: str, workers: str | None = "") -> list[str]:
@@ -103,9 +105,9 @@ def test_unknown_keys_and_tables_are_errors_with_lines(tmp_path: Path) -> None:
     assert problems_of(tmp_path, text) == [
         "CFG:7: extra: unknown table or key 'extra'; "
         "expected one of cluster, head, workers, ssh, image, ray, sync, aws",
-        "CFG:3: head.hots: unknown key; [head] takes cpus, host",
-        "CFG:6: ssh.known_host: unknown key; [ssh] takes accept_new_host_keys, connect_timeout, key, "
-        "known_hosts, user",
+        "CFG:3: head.hots: unknown key; [head] takes cpus, host, ray_address",
+        "CFG:6: ssh.known_host: unknown key; [ssh] takes accept_new_host_keys, config_file, "
+        "connect_timeout, key, known_hosts, use_ssh_config, user",
     ]
 
 

@@ -3,6 +3,7 @@ hosts get, when `up` refreshes, and that no secret reaches any output."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -151,22 +152,23 @@ def test_secrets_stay_out_of_reprs_and_the_meta_file():
     assert creds.parse_meta("{not json") is None and creds.parse_meta('{"role_arn": 1}') is None
 
 
-def test_env_list_has_the_keys_region_and_the_refreshable_profile():
+def test_env_list_has_no_keys_only_where_the_refreshable_profile_is():
+    """Issue 12, fault 9: keys in the environment would beat every refreshed file."""
     lines = creds.env_list_text(
         replace(fake_credentials(), endpoint_url="http://10.77.0.1:5000")
     ).splitlines()
     assert lines == [
-        "AWS_ACCESS_KEY_ID=ASIAFAKEKEY000000001",
-        "AWS_SECRET_ACCESS_KEY=s3cr3t/secret+value",
-        "AWS_SESSION_TOKEN=token-" + "x" * 40,
         "AWS_DEFAULT_REGION=eu-west-1",
         "AWS_REGION=eu-west-1",
         "AWS_PROFILE=shapcluster",
         f"AWS_SHARED_CREDENTIALS_FILE={cmd.CONTAINER_AWS_CREDENTIALS}",
+        f"AWS_CONFIG_FILE={cmd.CONTAINER_AWS_CONFIG}",
         "AWS_ENDPOINT_URL=http://10.77.0.1:5000",
     ]
     profile = creds.credentials_file_text(fake_credentials())
-    assert profile.startswith("[shapcluster]\naws_access_key_id = ASIA")
+    assert profile == f"[shapcluster]\ncredential_process = cat {cmd.CONTAINER_AWS_PROCESS}\n"
+    process = json.loads(creds.process_output_text(fake_credentials()))
+    assert process["Version"] == 1 and process["AccessKeyId"] == "ASIAFAKEKEY000000001"
 
 
 def test_credentials_are_written_0600_atomically_to_every_host_and_never_in_a_command(config):
@@ -177,7 +179,8 @@ def test_credentials_are_written_0600_atomically_to_every_host_and_never_in_a_co
         writes = [(c, s) for c, s in zip(runner.commands, runner.stdins, strict=True) if s is not None]
         targets = [re.search(r'mv -f "\$tmp" (\S+)', c)[1] for c, _ in writes]  # type: ignore[index]
         assert [t.split("/sc/")[1] for t in targets] == [
-            "secrets/aws/credentials", "secrets/env.list", "secrets/aws/meta.json",
+            "secrets/aws/process.json", "secrets/aws/credentials", "secrets/aws/config",
+            "secrets/env.list", "secrets/aws/meta.json",
         ]  # fmt: skip
         assert all("chmod 0600" in c and "mv -f" in c for c, _ in writes)
         assert not any("ASIAFAKE" in c or "s3cr3t" in c for c in runner.commands)
@@ -308,19 +311,45 @@ def test_expired_source_session_says_to_log_in_again(config, monkeypatch):
     assert "aws sso login" in (err.value.hint or "")
 
 
-def test_the_profile_file_beats_stale_keys_in_the_environment(world, config, monkeypatch, tmp_path):
-    """How a refresh reaches a running container: its environment keeps the first keys, but the
-    job names AWS_PROFILE, so boto3 reads the (rewritten) credentials file instead."""
+def test_a_plain_default_client_follows_a_refresh(world, config, monkeypatch, tmp_path):
+    """How a refresh reaches a running container: its environment (env.list) holds no keys, so
+    a plain default-chain client reads the rewritten files; the job's profile session too."""
+    import boto3
+
     from app import etl
 
     use_keys(monkeypatch, world.alice)
-    fresh = creds.assume_role(aws_for(config, world.url), ROLE_ARN)
-    (tmp_path / "credentials").write_text(creds.credentials_file_text(fresh))
-    for line in creds.env_list_text(replace(fresh, endpoint_url=world.url)).splitlines():
+    first = creds.assume_role(aws_for(config, world.url), ROLE_ARN)
+    second = creds.assume_role(aws_for(config, world.url), ROLE_ARN)
+    assert first.access_key_id != second.access_key_id
+    process = tmp_path / "process.json"
+
+    def place(fresh: creds.RoleCredentials) -> None:  # what write_credentials puts in aws/
+        for name, text in (
+            ("process.json", creds.process_output_text(fresh)),
+            ("credentials", creds.credentials_file_text(fresh)),
+            ("config", creds.config_file_text(fresh)),
+        ):
+            (tmp_path / name).write_text(text.replace(cmd.CONTAINER_AWS_PROCESS, str(process)))
+
+    place(first)
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for line in creds.env_list_text(replace(first, endpoint_url=world.url)).splitlines():
         name, value = line.split("=", 1)
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIASTALE00000000000")  # what the env still says
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+
+    def plain_key() -> str:
+        return boto3.session.Session().get_credentials().get_frozen_credentials().access_key
+
+    assert plain_key() == first.access_key_id
+    place(second)  # `creds refresh`
+    assert plain_key() == second.access_key_id
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # as in a new process
+    s3 = boto3.client("s3")
+    assert s3.head_object(Bucket=aws_server.BUCKET, Key=aws_server.KEY)["ContentLength"] > 0
     dataset = etl.load_dataset(f"s3://{aws_server.BUCKET}/{aws_server.KEY}")
     assert len(dataset.features) == 1599
 

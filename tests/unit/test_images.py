@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
 import tarfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -34,6 +35,7 @@ from shapcluster.images import (
     write_context_tar,
 )
 from shapcluster.inventory import Host
+from shapcluster.remote import stream
 from shapcluster.remote.fake import FakeRunner
 from shapcluster.remote.group import HostsFailedError
 
@@ -264,7 +266,7 @@ def test_ensure_image_builds_with_labels_and_streams_the_log(context: tuple[Path
     hash_ = context_hash(*context[:1], "base:1", RAY, context[1])
     assert built == BuiltImage(f"shapcluster-ray:{hash_[:12]}", ID, hash_, built=True)
     (build,) = docker.builds
-    assert build["buildargs"] == {"BASE_IMAGE": "base:1"}
+    assert build["buildargs"] == {"BASE_IMAGE": "base:1", "SHAPCLUSTER_IMAGE": "shapcluster-ray"}
     assert build["labels"] == {"shapcluster.context-hash": hash_, "shapcluster.ray-version": RAY}
     assert "wheels/ray-2.60.0-cp311-cp311-manylinux2014_x86_64.whl" in build["names"]
     assert "10.0.0.1: Step 1/9 : ARG BASE_IMAGE" in lines and "10.0.0.1:  ---> abc" in lines
@@ -347,9 +349,18 @@ def test_ship_skips_hosts_that_have_the_image_and_tags_everywhere() -> None:
     shipped = ship_image(head, [w1, w2], "img:tag", ID, lambda line: None, transfer=transfer)
     assert shipped == ["w2"]
     assert transfer.calls == [("head", ["w2"], ID, 1500000000)]
-    for worker in (w1, w2):
-        assert worker.commands[-1] == f"docker tag {ID} img:tag"
+    assert w2.commands[-1] == f"docker tag {ID} img:tag"
+    # w1 has the image under the tag already: one inspect, no `docker tag` (issue 12, warm up).
+    assert w1.commands == [image_id_command("img:tag")]
     assert head.commands == [f"docker image inspect --format '{{{{.Size}}}}' {ID}"]
+
+
+def test_ship_tags_a_host_that_has_the_image_under_another_name() -> None:
+    w1 = _runner("w1", ID)
+    w1.respond(re.escape(image_id_command("img:t")), exit_code=1, stderr="Error: No such image: img:t")
+    transfer = FakeTransfer()
+    assert ship_image(_runner("head", ID), [w1], "img:t", ID, lambda line: None, transfer=transfer) == []
+    assert transfer.calls == [] and w1.commands[-1] == f"docker tag {ID} img:t"
 
 
 def test_ship_moves_nothing_when_every_host_has_the_image() -> None:
@@ -400,6 +411,37 @@ def test_verify_identical_passes_and_returns_every_host() -> None:
     assert list(infos) == ["head", "w1", "w2"]
     assert infos["w2"] == ImageInfo(ID, parse_versions("x", VERSIONS))
     assert runners[1].commands == [image_id_command("img:t"), versions_command(ID)]
+
+
+def test_verify_reads_the_versions_once_per_host_and_image() -> None:
+    """A warm `up` reads the versions a host recorded for this image ID, not a new container."""
+    runners = [_host("head", ID), _host("w1", ID)]
+    for runner in runners:
+        runner.respond(r"^cat -- ", stdout=VERSIONS + "\n")
+    verify_identical(runners, "img:t", ID, {"head": "/srv/h", "w1": "/srv/w"})
+    cache = f"/srv/w/images/{ID.removeprefix('sha256:')}.versions.json"
+    assert runners[1].commands[-1] == versions_command(ID, cache)
+    assert versions_command(ID, cache) == (
+        f"cat -- {cache} 2>/dev/null || {{ out=$({versions_command(ID)}) && mkdir -p -- /srv/w/images && "
+        f"printf '%s\\n' \"$out\" | tee -- {cache}; }}"
+    )
+
+
+def test_the_versions_cache_runs_the_image_only_the_first_time(tmp_path: Path) -> None:
+    """The shell of versions_command, with `docker` replaced by a script that counts its runs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(f"#!/bin/sh\necho run >> {tmp_path}/runs\necho '{VERSIONS}'\n")
+    (bin_dir / "docker").chmod(0o755)
+    cache = str(tmp_path / "root" / "images" / "x.versions.json")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    for _ in range(2):
+        done = subprocess.run(
+            ["sh", "-c", versions_command(ID, cache)], capture_output=True, text=True, env=env, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert parse_versions("h", done.stdout) == parse_versions("h", VERSIONS)
+    assert (tmp_path / "runs").read_text() == "run\n"
 
 
 def test_verify_identical_names_each_host_that_differs() -> None:
@@ -527,7 +569,7 @@ def test_pump_fans_out_and_drops_a_failing_target_alone() -> None:
     bad.status_event.set()
     loads: dict[str, Any] = {"good": good, "bad": bad}
     failures: dict[str, Exception] = {}
-    images._pump(save, loads, failures, 30, lambda line: None)  # type: ignore[arg-type]
+    stream._pump(save, loads, failures, 30, lambda line: None)  # type: ignore[arg-type]
     assert good.received == b"a" * 10 + b"b" * 10 + b"c" * 10 and good.eof
     assert bad.received == b"a" * 10 and bad.closed and not bad.eof
     assert list(loads) == ["good"]

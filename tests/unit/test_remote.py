@@ -26,11 +26,13 @@ from shapcluster.remote.ssh import (
     AcceptNewHostKey,
     RejectUnknownHostKey,
     SshRunner,
+    SshTarget,
     UnknownHostKeyError,
     fingerprint,
     keyscan_command,
     load_private_key,
     make_connection,
+    resolve_target,
     translate_ssh_error,
 )
 
@@ -300,7 +302,7 @@ def test_unknown_host_key_error_says_how_to_trust_it(tmp_path: Path, host_key: p
     assert error.hint == (
         "Check the fingerprint with the host's owner, then trust it: "
         f"ssh-keyscan -p 2222 -t ecdsa-sha2-nistp256 10.0.0.5 >> {tmp_path}/known_hosts"
-        " (or run again with --accept-new-host-keys)."
+        " (or set accept_new_host_keys = true in the [ssh] table of the config file)."
     )
 
 
@@ -677,3 +679,56 @@ def test_ssh_tunnel_to_an_unreachable_host_is_a_remote_error(tmp_path: Path) -> 
     runner = SshRunner(Host("127.0.0.1", user="tester", port=port), ssh_options(tmp_path))
     with pytest.raises(RemoteError, match=rf"cannot reach SSH on port {port}"), runner.tunnel(8265):
         pass
+
+
+# ---------------------------------------------------------------- the user's ssh config (issue 12)
+
+SSH_CONFIG = """
+Host box
+    HostName 10.1.2.3
+    User alice
+    Port 2200
+    IdentityFile {key}
+
+Host behind
+    HostName 10.9.9.9
+    ProxyJump ops@bastion:2201,10.1.1.1
+"""
+
+
+def config_options(tmp_path: Path, *, use: bool = True) -> SshConfig:
+    key = tmp_path / "id_box"
+    key.write_text("not read here")
+    (tmp_path / "ssh_config").write_text(SSH_CONFIG.format(key=key))
+    return SshConfig(
+        user=None, key=None, known_hosts=tmp_path / "kh", accept_new_host_keys=False, connect_timeout=5,
+        use_ssh_config=use, ssh_config_file=tmp_path / "ssh_config",
+    )  # fmt: skip
+
+
+def test_the_ssh_config_fills_in_what_shapclusters_files_leave_open(tmp_path: Path) -> None:
+    options = config_options(tmp_path)
+    target = resolve_target(Host("box"), options)
+    assert target == SshTarget("10.1.2.3", 2200, "alice", (tmp_path / "id_box",), None)
+    # A user or a non-default port written in workers.txt / the config wins, as on ssh's command line.
+    explicit = resolve_target(Host("box", user="bob", port=2222), options)
+    assert (explicit.port, explicit.user) == (2222, "bob")
+    connection = make_connection(Host("box"), options)
+    assert (connection.host, connection.user, connection.port) == ("10.1.2.3", "alice", 2200)
+    assert connection.connect_kwargs["key_filename"] == [str(tmp_path / "id_box")]
+
+
+def test_proxyjump_hops_become_a_gateway_chain(tmp_path: Path) -> None:
+    connection = make_connection(Host("behind", user="root"), config_options(tmp_path))
+    assert (connection.host, connection.user) == ("10.9.9.9", "root")
+    last = connection.gateway
+    assert (last.host, last.port) == ("10.1.1.1", 22)
+    assert (last.gateway.host, last.gateway.user, last.gateway.port) == ("bastion", "ops", 2201)
+    assert last.gateway.gateway is None
+
+
+def test_use_ssh_config_false_ignores_it_and_the_hint_says_so(tmp_path: Path) -> None:
+    options = config_options(tmp_path, use=False)
+    assert resolve_target(Host("box"), options) == SshTarget("box", 22, None)
+    error = translate_ssh_error(OSError("refused"), Host("box"), options)
+    assert "ssh -F /dev/null -p 22 box true" in (error.hint or "")

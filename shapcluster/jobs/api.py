@@ -1,26 +1,19 @@
-"""Run the SHAP job: on this machine (`submit --local`) or on a cluster through Ray's Jobs API.
+"""The job on a cluster through Ray's Jobs API: the only shapcluster module that imports ray,
+lazily, for the client.
 
-The job itself lives in ``app`` and knows nothing of shapcluster; this module translates its
-failures (locally its exceptions, on a cluster its driver's exit status) into ShapclusterError
-so the CLI can report them with the right exit status. It is the only shapcluster module that
-imports ray, lazily and only for the Jobs API client.
-
-On a cluster: the head's Ray token is read over SSH and registered as a secret at once; an SSH
-tunnel reaches the dashboard, which listens on the head's 127.0.0.1 only; the job runs the
-synced app inside the head container; its log lines reach the caller as they arrive; its
-results are copied to ``<output_dir>/<job-id>/`` and summary.json gets a "cluster" block.
+The head's Ray token is read over SSH and registered as a secret at once; an SSH tunnel reaches
+the dashboard, which listens on the head's 127.0.0.1 only; the job runs the synced app inside
+the head container; its log lines reach the caller as they arrive; its results are copied to
+``<output_dir>/<job-id>/`` and summary.json gets a "cluster" block.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import json
 import logging
 import secrets
 import shlex
-import subprocess
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -31,20 +24,30 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, cast
 
 from app.config import JobConfig
-from app.results import write_summary
 from shapcluster import cluster
 from shapcluster import commands as cmd
 from shapcluster.config import ClusterConfig
 from shapcluster.creds import CredentialsMeta, describe_expiry
 from shapcluster.errors import (
     InputError,
-    JobFailedError,
-    JobStoppedError,
     NoClusterError,
     RemoteError,
-    ResultsDisagreeError,
 )
 from shapcluster.inventory import Host
+from shapcluster.jobs.provenance import (
+    add_cluster_block,
+    app_version,
+    cluster_block,
+    sync_warning,
+    unsynced_files,
+)
+from shapcluster.jobs.results import (
+    LOG_TAIL_LINES,
+    JobInfo,
+    fetch_results,
+    job_info,
+    raise_for_status,
+)
 from shapcluster.remote.base import Runner, tail
 
 log = logging.getLogger(__name__)
@@ -56,49 +59,10 @@ Progress = Callable[[str], None]
 CONTAINER_ROOT = str(PurePosixPath(cmd.CONTAINER_APP_DIR).parent)  # the job's working directory
 ENTRYPOINT_PREFIX = f"cd {shlex.quote(CONTAINER_ROOT)} && python -m app"
 PASS_THROUGH_SCHEMES = ("s3://", "https://", "http://")
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 END_TIMEOUT_SECONDS = 30.0  # after the log stream ends, until Ray reports the end state
 STOP_TIMEOUT_SECONDS = 30.0  # Ray sends SIGTERM, then SIGKILL after a few seconds
 POLL_SECONDS = 0.5
-LOG_TAIL_LINES = 12
 DEFAULT_JOB_SECONDS = 15 * 60  # a job's likely length before any has finished on the cluster
-RESULTS_MODE = 0o644  # results are for sharing, as `submit --local` writes them
-
-
-# --- local -----------------------------------------------------------------------------------
-
-
-def build_job_config(**options: Any) -> JobConfig:
-    """One validated JobConfig from CLI options; a bad combination is an InputError."""
-    try:
-        return JobConfig(**options)
-    except ValueError as err:
-        raise InputError(str(err)) from None
-
-
-def run_local(config: JobConfig) -> dict[str, Any]:
-    """Run the job on a Ray instance on this machine; return its summary."""
-    from app.errors import DataError, ExplanationsDisagreeError, JobError
-    from app.precheck import check_job
-
-    log.debug("running the job locally with %s", config)
-    try:
-        check_job(config)  # data, groups, plan size: before Ray and scikit-learn are imported
-        from app.dag import run_job
-
-        return run_job(config)
-    except DataError as err:
-        raise InputError(str(err)) from None
-    except ExplanationsDisagreeError as err:
-        raise ResultsDisagreeError(
-            str(err),
-            hint="Compare shap_values.csv with reference_shap_values.csv; rerun with --debug and report it.",
-        ) from None
-    except JobError as err:
-        raise JobFailedError(str(err)) from None
-
-
-# --- values ----------------------------------------------------------------------------------
 
 
 class JobsClient(Protocol):
@@ -120,23 +84,6 @@ def ray_jobs_client(address: str, headers: dict[str, str]) -> JobsClient:
     from ray.job_submission import JobSubmissionClient
 
     return cast(JobsClient, JobSubmissionClient(address, headers=headers))
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """Ray's JobDetails reduced to what we report; times are aware datetimes (UTC)."""
-
-    job_id: str
-    status: str  # PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED
-    exit_code: int | None = None  # the driver's, once it has ended
-    message: str = ""
-    start: datetime | None = None
-    end: datetime | None = None
-    entrypoint: str = ""
-
-    @property
-    def done(self) -> bool:
-        return self.status in TERMINAL
 
 
 @dataclass(frozen=True)
@@ -165,26 +112,6 @@ class Session:
     head: cluster.Node
     client: JobsClient
     port: int  # the dashboard port on the head (for messages)
-
-
-def job_info(details: Any) -> JobInfo:
-    status = getattr(details.status, "value", details.status)  # JobStatus is a str Enum
-    return JobInfo(
-        job_id=details.submission_id or details.job_id or "?",
-        status=str(status),
-        exit_code=details.driver_exit_code,
-        message=details.message or "",
-        start=_from_ms(details.start_time),
-        end=_from_ms(details.end_time),
-        entrypoint=details.entrypoint or "",
-    )
-
-
-def _from_ms(stamp: int | None) -> datetime | None:
-    return None if stamp is None else datetime.fromtimestamp(stamp / 1000, UTC)
-
-
-# --- pure pieces -----------------------------------------------------------------------------
 
 
 def new_job_id(now: datetime | None = None) -> str:
@@ -235,144 +162,6 @@ def short_entrypoint(entrypoint: str, width: int = 60) -> str:
     if text.startswith(ENTRYPOINT_PREFIX):
         text = "app" + text[len(ENTRYPOINT_PREFIX) :]
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def list_files_command(folder: str) -> str:
-    """The regular files directly in ``folder``, one path a line; nothing if it does not exist."""
-    quoted = shlex.quote(folder)
-    return f"if [ -d {quoted} ]; then find {quoted} -mindepth 1 -maxdepth 1 -type f; fi"
-
-
-def app_error(log_lines: Sequence[str]) -> str | None:
-    """The app's own one-line reason (``Error: ...`` on stderr), if it printed one."""
-    for line in reversed(log_lines):
-        if line.startswith("Error: "):
-            return line[len("Error: ") :]
-    return None
-
-
-def raise_for_status(info: JobInfo, log_lines: Sequence[str], head: str, results: Path | None) -> None:
-    """Nothing for a job that succeeded; otherwise the error whose exit status matches the
-    driver's (3 bad input, 4 disagreement, 7 any other failure, 8 stopped)."""
-    job = info.job_id
-    saved = f" Its results are in {results}." if results else ""
-    if info.status == "SUCCEEDED":
-        return
-    if info.status == "STOPPED":
-        raise JobStoppedError(f"Job {job} was stopped.{saved}")
-    if info.status != "FAILED":
-        raise RemoteError(
-            f"{head}: job {job} is still {info.status}, but its log stream ended.",
-            hint=f"Follow it again: shapcluster logs {job} --follow",
-        )
-    reason = app_error(log_lines)
-    if info.exit_code == 3:
-        raise InputError(
-            f"Job {job}: {reason or 'the input data cannot be used'}",
-            hint="Fix the file in the synced data folder and run `shapcluster sync`, or pass another --data.",
-        )
-    if info.exit_code == 4:
-        raise ResultsDisagreeError(
-            f"Job {job}: {reason or 'our KernelSHAP and the reference disagree'}.{saved}",
-            hint="Compare shap_values.csv with reference_shap_values.csv there; report it with the summary.",
-        )
-    status = f"exit status {info.exit_code}" if info.exit_code is not None else "no exit status"
-    last = tail("\n".join(log_lines), lines=LOG_TAIL_LINES, chars=2000) or tail(info.message)
-    raise JobFailedError(
-        f"Job {job} failed on {head} ({status})" + (f":\n{last}" if last else "."),
-        hint=f"The whole log: shapcluster logs {job}",
-    )
-
-
-def cluster_block(
-    *,
-    job_id: str,
-    head: str,
-    image_id: str,
-    app_version: str,
-    entrypoint: str,
-    credentials_expiry: datetime | None = None,
-) -> dict[str, str]:
-    """What summary.json records of where and how a cluster job ran."""
-    block = {
-        "job_id": job_id,
-        "head": head,
-        "image_id": image_id,
-        "app_version": app_version,
-        "entrypoint": entrypoint,
-    }
-    if credentials_expiry is not None:
-        block["credentials_expire"] = credentials_expiry.isoformat()
-    return block
-
-
-def add_cluster_block(summary_path: Path, block: Mapping[str, str]) -> bool:
-    """Add ``"cluster": block`` to a summary.json (rewritten atomically); False if it is absent."""
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError) as err:
-        raise InputError(f"{summary_path}: cannot read the job's summary: {err}") from None
-    summary["cluster"] = dict(block)
-    write_summary(summary_path, summary)  # atomically, 0644 like the job's own files
-    return True
-
-
-def app_version(app_dir: Path) -> str:
-    """The commit of the app folder's repository (``-dirty`` if anything under the folder
-    differs from it); outside a repository a sha256 over the files `sync` would ship."""
-    try:
-        commit = _git(app_dir, "rev-parse", "HEAD")
-        changes = _git(app_dir, "status", "--porcelain", "--", ".")
-    except (OSError, subprocess.SubprocessError):
-        return "sha256:" + content_hash(app_dir)
-    return commit + ("-dirty" if changes else "")
-
-
-def content_hash(folder: Path) -> str:
-    from shapcluster.sync import scan_local_tree
-
-    digest = hashlib.sha256()
-    for relative, file in scan_local_tree(folder).files.items():
-        digest.update(f"{relative}\0{file.sha256}\n".encode())
-    return digest.hexdigest()
-
-
-def unsynced_files(head: cluster.Node, app_dir: Path) -> list[str] | None:
-    """Files of the local app folder that differ from (or are missing in) the head's synced copy,
-    and files only the head has; None when the head's app folder was never synced."""
-    from shapcluster import sync
-
-    found = head.runner.run(cmd.read_file_command(sync.manifest_path(head.layout.app_dir)), check=False)
-    remote = sync.parse_manifest(found.stdout, head.layout.app_dir) if found.ok else None
-    if remote is None:
-        return None
-    local = {path: file.sha256 for path, file in sync.scan_local_tree(app_dir).files.items()}
-    synced = {path: entry.sha256 for path, entry in remote.items()}
-    return sorted(path for path in local.keys() | synced.keys() if local.get(path) != synced.get(path))
-
-
-def sync_warning(differs: list[str] | None, app_dir: Path, head: str) -> str | None:
-    if differs == []:
-        return None
-    what = (
-        "was never synced"
-        if differs is None
-        else f"differs from {app_dir} in {len(differs)} file(s): {', '.join(differs[:5])}"
-        + (" …" if len(differs) > 5 else "")
-    )
-    return f"The app on {head} {what}; the job runs the synced copy. Run `shapcluster sync` first."
-
-
-def _git(folder: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(folder), *args], capture_output=True, text=True, check=True, timeout=30
-    )
-    return done.stdout.strip()
-
-
-# --- talking to the head ---------------------------------------------------------------------
 
 
 def read_token(head: cluster.Node) -> str:
@@ -495,17 +284,23 @@ def wait_for_end(
         sleep(POLL_SECONDS)  # a poll interval; the deadline decides
 
 
-def fetch_results(head: cluster.Node, job_id: str, output_dir: Path) -> Path | None:
-    """Copy the head's results/<job-id>/ files to ``output_dir/<job-id>/``; None if it has none."""
-    remote = f"{head.layout.results_dir}/{job_id}"
-    listing = head.runner.run(list_files_command(remote)).stdout
-    names = sorted(PurePosixPath(line).name for line in listing.splitlines() if line.strip())
-    if not names:
-        return None
-    local = output_dir / job_id
-    for name in names:
-        head.runner.get(f"{remote}/{name}", local / name, RESULTS_MODE)
-    return local
+def submit_once(session: Session, job_id: str, entrypoint: str) -> None:
+    """Submit the job under ``job_id``; a job id the cluster knows already is bad input (exit 3),
+    said in one line, because Ray keeps every submission id for good."""
+    with jobs_api_errors(session.head.name, session.port):
+        try:
+            session.client.submit_job(entrypoint=entrypoint, submission_id=job_id)
+        except RuntimeError as err:  # Ray: "Request failed with status code 400: Job with ..."
+            if "already exists" not in str(err):
+                raise
+            duplicate = True
+        else:
+            duplicate = False
+    if duplicate:
+        raise InputError(
+            f"--run-id {job_id}: the cluster of {session.head.name} already has a job with this id.",
+            hint="Pick another --run-id, or leave it out for a fresh one (`shapcluster jobs` lists the ids).",
+        ) from None
 
 
 def run_job(
@@ -519,15 +314,18 @@ def run_job(
     block: Mapping[str, str] | None = None,
     progress: Progress = lambda _: None,
     stop_timeout: float = STOP_TIMEOUT_SECONDS,
+    wait: bool = True,
 ) -> JobOutcome:
     """Submit, follow the log, fetch the results, and raise unless the job succeeded.
 
     Ctrl-C while following asks ``confirm_stop``: yes stops the job and waits until Ray says it
     stopped (JobStoppedError); no leaves it running and returns a detached outcome.
+    ``wait`` False (`submit --no-wait`): return a detached outcome as soon as Ray accepted it.
     """
     head, client = session.head, session.client
-    with jobs_api_errors(head.name, session.port):
-        client.submit_job(entrypoint=entrypoint, submission_id=job_id)
+    submit_once(session, job_id, entrypoint)
+    if not wait:
+        return JobOutcome(job_id, "PENDING", None, detached=True)
     progress(f"Job {job_id} submitted to {head.name}; its log follows (Ctrl-C to stop or detach).")
     lines: list[str] = []
     with jobs_api_errors(head.name, session.port, job_id):
@@ -580,9 +378,6 @@ def logs_on(session: Session, job_id: str, *, follow: bool, on_log: OnLog) -> Jo
     return info
 
 
-# --- the commands ----------------------------------------------------------------------------
-
-
 def credentials_warning(meta: CredentialsMeta, previous: Sequence[JobRow], now: datetime) -> str | None:
     """A warning when the AWS credentials on the head expire before this job likely ends: as
     long as the longest of the last few successful jobs, or DEFAULT_JOB_SECONDS without any."""
@@ -609,8 +404,10 @@ def submit(
     connect: Callable[[Host], Runner] | None = None,
     client_factory: ClientFactory = ray_jobs_client,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    wait: bool = True,
 ) -> JobOutcome:
     """Run the job on the cluster's head through the Jobs API; results to job.output_dir/<id>/.
+    ``wait`` False: return once the job is submitted (its results stay on the head).
 
     Local problems (a --data file outside the synced folder) are found before any host is
     contacted. ``warn`` hears about credentials that expire before the job likely ends.
@@ -648,6 +445,7 @@ def submit(
                 confirm_stop=confirm_stop,
                 block=block,
                 progress=progress,
+                wait=wait,
             )
 
 
@@ -667,11 +465,44 @@ def job_logs(
     *,
     follow: bool,
     on_log: OnLog,
+    results_to: Path | None = None,
     connect: Callable[[Host], Runner] | None = None,
     client_factory: ClientFactory = ray_jobs_client,
 ) -> JobInfo:
+    """Print a job's log (``follow``: until it ends); with ``results_to``, copy an ended job's
+    results to ``results_to/<job-id>/`` (what `submit` does at the end; for `submit --no-wait`)."""
     with cluster.open_nodes(config, connect) as nodes, _session(config, nodes[0], client_factory) as session:
-        return logs_on(session, job_id, follow=follow, on_log=on_log)
+        info = logs_on(session, job_id, follow=follow, on_log=on_log)
+        if results_to is not None and info.done:
+            fetch_results(nodes[0], job_id, results_to)
+        return info
+
+
+def stop_job(
+    config: ClusterConfig,
+    job_id: str,
+    *,
+    connect: Callable[[Host], Runner] | None = None,
+    client_factory: ClientFactory = ray_jobs_client,
+    timeout: float = STOP_TIMEOUT_SECONDS,
+) -> JobInfo:
+    """Stop a cluster job and wait until Ray says it ended; a job that has ended already is left
+    as it is (its info returned). Raises InputError for an unknown id, RemoteError when the stop
+    does not land within ``timeout`` seconds."""
+    with cluster.open_nodes(config, connect) as nodes, _session(config, nodes[0], client_factory) as session:
+        head = session.head.name
+        with jobs_api_errors(head, session.port, job_id):
+            info = job_info(session.client.get_job_info(job_id))
+            if info.done:
+                return info
+            session.client.stop_job(job_id)
+            info = wait_for_end(session.client, job_id, timeout)
+    if not info.done:
+        raise RemoteError(
+            f"{head}: asked job {job_id} to stop, but it is still {info.status} after {timeout:.0f} s.",
+            hint="`shapcluster jobs` shows when it ends.",
+        )
+    return info
 
 
 @contextmanager
