@@ -6,13 +6,15 @@ import sys
 
 from app.config import parse_args
 from app.errors import JobError
+from app.precheck import check_job
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    from app.dag import run_job  # Ray loads only once the arguments are known to be good
-
     try:
+        check_job(config)  # the data, groups and plan size, before Ray and scikit-learn load
+        from app.dag import run_job  # Ray loads only once the arguments are known to be good
+
         run_job(config)
     except JobError as err:
         print(f"Error: {err}", file=sys.stderr)

@@ -36,6 +36,7 @@ class JobConfig:
     reference: bool = True  # False (--no-reference): our explainer alone, e.g. to time it
     groups: str | None = None  # JSON or TOML file: group name -> columns; each group one player
     tol: float | None = None  # sampling: add coalitions until the largest standard error < tol
+    background_weights: str | None = None  # column of the data holding each row's weight
 
     def __post_init__(self) -> None:
         positive: dict[str, int | None] = {
@@ -129,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="sampling: double the coalitions until every standard error is below TOL",
+    )
+    add(
+        "--background-weights",
+        default=None,
+        metavar="COLUMN",
+        help="column of the data with each row's weight as a background row (not a feature)",
     )
     add(
         "--no-reference",

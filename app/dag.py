@@ -34,10 +34,9 @@ import ray
 from ray import ObjectRef
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from app import compare, etl, kernel_shap, model, results
-from app import groups as groups_file
+from app import compare, etl, kernel_shap, model, precheck, results
 from app.config import EXACT, JobConfig
-from app.errors import BudgetError, ExplanationsDisagreeError, JobError
+from app.errors import ExplanationsDisagreeError, JobError
 from app.report import Reporter
 
 log = logging.getLogger(__name__)
@@ -143,9 +142,11 @@ def _single_threaded() -> Any:
 
 
 @ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False)
-def etl_step(source: str | None, label: str) -> tuple[etl.Dataset, dict[str, Any]]:
+def etl_step(
+    source: str | None, label: str, weights_column: str | None = None
+) -> tuple[etl.Dataset, dict[str, Any]]:
     start = time.perf_counter()
-    dataset = etl.load_dataset(source, label)
+    dataset = etl.with_weights(etl.load_dataset(source, label), weights_column)
     info = {
         "source": dataset.source,
         "rows": len(dataset.features),
@@ -405,12 +406,18 @@ def run_distributed_shap(
     n_players = data.rows.shape[1] if players is None else players.shape[0]
     background = Background.put(data.background, background_weights)
     model_box = [model_ref]
-    outputs = ray.get(outputs_step.remote(model_box, data.rows, background.ref, background.weights))
-    budget = kernel_shap.resolve_nsamples(
-        nsamples, n_players, len(data.rows), len(background.rows), outputs["fx"].shape[1]
-    )
+    outputs_ref = outputs_step.remote(model_box, data.rows, background.ref, background.weights)
+    # Sized for one output here so the blocks start at once; ey is sized again for the real
+    # number of outputs before it is built.
+    budget = kernel_shap.resolve_nsamples(nsamples, n_players, len(data.rows), len(background.rows))
     branch, plans = _ours_branch(model_box, data, background, budget, seed, workers, batch_size, players)
     _drive([branch], lambda name, amount: None)
+    outputs = ray.get(outputs_ref)
+    for plan, row_index in plans.values():
+        n_varying, n_outputs = len(plan.varying), outputs["fx"].shape[1]
+        kernel_shap.check_plan_fits(
+            plan.n_coalitions, n_varying, plan.n_features, len(row_index), n_outputs, exact=plan.exact
+        )
     return _solve_ours(branch, plans, outputs, link, len(data.rows), n_players)
 
 
@@ -488,9 +495,7 @@ def run_job(config: JobConfig, reporter: Reporter | None = None) -> dict[str, An
     """Run the whole DAG; write results/<run-id>/; return the summary. Raises JobError."""
     reporter = reporter or Reporter()
     source = etl.resolve_source(config.data)
-    if source is not None and "://" not in source:
-        dataset = etl.load_dataset(source, config.label)  # fail in milliseconds, before Ray starts
-        _check_plan_before_ray(config, dataset)
+    precheck.check_job(config)  # data, groups and plan size: milliseconds, before Ray starts
     started_ray = _init_ray(config, reporter)
     try:
         return _run_dag(config, source, reporter)
@@ -508,34 +513,6 @@ def run_job(config: JobConfig, reporter: Reporter | None = None) -> dict[str, An
     finally:
         if started_ray:
             ray.shutdown()
-
-
-def _players(config: JobConfig, feature_names: list[str]) -> groups_file.Players | None:
-    return groups_file.load_groups(config.groups, feature_names) if config.groups else None
-
-
-def _resolve_budget(
-    config: JobConfig,
-    nsamples: int | str | None,
-    n_players: int,
-    n_rows: int,
-    n_background: int,
-    n_outputs: int,
-) -> int | None:
-    try:
-        return kernel_shap.resolve_nsamples(nsamples, n_players, n_rows, n_background, n_outputs)
-    except kernel_shap.PlanTooLargeError as err:
-        raise BudgetError(f"{config.data or 'the data'}: {err}") from None
-
-
-def _check_plan_before_ray(config: JobConfig, dataset: etl.Dataset) -> None:
-    """The groups file and the plan's size, checked in milliseconds before Ray starts
-    (upper bounds: every row explained, every player varying)."""
-    names = [str(c) for c in dataset.features.columns]
-    players = _players(config, names)
-    n_players = len(names) if players is None else len(players.names)
-    n_classes = max(int(dataset.labels.nunique()), 1)
-    _resolve_budget(config, config.nsamples, n_players, config.rows, config.background, n_classes)
 
 
 def _first_line(err: Exception, limit: int = 200) -> str:
@@ -569,13 +546,13 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     timings = _Timings()
     prepared = _prepare(config, source, reporter, timings)
     n_rows, n_features = prepared.data.rows.shape
-    player_spec = _players(config, prepared.info["features"])
+    player_spec = precheck.players(config, prepared.info["features"])
     players = None if player_spec is None else kernel_shap.player_matrix(player_spec.columns, n_features)
     n_players = n_features if players is None else len(players)
     cpus = _cluster_cpus()
     workers = config.workers or cpus
     n_outputs = prepared.outputs["fx"].shape[1]
-    budget = _resolve_budget(
+    budget = precheck.resolve_budget(
         config, prepared.nsamples, n_players, n_rows, len(prepared.background.rows), n_outputs
     )
     nodes = _alive_nodes()
@@ -588,11 +565,19 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     timings.add("warm_up", t0, f"{processes}, model loaded")
     ours, plans, budget = _ours_rounds(config, prepared, budget, workers, players, reporter)
     if not all(plan.exact for plan, _ in plans.values()):
+        exact_n = kernel_shap.exact_nsamples(n_players)
+        exact_fits = kernel_shap.plan_bytes(exact_n, n_players, n_features, n_rows, n_outputs) <= (
+            kernel_shap.PLAN_MEMORY_BUDGET
+        )
         reporter.warn(
-            f"sampling mode: {n_players} players need {kernel_shap.exact_nsamples(n_players)} coalitions "
+            f"sampling mode: {n_players} players need {exact_n:,} coalitions "
             "for exact values; values come with standard errors (shap_standard_errors.csv)"
             + (" and the verdict allows for them." if config.reference else ".")
-            + " Pass --nsamples exact for exact values."
+            + (
+                " Pass --nsamples exact for exact values."
+                if exact_fits
+                else " Pass --tol X for errors below X, or --groups for fewer players."
+            )
         )
     branches = [ours]
     if config.reference:
@@ -630,6 +615,8 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     summary["players"] = names
     summary["groups"] = None if player_spec is None else player_spec.groups
     summary["tol"] = config.tol
+    summary["background_weights"] = config.background_weights
+    summary["background_distinct"] = len(prepared.background.rows)
     _write_results(out_dir, summary, prepared, explanation, ref_values, names)
     reporter.summary(
         timings.rows,
@@ -697,7 +684,7 @@ def _ours_rounds(
             )
             return ours, plans, n_now
         n_next = min(2 * n_now, kernel_shap.MAX_TOL_NSAMPLES)
-        _resolve_budget(config, n_next, n_players, n_rows, len(prepared.background.rows), n_outputs)
+        precheck.resolve_budget(config, n_next, n_players, n_rows, len(prepared.background.rows), n_outputs)
         ours, plans = branch_for(n_next)
 
 
@@ -809,7 +796,9 @@ def _disagreement(comparison: compare.Comparison | compare.AdditivityCheck, summ
 def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings: _Timings) -> _Prepared:
     """etl -> split -> create_model -> get_data_to_explain, plus f(x) and E[f] once."""
     t0 = time.perf_counter()
-    dataset_ref, info_ref = cast(tuple[Ref, Ref], etl_step.remote(source, config.label))
+    dataset_ref, info_ref = cast(
+        tuple[Ref, Ref], etl_step.remote(source, config.label, config.background_weights)
+    )
     info: dict[str, Any] = ray.get(info_ref)
     if info["notice"]:
         reporter.notice(info["notice"])
@@ -833,7 +822,7 @@ def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings:
     data_ref = get_data_to_explain_step.remote(split_ref, config.rows, config.background, config.seed)
     data: model.ExplainData = ray.get(data_ref)
     background_ref = ray.put(data.background)
-    background = Background.put(data.background)
+    background = Background.put(data.background, data.background_weights)
     model_box = [model_ref]
     outputs: dict[str, Any] = ray.get(
         outputs_step.remote(model_box, data.rows, background.ref, background.weights)

@@ -9,9 +9,10 @@ import io
 import os
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from app.errors import DataError
@@ -29,6 +30,30 @@ class Dataset:
     source: str  # what the user would recognise: a path or URI
     bundled: bool = False  # True: scikit-learn's wine data stood in for a missing default file
     notice: str | None = None
+    weights: pd.Series | None = None  # --background-weights: each row's weight, not a feature
+
+
+def with_weights(dataset: Dataset, column: str | None) -> Dataset:
+    """The dataset with ``column`` taken out of the features as the rows' background weights.
+    Raises DataError naming the file, the column and the line of the first bad weight."""
+    if column is None:
+        return dataset
+    if column not in dataset.features.columns:
+        raise DataError(
+            f"{dataset.source}: no weights column {column!r}; the feature columns are "
+            f"{', '.join(map(str, dataset.features.columns))}. Pass --background-weights with one of them."
+        )
+    features = dataset.features.drop(columns=[column])
+    weights = dataset.features[column]
+    bad = weights[~np.isfinite(weights.to_numpy()) | (weights.to_numpy() < 0)]
+    if not bad.empty:
+        raise DataError(
+            f"{dataset.source}: weight {float(bad.iloc[0]):g} in column {column!r} on line "
+            f"{_line_of(bad.index[0])} is not a finite, non-negative number."
+        )
+    if features.shape[1] < 1:
+        raise DataError(f"{dataset.source}: no feature columns are left besides the weights {column!r}.")
+    return replace(dataset, features=features, weights=weights)
 
 
 def resolve_source(data: str | None, cwd: Path | None = None) -> str | None:

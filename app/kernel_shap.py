@@ -48,7 +48,7 @@ MAX_BLOCK_BYTES = 256 << 20  # synthetic rows of one model call, whatever the nu
 PLAN_MEMORY_BUDGET = 2 << 30
 # "Affordable" exact enumeration: at most this many synthetic model rows (coalitions x
 # background x rows); above it the default is shap's sampling budget 2G + 2048.
-EXACT_MODEL_ROWS_BUDGET = 50_000_000
+EXACT_MODEL_ROWS_BUDGET = 20_000_000
 LOGIT_EPSILON = 1e-15  # shap's LogitLink clips probabilities to [eps, 1 - eps]
 # Largest budget convergence-driven sampling (--tol) may grow to.
 MAX_TOL_NSAMPLES = 1 << 17
@@ -157,6 +157,7 @@ class CoalitionPlan:
     exact: bool = field(default=True)
     coalitions: BoolArray | None = None  # (S, m) over the varying players; None: masks[:, varying]
     units: npt.NDArray[np.intp] | None = None  # (S,) sampling draw of each coalition, -1 enumerated
+    counts: FloatArray | None = None  # (S,) times each coalition was drawn (1 if enumerated)
     n_players: int | None = None  # G; None: M (no groups)
 
     @property
@@ -293,14 +294,14 @@ def _combinations(m: int, size: int) -> BoolArray:
 
 def _choose_coalitions(
     m: int, nsamples: int, rng: np.random.Generator
-) -> tuple[BoolArray, FloatArray, bool, npt.NDArray[np.intp]]:
+) -> tuple[BoolArray, FloatArray, bool, npt.NDArray[np.intp], FloatArray]:
     """Coalitions over m >= 2 players and their kernel weights, following shap's scheme.
 
     Whole subset sizes are enumerated (with their complements) while the budget covers them;
     the rest of the budget is drawn at random, in complementary pairs, and duplicates add
-    weight instead of rows. Returns (masks (S, m), weights (S,), exact, units (S,)) where
-    units numbers the random draws (a coalition and its paired complement share one) and is
-    -1 for enumerated coalitions.
+    weight instead of rows. Returns (masks (S, m), weights (S,), exact, units (S,), counts (S,))
+    where units numbers the random draws (a coalition and its paired complement share one) and
+    is -1 for enumerated coalitions, and counts is how often each coalition was drawn.
     """
     nsamples = min(nsamples, exact_nsamples(m)) if m <= 30 else nsamples
     weight_vector, num_subset_sizes, num_paired = _subset_size_weights(m)
@@ -308,6 +309,7 @@ def _choose_coalitions(
     blocks: list[BoolArray] = []
     block_weights: list[FloatArray] = []
     block_units: list[npt.NDArray[np.intp]] = []
+    block_counts: list[FloatArray] = []
     num_full = 0
     samples_left = nsamples
     remaining = weight_vector.copy()
@@ -328,6 +330,7 @@ def _choose_coalitions(
         blocks.append(masks)
         block_weights.append(np.full(masks.shape[0], weight))
         block_units.append(np.full(masks.shape[0], -1, dtype=np.intp))
+        block_counts.append(np.ones(masks.shape[0]))
 
     exact = num_full == num_subset_sizes
     if not exact and samples_left > 0:
@@ -335,9 +338,16 @@ def _choose_coalitions(
         blocks.append(masks)
         block_weights.append(weights * (weight_vector[num_full:].sum() / weights.sum()))
         block_units.append(units)
+        block_counts.append(weights)
     if not blocks:
-        return np.zeros((0, m), dtype=bool), np.zeros(0), exact, np.zeros(0, dtype=np.intp)
-    return np.concatenate(blocks), np.concatenate(block_weights), exact, np.concatenate(block_units)
+        return np.zeros((0, m), dtype=bool), np.zeros(0), exact, np.zeros(0, dtype=np.intp), np.zeros(0)
+    return (
+        np.concatenate(blocks),
+        np.concatenate(block_weights),
+        exact,
+        np.concatenate(block_units),
+        np.concatenate(block_counts),
+    )
 
 
 def _sample_coalitions(
@@ -442,7 +452,7 @@ def build_plan(
     budget = default_nsamples(m) if nsamples is None else nsamples
     if budget < 1:
         raise ValueError(f"nsamples must be at least 1, got {budget}")
-    small, weights, exact, units = _choose_coalitions(m, budget, np.random.default_rng(seed))
+    small, weights, exact, units, counts = _choose_coalitions(m, budget, np.random.default_rng(seed))
     if players is None:
         masks = np.zeros((small.shape[0], n_features), dtype=bool)
         masks[:, var] = small
@@ -458,6 +468,7 @@ def build_plan(
         coalitions=small,
         units=units,
         n_players=n_players,
+        counts=counts,
     )
 
 
@@ -571,16 +582,15 @@ def standard_errors(
     n_rows, n_outputs = fx.shape
     se = np.zeros((n_rows, plan.players, n_outputs))
     m = len(plan.varying)
-    units = plan.units
-    if plan.exact or m < 2 or units is None:
+    units, all_counts = plan.units, plan.counts
+    if plan.exact or m < 2 or units is None or all_counts is None:
         return se
     sampled = np.flatnonzero(units >= 0)
     if sampled.size < 2:
         return se
     unit_of = units[sampled]
     starts = np.flatnonzero(np.r_[True, unit_of[1:] != unit_of[:-1]])
-    counts = plan.weights[sampled][starts]
-    counts = counts / counts.min()  # draw counts: each sampled weight is count x a constant
+    counts = all_counts[sampled][starts]  # draws of each unit (a pair shares its count)
     n = float(counts.sum())
     if n < 2:
         return se

@@ -22,6 +22,7 @@ class Split:
     y_train: npt.NDArray[np.int64]
     y_test: npt.NDArray[np.int64]
     test_index: npt.NDArray[np.int64]  # row numbers of the test rows in the source file
+    w_train: npt.NDArray[np.float64] | None = None  # --background-weights of the training rows
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ExplainData:
     rows: npt.NDArray[np.float64]  # (R, M): the first R test rows
     row_ids: npt.NDArray[np.int64]  # their row numbers in the source data
     background: npt.NDArray[np.float64]  # (N, M): a seeded random sample of training rows
+    background_weights: npt.NDArray[np.float64] | None = None  # (N,): their weights, if given
 
 
 def split_data(dataset: Dataset, test_size: float = 0.2, seed: int = 0) -> Split:
@@ -44,12 +46,13 @@ def split_data(dataset: Dataset, test_size: float = 0.2, seed: int = 0) -> Split
     y = dataset.labels.to_numpy()
     index = np.arange(len(x))
     try:
-        x_train, x_test, y_train, y_test, _, test_index = train_test_split(
+        x_train, x_test, y_train, y_test, train_index, test_index = train_test_split(
             x, y, index, test_size=test_size, random_state=seed, stratify=None
         )
     except ValueError as err:
         raise DataError(f"{dataset.source}: cannot split into train and test ({err}).") from None
-    return Split(tuple(dataset.features.columns), x_train, x_test, y_train, y_test, test_index)
+    w_train = None if dataset.weights is None else dataset.weights.to_numpy(dtype=np.float64)[train_index]
+    return Split(tuple(dataset.features.columns), x_train, x_test, y_train, y_test, test_index, w_train)
 
 
 def train_forest(split: Split, n_estimators: int = 100, seed: int = 0) -> TrainedModel:
@@ -86,4 +89,5 @@ def get_data_to_explain(split: Split, rows: int, background: int, seed: int = 0)
         )
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(split.x_train), size=background, replace=False))
-    return ExplainData(split.x_test[:rows], split.test_index[:rows], split.x_train[chosen])
+    weights = None if split.w_train is None else split.w_train[chosen]
+    return ExplainData(split.x_test[:rows], split.test_index[:rows], split.x_train[chosen], weights)

@@ -78,11 +78,14 @@ def build_job_config(**options: Any) -> JobConfig:
 
 def run_local(config: JobConfig) -> dict[str, Any]:
     """Run the job on a Ray instance on this machine; return its summary."""
-    from app.dag import run_job
     from app.errors import DataError, ExplanationsDisagreeError, JobError
+    from app.precheck import check_job
 
     log.debug("running the job locally with %s", config)
     try:
+        check_job(config)  # data, groups, plan size: before Ray and scikit-learn are imported
+        from app.dag import run_job
+
         return run_job(config)
     except DataError as err:
         raise InputError(str(err)) from None

@@ -129,6 +129,15 @@ def submit(
             rich_help_panel=_JOB,
         ),
     ] = None,
+    background_weights: Annotated[
+        str | None,
+        typer.Option(
+            metavar="COLUMN",
+            help="Column of the data with each row's weight as a background row (not a feature); "
+            "shap's weighted background. Duplicate background rows are merged into weights anyway.",
+            rich_help_panel=_JOB,
+        ),
+    ] = None,
     output_dir: Annotated[
         str,
         typer.Option(
@@ -175,6 +184,7 @@ def submit(
         reference=reference,
         groups=groups,
         tol=tol,
+        background_weights=background_weights,
         output_dir=output_dir,
         run_id=run_id,
         cpus=cpus,

@@ -21,6 +21,9 @@ def test_argv_round_trip_keeps_every_option():
         run_id="r1",
         output_dir="out",
         reference=False,
+        groups="groups.toml",
+        tol=0.004,
+        background_weights="w",
     )
     assert parse_args(config.to_argv()) == config
 
@@ -44,6 +47,7 @@ def test_defaults_produce_no_arguments():
         ({"nsamples": "all"}, "whole number or 'exact'"),
         ({"test_size": 1.0}, "--test-size must be between 0 and 1"),
         ({"sweep": (10, 0)}, "--sweep needs positive"),
+        ({"tol": 0.0}, "--tol must be a positive standard error"),
     ],
 )
 def test_invalid_values_are_refused(kwargs, message):

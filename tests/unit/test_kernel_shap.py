@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 import warnings
 
 import numpy as np
@@ -216,3 +217,174 @@ def test_exact_plan_enumerates_every_coalition_once():
 def test_nsamples_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         ks.build_plan(np.arange(5), 5, nsamples=0)
+
+
+# --- issue 9 ----------------------------------------------------------------------------------
+
+
+def test_logit_link_on_a_forest_with_probabilities_0_and_1_is_finite_and_equals_shap(wine_csv):
+    """Fault 1: a forest predicts probabilities of exactly 0 and 1; shap clips before the logit."""
+    from app import etl, model
+
+    split = model.split_data(etl.load_dataset(str(wine_csv)))
+    forest = model.train_forest(split, n_estimators=5).model
+    data = model.get_data_to_explain(split, rows=2, background=20)
+    assert np.any(forest.predict_proba(data.rows) == 0)  # log(0): NaN values before the fix
+    ours = ks.explain(forest.predict_proba, data.rows, data.background, link=ks.Link.LOGIT)
+    theirs, expected = reference(forest.predict_proba, data.rows, data.background, link="logit")
+    assert np.isfinite(ours.values).all() and np.isfinite(ours.expected_value).all()
+    np.testing.assert_allclose(ours.values, theirs, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(ours.expected_value, expected, rtol=0, atol=1e-12)
+
+
+def test_logit_link_clips_like_shap():
+    from shap.utils._legacy import LogitLink
+
+    p = np.array([0.0, 1.0, 0.5, 1e-20, 0.3])
+    np.testing.assert_array_equal(ks.Link.LOGIT.apply(p), LogitLink.f(p))
+    assert np.isfinite(ks.Link.LOGIT.apply(p)).all()
+
+
+def timestamp_data(n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    t = 1.7e9 + rng.uniform(0, 5000, n)
+    return np.column_stack([t, rng.normal(size=n), rng.normal(size=n)]), t
+
+
+def threshold_model(x: np.ndarray) -> np.ndarray:
+    p = (x[:, 0] > 1.7e9 + 2500).astype(np.float64)
+    return np.stack([1 - p, p], axis=1)
+
+
+def test_a_timestamp_that_varies_carries_the_whole_effect():
+    """Fault 2: t = 1.7e9 + uniform(0, 5000) is within np.allclose of every background value,
+    so shap zeroes it; ours gives t all of f(x) - E f (the model depends on t alone)."""
+    x, _ = timestamp_data()
+    background, rows = x[:40], x[40:46]
+    ours = ks.explain(threshold_model, rows, background)
+    closed = threshold_model(rows) - threshold_model(background).mean(axis=0)
+    np.testing.assert_allclose(ours.values[:, 0, :], closed, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ours.values[:, 1:, :], 0.0, rtol=0, atol=1e-12)
+    assert np.abs(closed).max() > 0.4  # the effect is real and large
+    # shap's rule calls t constant in every row; the disagreement is found and named.
+    assert ks.reference_constant_players(rows, background) == {0: list(range(6))}
+    theirs, _ = reference(threshold_model, rows, background)
+    assert np.all(theirs[:, 0, :] == 0)
+
+
+def test_varying_rule_is_exact_inequality_with_nan_equal_to_nan():
+    background = np.array([[1.0, np.nan, 3.0], [1.0, np.nan, 3.0 + 1e-12]])
+    rows = np.array([[1.0, np.nan, 3.0], [1.0 + 1e-12, 2.0, 3.0]])
+    np.testing.assert_array_equal(
+        ks.varying_features(rows, background), [[False, False, True], [True, True, True]]
+    )
+    players = ks.player_matrix([[0, 1], [2]], 3)
+    np.testing.assert_array_equal(ks.varying_features(rows[:1], background[:1], players), [[False, False]])
+
+
+def test_exact_enumeration_that_cannot_fit_is_refused_without_allocating():
+    """Fault 3 in the core: sized before it is built, refused with what to pass instead."""
+    start = time.perf_counter()
+    with pytest.raises(ks.PlanTooLargeError) as caught:
+        ks.resolve_nsamples("exact", 40, 1, 5, 2)
+    assert time.perf_counter() - start < 0.1
+    message = str(caught.value)
+    assert f"{ks.exact_nsamples(40):,} coalitions" in message
+    assert "PB of memory" in message and "budget" in message and "--nsamples 2128" in message
+
+
+def test_default_is_exact_when_affordable_and_sampled_otherwise():
+    assert ks.resolve_nsamples(None, 12, 16, 100) == ks.exact_nsamples(12)  # 4094 x 1600 rows: cheap
+    assert ks.resolve_nsamples(None, 12, 2560, 100) is None  # 1e9 model rows: shap's default
+    assert ks.resolve_nsamples(None, 25, 1, 10) is None  # a 25-player exact plan needs ~20 GB
+    assert ks.resolve_nsamples(None, 5, 100_000, 1000) == ks.exact_nsamples(5)  # never above 2M+2048
+    assert ks.resolve_nsamples(300, 40, 1, 5) == 300
+    with pytest.raises(ks.PlanTooLargeError):
+        ks.resolve_nsamples(10**9, 40, 16, 100)
+
+
+def test_standard_errors_are_calibrated_against_the_exact_values():
+    """Fault 5: (sampled - exact) / se behaves like a standard normal across seeds."""
+    m = 12
+    background = RNG.normal(size=(8, m))
+    rows = RNG.normal(size=(2, m))
+    exact = ks.explain(nonlinear_model, rows, background, nsamples="exact")
+    assert exact.exact and exact.standard_errors is None
+    z = []
+    for seed in range(30):
+        run = ks.explain(nonlinear_model, rows, background, nsamples=500, seed=seed)
+        assert run.standard_errors is not None and run.standard_errors.shape == run.values.shape
+        z.append((run.values - exact.values) / run.standard_errors)
+    mean_square = float(np.mean(np.square(z)))
+    assert 0.7 < mean_square < 1.4, mean_square
+    assert np.mean(np.abs(z) > 3) < 0.01
+
+
+def test_tol_adds_coalitions_until_the_largest_standard_error_is_below_it():
+    m = 12
+    background = RNG.normal(size=(6, m))
+    rows = RNG.normal(size=(2, m))
+    first = ks.explain(nonlinear_model, rows, background, nsamples=200)
+    assert first.standard_errors is not None
+    tol = float(first.standard_errors.max()) / 3
+    converged = ks.explain(nonlinear_model, rows, background, nsamples=200, tol=tol)
+    assert converged.n_coalitions > 4 * first.n_coalitions
+    assert converged.standard_errors is None or converged.standard_errors.max() <= tol
+    again = ks.explain(nonlinear_model, rows, background, nsamples=200, tol=tol)
+    np.testing.assert_array_equal(again.values, converged.values)  # seeded: reproducible
+
+
+def test_groups_equal_shaps_grouped_kernel_explainer_to_1e9():
+    from shap.utils._legacy import DenseData
+
+    background = RNG.normal(size=(15, 8))
+    rows = RNG.normal(size=(3, 8))
+    groups = [[0, 3], [1], [2, 4, 5], [6, 7]]
+    ours = ks.explain(nonlinear_model, rows, background, groups=groups)
+    data = DenseData(background, ["a", "b", "c", "d"], [np.array(g) for g in groups])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        explainer = shap.KernelExplainer(nonlinear_model, data)
+        theirs = np.asarray(explainer.shap_values(rows, l1_reg=False, silent=True))
+    assert ours.exact and ours.values.shape == theirs.shape == (3, 4, 3)
+    np.testing.assert_allclose(ours.values, theirs, rtol=0, atol=1e-9)
+    total = ours.values.sum(axis=1) + ours.expected_value
+    np.testing.assert_allclose(total, nonlinear_model(rows), rtol=0, atol=1e-10)
+
+
+def test_groups_must_partition_the_columns():
+    with pytest.raises(ValueError, match="more than one group"):
+        ks.player_matrix([[0, 1], [1, 2]], 3)
+    with pytest.raises(ValueError, match="in no group"):
+        ks.player_matrix([[0, 1]], 3)
+
+
+def test_weighted_background_equals_the_unweighted_duplicate_rows_to_1e12():
+    from shap.utils._legacy import DenseData
+
+    distinct = RNG.normal(size=(6, 5))
+    counts = np.array([1, 3, 2, 1, 4, 2])
+    duplicated = np.repeat(distinct, counts, axis=0)
+    rows = RNG.normal(size=(3, 5))
+    plain = ks.explain(nonlinear_model, rows, duplicated)
+    weighted = ks.explain(nonlinear_model, rows, distinct, background_weights=counts.astype(float))
+    np.testing.assert_allclose(weighted.values, plain.values, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(weighted.expected_value, plain.expected_value, rtol=0, atol=1e-12)
+    merged, w = ks.merge_background(duplicated)
+    np.testing.assert_array_equal(merged, distinct)
+    np.testing.assert_allclose(w, counts / counts.sum(), rtol=0, atol=1e-15)
+    # shap's weighted background (DenseData weights) means the same
+    data = DenseData(distinct, [str(i) for i in range(5)], None, counts.astype(float))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = np.asarray(
+            shap.KernelExplainer(nonlinear_model, data).shap_values(rows, l1_reg=False, silent=True)
+        )
+    np.testing.assert_allclose(weighted.values, theirs, rtol=0, atol=1e-9)
+
+
+def test_background_weights_are_checked():
+    with pytest.raises(ValueError, match="finite, non-negative"):
+        ks.merge_background(np.zeros((2, 3)), [1.0, -1.0])
+    with pytest.raises(ValueError, match="shape"):
+        ks.merge_background(np.zeros((2, 3)), [1.0])
