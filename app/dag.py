@@ -562,6 +562,17 @@ class _Prepared:
     background: Background  # duplicates merged into weights: what the explainers use
 
 
+def _warm_up(
+    prepared: _Prepared, workers: int, with_shap: bool, reporter: Reporter, timings: _Timings
+) -> None:
+    """The warm_up step: worker processes started and the model loaded before the explainers' clocks."""
+    t0 = time.perf_counter()
+    pids = warm_up_workers(prepared.model_box, prepared.data, workers, with_shap=with_shap)
+    processes = f"{len(set(pids))} worker process{'' if len(set(pids)) == 1 else 'es'}"
+    reporter.step("warm_up", f"{processes}, the model loaded in each", time.perf_counter() - t0)
+    timings.add("warm_up", t0, f"{processes}, model loaded")
+
+
 def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[str, Any]:
     timings = _Timings()
     prepared = _prepare(config, source, reporter, timings)
@@ -581,11 +592,7 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     nodes = _alive_nodes()
     if len(nodes) > 1:
         reporter.info(f"Explaining on {len(nodes)} Ray nodes with {cpus} CPUs.")
-    t0 = time.perf_counter()
-    pids = warm_up_workers(prepared.model_box, prepared.data, workers, with_shap=config.reference)
-    processes = f"{len(set(pids))} worker process{'' if len(set(pids)) == 1 else 'es'}"
-    reporter.step("warm_up", f"{processes}, the model loaded in each", time.perf_counter() - t0)
-    timings.add("warm_up", t0, f"{processes}, model loaded")
+    _warm_up(prepared, workers, config.reference, reporter, timings)
     ours, plans, budget = _ours_rounds(config, prepared, budget, workers, players, reporter)
     if not all(plan.exact for plan, _ in plans.values()):
         exact_n = kernel_shap.exact_nsamples(n_players)
