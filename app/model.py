@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,7 @@ class ExplainData:
     rows: npt.NDArray[np.float64]  # (R, M): the first R test rows
     row_ids: npt.NDArray[np.int64]  # their row numbers in the source data
     background: npt.NDArray[np.float64]  # (N, M): a seeded random sample of training rows
+    _: KW_ONLY  # the optional parts, by name only
     background_weights: npt.NDArray[np.float64] | None = None  # (N,): their weights, if given
     labels: npt.NDArray[np.int64] | None = None  # (R,): the rows' true labels
 

@@ -13,7 +13,9 @@ from typing import Any
 
 from typer import rich_utils
 
-_WRAPPED = ("_make_rich_text", "_get_parameter_help")
+# The text factories of option help, and the highlighters that render option names (a long
+# name such as --background-weights would otherwise end in "…" in its narrow column).
+_WRAPPED = ("_make_rich_text", "_get_parameter_help", "highlighter", "negative_highlighter")
 
 
 def _fold(renderable: Any) -> Any:

@@ -26,7 +26,9 @@ def explained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarra
     dataset = etl.load_dataset(str(WINE_CSV))
     split = model.split_data(dataset, 0.2, 0)
     forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(split.x_train, split.y_train)
-    data = model.ExplainData(split.x_test[:3], split.test_index[:3], split.x_train[:20], split.y_test[:3])
+    data = model.ExplainData(
+        split.x_test[:3], split.test_index[:3], split.x_train[:20], labels=split.y_test[:3]
+    )
     explanation = kernel_shap.explain(forest.predict_proba, data.rows, data.background)
     rows = results.ExplainedRows(
         row_ids=data.row_ids,
