@@ -34,9 +34,10 @@ import ray
 from ray import ObjectRef
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from app import compare, etl, kernel_shap, model, results, tree_shap
+from app import compare, etl, kernel_shap, model, model_file, results, tree_shap
 from app import groups as groups_file
 from app.config import EXACT, Algorithm, JobConfig
+from app.contract import DEFAULT_LABEL, Task
 from app.errors import BudgetError, ExplanationsDisagreeError, JobError
 from app.report import Reporter
 
@@ -143,9 +144,11 @@ def _single_threaded() -> Any:
 
 
 @ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False)
-def etl_step(source: str | None, label: str) -> tuple[etl.Dataset, dict[str, Any]]:
+def etl_step(
+    source: str | None, label: str, features: tuple[str, ...] = (), label_required: bool = True
+) -> tuple[etl.Dataset, dict[str, Any]]:
     start = time.perf_counter()
-    dataset = etl.load_dataset(source, label)
+    dataset = etl.load_dataset(source, label, features, label_required=label_required)
     info = {
         "source": dataset.source,
         "rows": len(dataset.features),
@@ -159,15 +162,43 @@ def etl_step(source: str | None, label: str) -> tuple[etl.Dataset, dict[str, Any
 
 
 @ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)
-def split_step(dataset: etl.Dataset, test_size: float, seed: int) -> model.Split:
-    return model.split_data(dataset, test_size, seed)
+def split_step(dataset: etl.Dataset, test_size: float, seed: int, task: Task | None) -> model.Split:
+    return model.split_data(dataset, test_size, seed, task)
 
 
 @ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False)
-def create_model_step(split: model.Split, trees: int, seed: int) -> tuple[Any, dict[str, Any]]:
-    trained = model.train_forest(split, trees, seed)
-    info = {"trees": trees, "score": trained.score, "seconds": trained.seconds}
+def create_model_step(
+    split: model.Split, trees: int, seed: int, label: str = "value"
+) -> tuple[Any, dict[str, Any]]:
+    trained = model.train_forest(split, trees, seed, label)
+    info = {
+        "trees": trees,
+        "score": trained.score,
+        "seconds": trained.seconds,
+        "task": split.task.value,
+        "type": type(getattr(trained.model, "estimator", trained.model)).__name__,
+    }
     return trained.model, info
+
+
+@ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False)
+def load_model_step(
+    source: str, trust: bool, dataset: etl.Dataset, split: model.Split
+) -> tuple[Any, dict[str, Any]]:
+    """The user's --model as the function of the data's codes, scored on the split's test rows
+    when the data has the label."""
+    start = time.perf_counter()
+    fitted = model.explained_model(model_file.load_model(source, trust), dataset, source)
+    score = None if dataset.labels is None else fitted.score(split.x_test, split.y_test)
+    info = {
+        "trees": None,
+        "score": score,
+        "seconds": time.perf_counter() - start,
+        "task": (Task.REGRESSION if fitted.regression else Task.CLASSIFICATION).value,
+        "type": type(fitted.estimator).__name__,
+        "path": source,
+    }
+    return fitted, info
 
 
 @ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)
@@ -509,7 +540,14 @@ def run_job(config: JobConfig, reporter: Reporter | None = None) -> dict[str, An
     reporter = reporter or Reporter()
     source = etl.resolve_source(config.data)
     if source is not None and "://" not in source:
-        dataset = etl.load_dataset(source, config.label)  # fail in milliseconds, before Ray starts
+        # fail in milliseconds, before Ray starts
+        label = config.label or DEFAULT_LABEL
+        dataset = etl.load_dataset(source, label, config.features, label_required=_label_required(config))
+        model.infer_task(dataset, config.task)
+        if config.model is not None and "://" not in config.model:
+            model.explained_model(
+                model_file.load_model(config.model, config.trust_model), dataset, config.model
+            )
         _check_plan_before_ray(config, dataset)
     started_ray = _init_ray(config, reporter)
     try:
@@ -554,7 +592,8 @@ def _check_plan_before_ray(config: JobConfig, dataset: etl.Dataset) -> None:
     names = [str(c) for c in dataset.features.columns]
     players = _players(config, names)
     n_players = len(names) if players is None else len(players.names)
-    n_classes = max(int(dataset.labels.nunique()), 1)
+    regression = model.infer_task(dataset, config.task) is Task.REGRESSION
+    n_classes = 1 if dataset.labels is None or regression else max(int(dataset.labels.nunique()), 1)
     _resolve_budget(config, config.nsamples, n_players, config.rows, config.background, n_classes)
 
 
@@ -596,7 +635,7 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     players = None if player_spec is None else kernel_shap.player_matrix(player_spec.columns, n_features)
     n_players = n_features if players is None else len(players)
     cpus = _cluster_cpus()
-    workers = config.workers or cpus
+    workers = config.max_tasks or cpus
     n_outputs = prepared.outputs["fx"].shape[1]
     budget = _resolve_budget(
         config, prepared.nsamples, n_players, n_rows, len(prepared.background.rows), n_outputs
@@ -625,7 +664,7 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
                 prepared.data,
                 prepared.background,
                 budget,
-                config.link,
+                kernel_shap.Link(config.link),
                 workers,
                 config.seed,
                 None if player_spec is None else [list(c) for c in player_spec.columns],
@@ -635,7 +674,7 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     with reporter.progress({b.name: totals[b.name] for b in branches if b.pending}) as advance:
         _drive(branches, advance)
     nodes_lost = _lost_nodes(nodes)
-    explanation = _solve_ours(ours, plans, prepared.outputs, config.link, n_rows, n_players)
+    explanation = _solve_ours(ours, plans, prepared.outputs, kernel_shap.Link(config.link), n_rows, n_players)
     ours.finished = ours.finished or time.perf_counter()
     for branch in branches:
         concurrently = ", concurrently" if len(branches) > 1 else ""
@@ -704,7 +743,9 @@ def _ours_rounds(
     n_outputs = prepared.outputs["fx"].shape[1]
     while True:
         _drive([ours], lambda name, amount: None)
-        explanation = _solve_ours(ours, plans, prepared.outputs, config.link, n_rows, n_players)
+        explanation = _solve_ours(
+            ours, plans, prepared.outputs, kernel_shap.Link(config.link), n_rows, n_players
+        )
         largest = (
             float(np.max(explanation.standard_errors, initial=0.0))
             if explanation.standard_errors is not None
@@ -748,7 +789,7 @@ def _compare(
     names: list[str] | None = None,
 ) -> tuple[compare.Comparison | compare.AdditivityCheck, np.ndarray | None]:
     """Ours against the reference's values (returned too), or ours alone if it was skipped."""
-    outputs = config.link.apply(prepared.outputs["fx"])
+    outputs = kernel_shap.Link(config.link).apply(prepared.outputs["fx"])
     if not reference_branches:
         check = compare.check_ours(explanation.values, explanation.expected_value, outputs, config.tolerance)
         return check, None
@@ -789,7 +830,7 @@ def _write_results(
     if ref_values is not None:
         tables["reference_shap_values.csv"] = ref_values
     for file_name, values in tables.items():
-        results.write_csv(out_dir / file_name, results.values_frame(values, row_ids, names, classes))
+        results.write_values(out_dir / file_name, results.values_frame(values, row_ids, names, classes))
     plot_rows = prepared.data.rows if len(names) == prepared.data.rows.shape[1] else None
     results.write_plot(out_dir / "shap_summary.png", explanation.values, plot_rows, names, classes)
     summary["wall_seconds"]["write_results"] = time.perf_counter() - t0
@@ -833,7 +874,10 @@ def _disagreement(comparison: compare.Comparison | compare.AdditivityCheck, summ
 def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings: _Timings) -> _Prepared:
     """etl -> split -> create_model -> get_data_to_explain, plus f(x) and E[f] once."""
     t0 = time.perf_counter()
-    dataset_ref, info_ref = cast(tuple[Ref, Ref], etl_step.remote(source, config.label))
+    dataset_ref, info_ref = cast(
+        tuple[Ref, Ref],
+        etl_step.remote(source, config.label or DEFAULT_LABEL, config.features, _label_required(config)),
+    )
     info: dict[str, Any] = ray.get(info_ref)
     if info["notice"]:
         reporter.notice(info["notice"])
@@ -846,12 +890,15 @@ def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings:
         reporter.notice("using exact enumeration (--nsamples exact) for the bundled dataset.")
 
     t0 = time.perf_counter()
-    split_ref = split_step.remote(dataset_ref, config.test_size, config.seed)
-    model_ref, model_info = _create_model(split_ref, config, reporter)
+    split_ref = split_step.remote(dataset_ref, config.test_size, config.seed, config.task)
+    if config.model is not None:
+        model_ref, model_info = _load_model(dataset_ref, split_ref, config, reporter)
+    else:
+        model_ref, model_info = _create_model(split_ref, config, reporter)
     # The driver's own copy lives on the head with the driver: a worker node lost later cannot
     # take the model with it and make Ray re-run etl, split and training from lineage mid-run.
     model_ref = ray.put(ray.get(model_ref))
-    timings.add("create_model", t0, f"{model_info['trees']} trees")
+    timings.add("create_model", t0, f"{model_info['trees']} trees" if model_info["trees"] else "loaded")
 
     t0 = time.perf_counter()
     data_ref = get_data_to_explain_step.remote(split_ref, config.rows, config.background, config.seed)
@@ -896,7 +943,7 @@ def _summary(
         "nsamples": explanation.n_coalitions,
         "exact": explanation.exact,
         "link": config.link.value,
-        "model": {"type": "RandomForestClassifier", **prepared.model_info},
+        "model": prepared.model_info,
         "expected_value": explanation.expected_value.tolist(),
         "cpus": cluster["cpus"],  # the cluster's, when the explainers started
         "nodes": cluster["nodes"],  # alive when the explainers started: id, ip, cpus
@@ -911,20 +958,49 @@ def _summary(
     }
 
 
+def _label_required(config: JobConfig) -> bool:
+    """With --model the label only scores, so the data may lack it unless --label was given."""
+    return config.model is None or config.label is not None
+
+
+def _load_model(
+    dataset_ref: Ref, split_ref: Ref, config: JobConfig, reporter: Reporter
+) -> tuple[Ref, dict[str, Any]]:
+    assert config.model is not None
+    model_ref, info_ref = cast(
+        tuple[Ref, Ref], load_model_step.remote(config.model, config.trust_model, dataset_ref, split_ref)
+    )
+    info: dict[str, Any] = ray.get(info_ref)
+    score = "" if info["score"] is None else f", held-out {_score_name(info['task'])} {info['score']:.4f}"
+    reporter.step(
+        "create_model", f"{info['type']} from {config.model} ({info['task']}{score})", info["seconds"]
+    )
+    return model_ref, info
+
+
+def _score_name(task: str) -> str:
+    return "R^2" if task == Task.REGRESSION else "accuracy"
+
+
 def _create_model(split_ref: Ref, config: JobConfig, reporter: Reporter) -> tuple[Ref, dict[str, Any]]:
     """One forest, or the sweep: every candidate trained in parallel on the same split object."""
     sizes = config.sweep or (config.trees,)
+    label = config.label or DEFAULT_LABEL
     candidates = [
-        cast(tuple[Ref, Ref], create_model_step.remote(split_ref, trees, config.seed)) for trees in sizes
+        cast(tuple[Ref, Ref], create_model_step.remote(split_ref, trees, config.seed, label))
+        for trees in sizes
     ]
     infos = ray.get([info for _, info in candidates])
     best = model.pick_best([(i["trees"], i["score"]) for i in infos])
     if config.sweep:
         reporter.candidates([(i["trees"], i["score"], i["seconds"]) for i in infos], infos[best]["trees"])
+    chosen = infos[best]
+    inferred = "" if config.task else " (inferred from the label; --task to choose)"
     reporter.step(
         "create_model",
-        f"RandomForest, {infos[best]['trees']} trees, held-out accuracy {infos[best]['score']:.4f}",
-        infos[best]["seconds"],
+        f"RandomForest, {chosen['trees']} trees, task {chosen['task']}{inferred}, "
+        f"held-out {_score_name(chosen['task'])} {chosen['score']:.4f}",
+        chosen["seconds"],
     )
     return candidates[best][0], infos[best]
 
@@ -940,7 +1016,7 @@ TREE_CHECK_MAX_FEATURES = 16  # exact KernelSHAP needs 2^M - 2 coalitions: beyon
 def _choose_algorithm(config: JobConfig, prepared: _Prepared) -> tuple[str, str]:
     """The algorithm that runs and why; raises UnsupportedModelError for tree on other models."""
     fitted = ray.get(prepared.model_box[0])
-    if config.algorithm == Algorithm.AUTO and config.link is not kernel_shap.Link.IDENTITY:
+    if config.algorithm == Algorithm.AUTO and kernel_shap.Link(config.link) is not kernel_shap.Link.IDENTITY:
         return (
             "kernel",
             f"auto: --link {config.link} needs KernelSHAP (the tree path explains the raw output)",
@@ -1041,7 +1117,7 @@ def _run_tree_dag(
     data = prepared.data
     n_rows, n_features = data.rows.shape
     cpus = _cluster_cpus()
-    workers = config.workers or cpus
+    workers = config.max_tasks or cpus
     nodes = _alive_nodes()
     reporter.info(f"Algorithm: {algorithm} ({reason}).")
     checked = np.sort(

@@ -41,6 +41,30 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
     _write_atomic(path, frame.to_csv(index=False, float_format="%.17g").encode())
 
 
+CSV_MAX_LINES = 100_000  # larger values tables are written as Parquet only
+
+
+def write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    """The table ``write_csv`` writes, as Parquet: float64 values kept to the last bit."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    _write_atomic(path, sink.getvalue().to_pybytes())
+
+
+def write_values(path: Path, frame: pd.DataFrame) -> list[str]:
+    """``path`` as .parquet, and as .csv too when it has at most CSV_MAX_LINES lines; the names written."""
+    parquet = path.with_suffix(".parquet")
+    write_parquet(parquet, frame)
+    written = [parquet.name]
+    if len(frame) <= CSV_MAX_LINES:
+        write_csv(path.with_suffix(".csv"), frame)
+        written.append(path.with_suffix(".csv").name)
+    return written
+
+
 def strict_json(value: Any) -> Any:
     """``value`` with every non-finite float (NaN, infinity) replaced by None: summary.json is
     strict JSON always (null where a number could not be computed; the verdict says why)."""

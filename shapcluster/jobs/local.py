@@ -1,14 +1,26 @@
-"""Run the job on this machine (`submit --local`): the job's exceptions as ShapclusterErrors."""
+"""Run the job on this machine (`submit --local`): ``python -m app`` in a child process, its exit
+status and one-line error translated into ShapclusterErrors.
+
+The toolkit ships ``app/`` as files and imports nothing of it but ``app.contract``, so the local
+run starts the job the way the cluster does, with the same arguments (``JobConfig.to_argv``).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from app.config import JobConfig
+from app.contract import ERROR_FILE_ENV, ExitCode, JobConfig
 from shapcluster.errors import (
     InputError,
     JobFailedError,
+    JobStoppedError,
     ResultsDisagreeError,
 )
 
@@ -16,27 +28,52 @@ log = logging.getLogger(__name__)
 
 
 def build_job_config(**options: Any) -> JobConfig:
-    """One validated JobConfig from CLI options; a bad combination is an InputError."""
+    """One validated JobConfig from options; a bad value or combination is an InputError."""
     try:
         return JobConfig(**options)
     except ValueError as err:
         raise InputError(str(err)) from None
 
 
-def run_local(config: JobConfig) -> dict[str, Any]:
-    """Run the job on a Ray instance on this machine; return its summary."""
-    from app.dag import run_job
-    from app.errors import DataError, ExplanationsDisagreeError, JobError
+def local_command(config: JobConfig) -> list[str]:
+    """The child process's command line: this interpreter running the job package."""
+    return [sys.executable, "-m", "app", *config.to_argv()]
 
-    log.debug("running the job locally with %s", config)
-    try:
-        return run_job(config)
-    except DataError as err:
-        raise InputError(str(err)) from None
-    except ExplanationsDisagreeError as err:
+
+def run_local(config: JobConfig) -> dict[str, Any]:
+    """Run the job on a Ray instance on this machine; return its summary (empty if it wrote none).
+
+    Raises InputError (exit 3 of the job), ResultsDisagreeError (4), JobStoppedError (Ctrl-C) or
+    JobFailedError (anything else), each with the job's own one-line message.
+    """
+    command = local_command(config)
+    log.debug("running the job locally: %s", command)
+    with tempfile.TemporaryDirectory(prefix="shapcluster-") as folder:
+        error_file = Path(folder) / "error.txt"
+        try:
+            done = subprocess.run(command, env={**os.environ, ERROR_FILE_ENV: str(error_file)}, check=False)
+        except KeyboardInterrupt:
+            raise JobStoppedError("the local job was stopped (Ctrl-C)") from None
+        message = error_file.read_text(encoding="utf-8").strip() if error_file.exists() else ""
+    status = done.returncode
+    if status == ExitCode.OK:
+        return _read_summary(config)
+    if status == ExitCode.INPUT:
+        raise InputError(message or "the job refused its input (see its output above)")
+    if status == ExitCode.MISMATCH:
         raise ResultsDisagreeError(
-            str(err),
+            message or "the explainers disagree",
             hint="Compare shap_values.csv with reference_shap_values.csv; rerun with --debug and report it.",
-        ) from None
-    except JobError as err:
-        raise JobFailedError(str(err)) from None
+        )
+    raise JobFailedError(message or f"the job failed with exit status {status} (see its output above)")
+
+
+def _read_summary(config: JobConfig) -> dict[str, Any]:
+    if config.run_id is None:
+        return {}
+    path = Path(config.output_dir) / config.run_id / "summary.json"
+    try:
+        summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary
