@@ -97,7 +97,8 @@ def option(
 
 @dataclass(frozen=True)
 class JobConfig:
-    """The job's options: one frozen value, built by either parser and passed to the job."""
+    """The job's options: one frozen value, built by either parser and passed to the job.
+    Field order is the order of ``to_argv``'s arguments and of the help."""
 
     data: str | None = option(
         None,
@@ -106,27 +107,10 @@ class JobConfig:
         metavar="PATH",
         envvar="SHAPCLUSTER_DATA",
     )
-    model: str | None = option(
-        None,
-        "A fitted scikit-learn estimator or Pipeline to explain instead of training one: a skops "
-        "file (.skops, safe loading) or, with --trust-model, joblib/pickle; path, s3:// or https://.",
-        metavar="PATH",
-    )
-    trust_model: bool = option(
-        False,
-        "Load --model even if it needs types outside skops' trusted set, or is joblib/pickle "
-        "(which runs code when loaded): only for a model file you made yourself.",
-    )
     label: str | None = option(
         None,
         "Label column (default: quality for the wine data; with --model only used to score).",
         metavar="COLUMN",
-    )
-    features: tuple[str, ...] = option(
-        (), "Columns to use, comma-separated (default: every column but the label).", metavar="A,B,..."
-    )
-    task: Task | None = option(
-        None, "What to train: classification or regression (default: inferred from the label and printed)."
     )
     rows: int = option(16, "Test rows to explain.", metavar="N")
     background: int = option(100, "Background rows (seeded sample of training rows).", metavar="N")
@@ -147,13 +131,20 @@ class JobConfig:
     seed: int = option(0, "Seed for split, forest, background, sampling.", metavar="N")
     tolerance: float = option(1e-6, "Largest allowed |ours - shap| and additivity error.", metavar="X")
     link: Link = option(Link.IDENTITY, "Link function of the explanation.")
-    algorithm: Algorithm = option(
-        Algorithm.KERNEL,
-        "kernel: exact KernelSHAP beside shap.KernelExplainer; tree: exact interventional TreeSHAP, "
-        "checked against exact KernelSHAP on a seeded sample; tree-path-dependent: shap's "
-        "path-dependent TreeSHAP (a different quantity, not checked); auto: tree when the model is "
-        "a supported tree ensemble, else kernel.",
-        envvar="SHAPCLUSTER_ALGORITHM",
+    output_dir: str = option(
+        "results",
+        "Results go to OUTPUT_DIR/<run-id>/ (from a cluster: copied there when the job ends).",
+        metavar="DIR",
+        envvar="SHAPCLUSTER_OUTPUT_DIR",
+    )
+    run_id: str | None = option(
+        None, "Results folder name, and the job id on a cluster (default: time-based).", metavar="NAME"
+    )
+    cpus: int | None = option(
+        None, "CPUs of the local Ray instance (default: all); only with --local.", metavar="N"
+    )
+    ray_address: str | None = option(
+        None, "Ray cluster to join (default: RAY_ADDRESS or a local instance).", toolkit=False
     )
     reference: bool = option(
         True, "Also run shap.KernelExplainer and compare (--no-reference: ours only, for benchmarks)."
@@ -169,20 +160,30 @@ class JobConfig:
         "Sampling mode: double the coalitions (seeded) until every standard error is below TOL.",
         metavar="TOL",
     )
-    output_dir: str = option(
-        "results",
-        "Results go to OUTPUT_DIR/<run-id>/ (from a cluster: copied there when the job ends).",
-        metavar="DIR",
-        envvar="SHAPCLUSTER_OUTPUT_DIR",
+    algorithm: Algorithm = option(
+        Algorithm.KERNEL,
+        "kernel: exact KernelSHAP beside shap.KernelExplainer; tree: exact interventional TreeSHAP, "
+        "checked against exact KernelSHAP on a seeded sample; tree-path-dependent: shap's "
+        "path-dependent TreeSHAP (a different quantity, not checked); auto: tree when the model is "
+        "a supported tree ensemble, else kernel.",
+        envvar="SHAPCLUSTER_ALGORITHM",
     )
-    run_id: str | None = option(
-        None, "Results folder name, and the job id on a cluster (default: time-based).", metavar="NAME"
+    model: str | None = option(
+        None,
+        "A fitted scikit-learn estimator or Pipeline to explain instead of training one: a skops "
+        "file (.skops, safe loading) or, with --trust-model, joblib/pickle; path, s3:// or https://.",
+        metavar="PATH",
     )
-    cpus: int | None = option(
-        None, "CPUs of the local Ray instance (default: all); only with --local.", metavar="N"
+    trust_model: bool = option(
+        False,
+        "Load --model even if it needs types outside skops' trusted set, or is joblib/pickle "
+        "(which runs code when loaded): only for a model file you made yourself.",
     )
-    ray_address: str | None = option(
-        None, "Ray cluster to join (default: RAY_ADDRESS or a local instance).", toolkit=False
+    features: tuple[str, ...] = option(
+        (), "Columns to use, comma-separated (default: every column but the label).", metavar="A,B,..."
+    )
+    task: Task | None = option(
+        None, "What to train: classification or regression (default: inferred from the label and printed)."
     )
 
     def __post_init__(self) -> None:
