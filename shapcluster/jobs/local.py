@@ -51,11 +51,10 @@ def run_local(config: JobConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="shapcluster-") as folder:
         error_file = Path(folder) / "error.txt"
         try:
-            done = subprocess.run(command, env={**os.environ, ERROR_FILE_ENV: str(error_file)}, check=False)
+            status = _run_child(command, {**os.environ, ERROR_FILE_ENV: str(error_file)})
         except KeyboardInterrupt:
             raise JobStoppedError("the local job was stopped (Ctrl-C)") from None
         message = error_file.read_text(encoding="utf-8").strip() if error_file.exists() else ""
-    status = done.returncode
     if status == ExitCode.OK:
         return _read_summary(config)
     if status == ExitCode.INPUT:
@@ -66,6 +65,21 @@ def run_local(config: JobConfig) -> dict[str, Any]:
             hint="Compare shap_values.csv with reference_shap_values.csv; rerun with --debug and report it.",
         )
     raise JobFailedError(message or f"the job failed with exit status {status} (see its output above)")
+
+
+def _run_child(command: list[str], env: dict[str, str]) -> int:
+    """The child's exit status. On a terminal it writes there itself (live progress bars);
+    otherwise (a pipe, a test's captured stdout) its output is copied line by line to ours."""
+    if sys.stdout.isatty():
+        return subprocess.run(command, env=env, check=False).returncode
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        return child.wait()
 
 
 def _read_summary(config: JobConfig) -> dict[str, Any]:

@@ -35,8 +35,10 @@ def test_submit_local_runs_the_whole_dag(wine_csv: Path, tmp_path: Path):
     out = tmp_path / "r1"
     assert sorted(p.name for p in out.iterdir()) == [
         "reference_shap_values.csv",
+        "reference_shap_values.parquet",
         "shap_summary.png",
         "shap_values.csv",
+        "shap_values.parquet",
         "summary.json",
     ]
     summary = json.loads((out / "summary.json").read_text())
@@ -142,7 +144,8 @@ def test_no_reference_runs_our_explainer_alone(local_ray, wine_csv, tmp_path, ca
     status = main([*argv, "--no-reference", "--output-dir", str(tmp_path), "--run-id", "alone"])
     assert status == 0
     out = tmp_path / "alone"
-    assert sorted(p.name for p in out.iterdir()) == ["shap_summary.png", "shap_values.csv", "summary.json"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["shap_summary.png", "shap_values.csv", "shap_values.parquet", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     comparison = summary["comparison"]
     assert comparison["skipped"] is True and comparison["match"] is True
