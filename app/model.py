@@ -58,7 +58,7 @@ def infer_task(dataset: Dataset, task: Task | None) -> Task:
         assert values is not None
         first = int(np.flatnonzero(values != np.round(values))[0])
         raise DataError(
-            f"{dataset.source}: the label {dataset.label!r} is continuous ({labels.iloc[first]!r} on line "
+            f"{dataset.source}: the label {dataset.label!r} is continuous ({labels.iloc[first]} on line "
             f"{first + 2}), not classes: pass --task regression to train a regressor."
         )
     if task is Task.REGRESSION and not numeric:
@@ -125,7 +125,11 @@ def explained_model(estimator: Any, dataset: Dataset, source: str) -> ModelFunct
                 raise DataError(
                     f"{source}: the model expects columns the data ({dataset.source}) does not match: "
                     f"missing {', '.join(missing) or 'none'}; extra {', '.join(extra) or 'none'}. "
-                    "Choose the model's columns with --features."
+                    + (
+                        f"Pass --features {','.join(expected)}."
+                        if not missing
+                        else "Give the data those columns."
+                    )
                 )
             raise DataError(
                 f"{source}: the model expects the columns in the order {', '.join(expected)}; "

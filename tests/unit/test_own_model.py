@@ -129,9 +129,14 @@ def test_the_models_columns_must_match_the_datas(typed_csv: Path) -> None:
     fitted = pipeline().fit(frame[["colour", "size", "weight"]], frame["grade"])
     dataset = etl.load_dataset(str(typed_csv), "grade", ("colour", "size", "organic"))
     with pytest.raises(
-        DataError, match=r"m\.skops: .*missing weight; extra organic\. Choose the model's columns"
+        DataError, match=r"m\.skops: .*missing weight; extra organic\. Give the data those columns"
     ):
         model.explained_model(fitted, dataset, "m.skops")
+    everything = etl.load_dataset(str(typed_csv), "grade", ("colour", "size", "organic", "weight"))
+    with pytest.raises(
+        DataError, match=r"missing none; extra organic\. Pass --features colour,size,weight\."
+    ):
+        model.explained_model(fitted, everything, "m.skops")
 
 
 def save_skops(estimator: object, path: Path) -> Path:
