@@ -56,21 +56,27 @@ class Task(enum.StrEnum):
     REGRESSION = "regression"
 
 
-# Keys every summary.json has (the job may add more); shapcluster reads only these.
+# Keys every summary.json has, whichever algorithm ran (the job may add more; shapcluster adds
+# "cluster" to a cluster run's). Tested against the summaries the job writes.
 SUMMARY_KEYS: Final = (
     "run_id",
+    "data",
+    "label",
     "rows",
+    "row_ids",
     "features",
+    "feature_names",
     "classes",
     "background",
-    "nsamples",
-    "model",
-    "algorithm",
     "link",
-    "timings",
-    "comparison",
-    "verdict",
+    "model",
+    "expected_value",
+    "cpus",
+    "wall_seconds",
+    "ray_version",
+    "python",
 )
+CLUSTER_KEY: Final = "cluster"
 
 
 class OptionError(ValueError):

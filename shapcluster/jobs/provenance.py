@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
+from app.contract import CLUSTER_KEY
 from shapcluster import cluster
 from shapcluster import commands as cmd
 from shapcluster.errors import (
@@ -51,7 +52,7 @@ def add_cluster_block(summary_path: Path, block: Mapping[str, str]) -> bool:
         return False
     except (OSError, ValueError) as err:
         raise InputError(f"{summary_path}: cannot read the job's summary: {err}") from None
-    summary["cluster"] = dict(block)
+    summary[CLUSTER_KEY] = dict(block)
     text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
     # atomically, 0644 like the job's own files
     save_atomically(summary_path, 0o644, lambda temp: temp.write_text(text, encoding="utf-8"))

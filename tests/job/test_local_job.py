@@ -147,6 +147,9 @@ def test_no_reference_runs_our_explainer_alone(local_ray, wine_csv, tmp_path, ca
     names = sorted(p.name for p in out.iterdir())
     assert names == ["shap_summary.png", "shap_values.csv", "shap_values.parquet", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
+    from app.contract import SUMMARY_KEYS
+
+    assert set(SUMMARY_KEYS) <= set(summary)
     comparison = summary["comparison"]
     assert comparison["skipped"] is True and comparison["match"] is True
     assert comparison["additivity_error_ours"] <= 1e-9

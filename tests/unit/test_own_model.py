@@ -139,6 +139,19 @@ def test_the_models_columns_must_match_the_datas(typed_csv: Path) -> None:
         model.explained_model(fitted, everything, "m.skops")
 
 
+@pytest.mark.parametrize("package", ["xgboost", "lightgbm"])
+def test_xgboost_and_lightgbm_sklearn_models_when_installed(typed_csv: Path, package: str) -> None:
+    library = pytest.importorskip(package)
+    frame = pd.read_csv(typed_csv)
+    columns = ["size", "weight"]
+    kind = library.XGBClassifier if package == "xgboost" else library.LGBMClassifier
+    fitted = kind(n_estimators=5).fit(frame[columns], frame["grade"] == "good")
+    dataset = etl.load_dataset(str(typed_csv), "grade", tuple(columns))
+    function = model.explained_model(fitted, dataset, "m")
+    codes = dataset.features.to_numpy()
+    np.testing.assert_array_equal(function.predict_proba(codes[:3]), fitted.predict_proba(frame[columns][:3]))
+
+
 def save_skops(estimator: object, path: Path) -> Path:
     sio.dump(estimator, path)
     return path
