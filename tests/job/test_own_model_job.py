@@ -37,12 +37,10 @@ def test_submit_local_explains_a_skops_pipeline_on_parquet(tmp_path: Path) -> No
     fitted = make_pipeline(encode, LogisticRegression()).fit(frame[columns], frame["grade"])
     sio.dump(fitted, tmp_path / "shop.skops")
 
-    result = CliRunner().invoke(
-        app,
-        ["submit", "--local", "--cpus", "2", "--data", str(tmp_path / "shop.parquet"), "--model"]
-        + [str(tmp_path / "shop.skops"), "--label", "grade", "--rows", "3", "--background", "15"]
-        + ["--output-dir", str(tmp_path), "--run-id", "own"],
-    )
+    data, model = str(tmp_path / "shop.parquet"), str(tmp_path / "shop.skops")
+    argv = ["--data", data, "--model", model, "--label", "grade", "--rows", "3", "--background", "15"]
+    out_args = ["--output-dir", str(tmp_path), "--run-id", "own"]
+    result = CliRunner().invoke(app, ["submit", "--local", "--cpus", "2", *argv, *out_args])
     assert result.exit_code == 0, result.output
     out = tmp_path / "own"
     summary = json.loads((out / "summary.json").read_text())
