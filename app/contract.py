@@ -166,6 +166,12 @@ class JobConfig:
         "Sampling mode: double the coalitions (seeded) until every standard error is below TOL.",
         metavar="TOL",
     )
+    background_weights: str | None = option(
+        None,
+        "Column of the data with each row's weight as a background row (not a feature); shap's "
+        "weighted background. Duplicate background rows are merged into weights anyway.",
+        metavar="COLUMN",
+    )
     algorithm: Algorithm = option(
         Algorithm.KERNEL,
         "kernel: exact KernelSHAP beside shap.KernelExplainer; tree: exact interventional TreeSHAP, "
