@@ -110,16 +110,17 @@ def load_bundled() -> Dataset:
     return Dataset(frame, labels, "cultivar", "sklearn.datasets.load_wine", bundled=True, notice=notice)
 
 
-def read_source(source: str) -> bytes:
+def read_source(source: str, option: str = "--data", what: str = "CSV or Parquet file") -> bytes:
+    """The bytes of a local path, s3://bucket/key or http(s):// URL; DataError names the source."""
     if source.startswith("s3://"):
         return _read_s3(source)
     if source.startswith(("https://", "http://")):
         return _read_url(source)
     path = Path(source)
     if not path.exists():
-        raise DataError(f"{source}: no such file. Pass --data with the path of your CSV.")
+        raise DataError(f"{source}: no such file. Pass {option} with the path of your {what}.")
     if path.is_dir():
-        raise DataError(f"{source}: is a folder, not a CSV file.")
+        raise DataError(f"{source}: is a folder, not a {what}.")
     try:
         return path.read_bytes()
     except OSError as err:

@@ -29,7 +29,7 @@ def load_model(source: str, trust: bool = False) -> Any:
     joblib/pickle without ``trust``, when a skops file holds types outside skops' trusted set
     without ``trust`` (the message lists them), or when the object cannot predict or is unfitted.
     """
-    raw = read_source(source)
+    raw = read_source(source, "--model", "model file")
     if zipfile.is_zipfile(io.BytesIO(raw)):
         estimator = _load_skops(raw, source, trust)
     elif _looks_pickled(raw):

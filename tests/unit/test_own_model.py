@@ -3,7 +3,6 @@ the training path's tasks; Parquet in and out; skops/joblib loading and --trust-
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 
@@ -199,6 +198,10 @@ def test_joblib_and_pickle_need_trust_because_they_run_code(tmp_path: Path) -> N
 
 
 def test_a_file_that_is_not_a_model_or_not_fitted(tmp_path: Path, typed_csv: Path) -> None:
+    with pytest.raises(
+        DataError, match=r"nope\.skops: no such file\. Pass --model with the path of your model file"
+    ):
+        model_file.load_model(str(tmp_path / "nope.skops"))
     with pytest.raises(DataError, match=r"shop\.csv: not a model file: expected a skops file"):
         model_file.load_model(str(typed_csv))
     path = save_skops(LogisticRegression(), tmp_path / "raw.skops")
@@ -240,4 +243,28 @@ def test_codec_round_trip_of_a_parquet_categorical_column() -> None:
     pd.testing.assert_frame_equal(codec.decode(codec.encode(frame)), frame, check_exact=True)
 
 
-_ = io
+def test_model_and_parquet_data_over_https(typed_csv: Path, tmp_path: Path) -> None:
+    import http.server
+
+    from tests.http_util import serve
+
+    frame = pd.read_csv(typed_csv)
+    fitted = pipeline().fit(frame[["colour", "size", "weight"]], frame["grade"])
+    save_skops(fitted, tmp_path / "m.skops")
+    frame.to_parquet(tmp_path / "shop.parquet")
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(tmp_path), **kwargs)  # type: ignore[arg-type]
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serve(Handler) as url:
+        loaded = model_file.load_model(f"{url}/m.skops", trust=True)
+        dataset = etl.load_dataset(f"{url}/shop.parquet", "grade", ("colour", "size", "weight"))
+        with pytest.raises(DataError, match=r"missing\.skops: the server answered HTTP 404"):
+            model_file.load_model(f"{url}/missing.skops")
+    function = model.explained_model(loaded, dataset, "m")
+    codes = dataset.features.to_numpy()
+    np.testing.assert_array_equal(function.predict_proba(codes[:5]), fitted.predict_proba(frame[:5]))
