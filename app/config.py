@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                 dest=f.name,
                 type=_argparse_type(f.name),
                 action=_DeprecatedAlias,
-                help=f"deprecated spelling of {flag(f.name)}",
+                help=argparse.SUPPRESS,  # a deprecated spelling: works and warns, not shown
             )
     return parser
 
