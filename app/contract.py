@@ -191,6 +191,18 @@ class JobConfig:
         "Load --model even if it needs types outside skops' trusted set, or is joblib/pickle "
         "(which runs code when loaded): only for a model file you made yourself.",
     )
+    explain: str | None = option(
+        None,
+        "Rows to explain as their own CSV or Parquet file with the data's columns (the first --rows "
+        "of it; default: rows of the data's test split); path, s3:// or https://.",
+        metavar="PATH",
+    )
+    background_data: str | None = option(
+        None,
+        "Background rows as their own CSV or Parquet file with the data's columns (a seeded sample "
+        "of --background of them; default: a sample of the data's training split).",
+        metavar="PATH",
+    )
     features: tuple[str, ...] = option(
         (), "Columns to use, comma-separated (default: every column but the label).", metavar="A,B,..."
     )

@@ -544,6 +544,9 @@ def run_job(config: JobConfig, reporter: Reporter | None = None) -> dict[str, An
         label = config.label or DEFAULT_LABEL
         dataset = etl.load_dataset(source, label, config.features, label_required=_label_required(config))
         model.infer_task(dataset, config.task)
+        for option, path in (("--explain", config.explain), ("--background-data", config.background_data)):
+            if path is not None and "://" not in path:
+                etl.load_rows(path, dataset, option)
         if config.model is not None and "://" not in config.model:
             model.explained_model(
                 model_file.load_model(config.model, config.trust_model), dataset, config.model
@@ -903,6 +906,8 @@ def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings:
     t0 = time.perf_counter()
     data_ref = get_data_to_explain_step.remote(split_ref, config.rows, config.background, config.seed)
     data: model.ExplainData = ray.get(data_ref)
+    if config.explain or config.background_data:
+        data = rows_from_files(config, ray.get(dataset_ref), data)
     background_ref = ray.put(data.background)
     background = Background.put(data.background)
     model_box = [model_ref]
@@ -956,6 +961,22 @@ def _summary(
         "ray_version": ray.__version__,
         "python": platform.python_version(),
     }
+
+
+def rows_from_files(config: JobConfig, dataset: etl.Dataset, data: model.ExplainData) -> model.ExplainData:
+    """--explain: the first --rows rows of that file (row ids: 0-based in it); --background-data: a
+    seeded sample of --background rows of that file (all when it has fewer)."""
+    rows, row_ids, background = data.rows, data.row_ids, data.background
+    if config.explain:
+        codes = etl.load_rows(config.explain, dataset, "--explain")
+        rows, row_ids = codes[: config.rows], np.arange(min(config.rows, len(codes)))
+    if config.background_data:
+        codes = etl.load_rows(config.background_data, dataset, "--background-data")
+        if config.background < len(codes):
+            rng = np.random.default_rng(config.seed)
+            codes = codes[np.sort(rng.choice(len(codes), size=config.background, replace=False))]
+        background = codes
+    return model.ExplainData(rows, row_ids, background)
 
 
 def _label_required(config: JobConfig) -> bool:

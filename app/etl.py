@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from app.errors import DataError
@@ -195,6 +196,13 @@ def parse_csv(
     *,
     label_required: bool = True,
 ) -> Dataset:
+    frame = read_csv_frame(raw, source)
+    return build_dataset(frame, source, label, features, label_required=label_required, csv_lines=True)
+
+
+def read_csv_frame(raw: bytes, source: str) -> pd.DataFrame:
+    """A CSV's table, its separator guessed from line 1. Raises DataError naming the line whose
+    field count differs from the header's, or an empty or malformed file."""
     text = raw.decode("utf-8-sig", errors="replace")
     if not text.strip():
         raise DataError(f"{source}: the file is empty.")
@@ -204,12 +212,36 @@ def parse_csv(
     trailing = _check_field_counts(text, sep, source)
     try:
         # index_col=False: a separator at the end of every line is an empty last field, not an index
-        frame = pd.read_csv(
+        return pd.read_csv(
             io.StringIO(text), sep=sep, skip_blank_lines=False, index_col=False if trailing else None
         )
     except pd.errors.ParserError as err:
         raise DataError(f"{source}: not a well-formed CSV with separator {sep!r} ({err}).") from None
-    return build_dataset(frame, source, label, features, label_required=label_required, csv_lines=True)
+
+
+def load_rows(source: str, like: Dataset, option: str) -> npt.NDArray[np.float64]:
+    """(R, M) float64 codes of the rows of another file (``--explain``, ``--background-data``)
+    with ``like``'s columns and types. Raises DataError naming the file and the missing column,
+    the bad cell or the value the data never had."""
+    raw = read_source(source, option)
+    names = list(like.features.columns)
+    parquet = is_parquet(source, raw)
+    frame = read_parquet(raw, source, set(names)) if parquet else read_csv_frame(raw, source)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: {option} lacks the data's columns {', '.join(missing)}.")
+    table = frame[names].copy()
+    where = _row_of if parquet else _line_of
+    _check_numeric(table, source, where)
+    _check_complete(table, source, where)
+    _check_finite(table, source, where)
+    try:
+        if like.codec is None:
+            return table.to_numpy(dtype=np.float64)
+        return like.codec.encode(table)
+    except (DataError, ValueError, TypeError) as err:
+        raise DataError(f"{source}: {option} does not fit the data's column types: {err}.") from None
 
 
 def _check_field_counts(text: str, sep: str, source: str) -> bool:

@@ -411,8 +411,15 @@ def submit(
     """
     job_id = job.run_id or new_job_id()
     data = map_data_path(job.data, config.sync.data_dir, config.path)
-    model = map_data_path(job.model, config.sync.data_dir, config.path, "--model")
-    entrypoint = build_entrypoint(dataclasses.replace(job, data=data, model=model), job_id)
+    folder, where = config.sync.data_dir, config.path
+    remote = dataclasses.replace(
+        job,
+        data=data,
+        model=map_data_path(job.model, folder, where, "--model"),
+        explain=map_data_path(job.explain, folder, where, "--explain"),
+        background_data=map_data_path(job.background_data, folder, where, "--background-data"),
+    )
+    entrypoint = build_entrypoint(remote, job_id)
     version = app_version(config.sync.app_dir)
     with cluster.open_nodes(config, connect) as nodes:
         head = nodes[0]

@@ -1,5 +1,6 @@
 """Issue 10 end to end: `submit --local` explains the user's skops Pipeline (text categories, a
-OneHotEncoder) on a Parquet file, matching shap.KernelExplainer, with Parquet values equal to the CSV."""
+OneHotEncoder) on a Parquet file, rows to explain and background from files of their own, matching
+shap.KernelExplainer, with Parquet values equal to the CSV."""
 
 from __future__ import annotations
 
@@ -37,8 +38,12 @@ def test_submit_local_explains_a_skops_pipeline_on_parquet(tmp_path: Path) -> No
     fitted = make_pipeline(encode, LogisticRegression()).fit(frame[columns], frame["grade"])
     sio.dump(fitted, tmp_path / "shop.skops")
 
+    frame[columns][:2].to_csv(tmp_path / "explain.csv", index=False)  # the rows to explain, own file
+    frame[columns][50:70].to_parquet(tmp_path / "background.parquet")
     data, model = str(tmp_path / "shop.parquet"), str(tmp_path / "shop.skops")
     argv = ["--data", data, "--model", model, "--label", "grade", "--rows", "3", "--background", "15"]
+    argv += ["--explain", str(tmp_path / "explain.csv")]
+    argv += ["--background-data", str(tmp_path / "background.parquet")]
     out_args = ["--output-dir", str(tmp_path), "--run-id", "own"]
     result = CliRunner().invoke(app, ["submit", "--local", "--cpus", "2", *argv, *out_args])
     assert result.exit_code == 0, result.output
@@ -52,3 +57,5 @@ def test_submit_local_explains_a_skops_pipeline_on_parquet(tmp_path: Path) -> No
     values = pd.read_parquet(out / "shap_values.parquet")
     pd.testing.assert_frame_equal(values, pd.read_csv(out / "shap_values.csv"), check_exact=True)
     assert list(values.columns) == ["row", "class", *columns]
+    assert summary["rows"] == 2 and summary["row_ids"] == [0, 1]  # --explain's two rows, not --rows 3
+    assert summary["background"] == 15  # a sample of --background-data's 20 rows

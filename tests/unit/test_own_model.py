@@ -268,3 +268,20 @@ def test_model_and_parquet_data_over_https(typed_csv: Path, tmp_path: Path) -> N
     function = model.explained_model(loaded, dataset, "m")
     codes = dataset.features.to_numpy()
     np.testing.assert_array_equal(function.predict_proba(codes[:5]), fitted.predict_proba(frame[:5]))
+
+
+def test_rows_of_another_file_get_the_datas_codes(typed_csv: Path, tmp_path: Path) -> None:
+    columns = ("colour", "size", "organic", "weight")
+    dataset = etl.load_dataset(str(typed_csv), "grade", columns)
+    frame = pd.read_csv(typed_csv)
+    frame[list(columns)][5:9].to_parquet(tmp_path / "explain.parquet")
+    codes = etl.load_rows(str(tmp_path / "explain.parquet"), dataset, "--explain")
+    np.testing.assert_array_equal(codes, dataset.features.to_numpy()[5:9])
+    unknown = frame[list(columns)][:3].assign(colour=["red", "purple", "red"])
+    unknown.to_csv(tmp_path / "unknown.csv", index=False)
+    with pytest.raises(DataError, match=r"unknown\.csv: --explain does not fit .*'colour': value 'purple'"):
+        etl.load_rows(str(tmp_path / "unknown.csv"), dataset, "--explain")
+    frame[["colour", "size"]].to_csv(tmp_path / "narrow.csv", index=False)
+    lacks = r"narrow\.csv: --background-data lacks the data's columns organic, weight"
+    with pytest.raises(DataError, match=lacks):
+        etl.load_rows(str(tmp_path / "narrow.csv"), dataset, "--background-data")
