@@ -18,6 +18,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Final
 
 EXACT: Final = "exact"
+ALL_ROWS: Final = "all"
 DEFAULT_LABEL: Final = "quality"  # the wine data's label, used when --label is not given
 ERROR_FILE_ENV: Final = "SHAPCLUSTER_JOB_ERROR_FILE"  # the job writes its one-line error there
 
@@ -118,7 +119,12 @@ class JobConfig:
         "Label column (default: quality for the wine data; with --model only used to score).",
         metavar="COLUMN",
     )
-    rows: int = option(16, "Test rows to explain.", metavar="N")
+    rows: int | str = option(
+        16,
+        "Rows to explain: the first N, 'all', or START:STOP (0-based, STOP excluded) of the test "
+        "split (or of --explain's file).",
+        metavar="<N|all|START:STOP>",
+    )
     background: int = option(100, "Background rows (seeded sample of training rows).", metavar="N")
     nsamples: int | str | None = option(
         None,
@@ -253,7 +259,7 @@ def default_of(f: Field[Any]) -> Any:
 
 
 _ENUMS: dict[str, type[enum.StrEnum]] = {"link": Link, "algorithm": Algorithm, "task": Task}
-_AT_LEAST_ONE = ("rows", "background", "trees", "batch_size", "max_tasks", "cpus")
+_AT_LEAST_ONE = ("background", "trees", "batch_size", "max_tasks", "cpus")
 _INTS = (*_AT_LEAST_ONE, "seed")
 _FLOATS = ("test_size", "tolerance", "tol")
 
@@ -275,8 +281,10 @@ def parse_option(name: str, text: str) -> Any:
             return choices(text)
         except ValueError:
             raise OptionError(f"must be one of {', '.join(choices)}, got {text!r}") from None
-    if name == "nsamples":
-        value: Any = EXACT if text == EXACT else _number(int, text, "a whole number or 'exact'")
+    if name == "rows":
+        value: Any = text if text == ALL_ROWS or ":" in text else _number(int, text, "N, 'all' or START:STOP")
+    elif name == "nsamples":
+        value = EXACT if text == EXACT else _number(int, text, "a whole number or 'exact'")
     elif name == "sweep":
         parts = [part for part in text.split(",") if part.strip()]
         value = tuple(_number(int, part, "tree counts like 50,100,200") for part in parts)
@@ -303,6 +311,8 @@ def _check_value(name: str, value: Any) -> None:
     """One option's own range; OptionError says what it takes and what it got."""
     if name == "sweep" and any(n < 1 for n in value):
         raise OptionError(f"needs positive tree counts like 50,100,200, got {value}")
+    if name == "rows":
+        row_range(value, None)
     if name in _AT_LEAST_ONE and value < 1:
         raise OptionError(f"must be at least 1, got {value}")
     if name == "nsamples":
@@ -322,6 +332,27 @@ def _check_value(name: str, value: Any) -> None:
         raise OptionError(f"must be a plain folder name (no '/'), got {value!r}")
     if name in _ENUMS and value not in set(_ENUMS[name]):
         raise OptionError(f"must be one of {', '.join(_ENUMS[name])}, got {value!r}")
+
+
+def row_range(rows: int | str, available: int | None) -> tuple[int, int]:
+    """(start, stop) of ``--rows`` over ``available`` rows (None: unknown, only the syntax is
+    checked). Raises OptionError for a bad value, or a START:STOP beyond the available rows."""
+    if isinstance(rows, int) and not isinstance(rows, bool):
+        if rows < 1:
+            raise OptionError(f"must be at least 1, got {rows}")
+        return 0, rows if available is None else min(rows, available)
+    if rows == ALL_ROWS:
+        return 0, -1 if available is None else available
+    start_text, _, stop_text = str(rows).partition(":")
+    try:
+        start, stop = int(start_text), int(stop_text)
+    except ValueError:
+        raise OptionError(f"must be N, 'all' or START:STOP, got {rows!r}") from None
+    if not 0 <= start < stop:
+        raise OptionError(f"START:STOP needs 0 <= START < STOP, got {rows!r}")
+    if available is not None and stop > available:
+        raise OptionError(f"{rows} goes beyond the {available} rows there are")
+    return start, stop
 
 
 class ConfigError(OptionError):

@@ -37,8 +37,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from app import compare, etl, kernel_shap, model, model_file, results, tree_shap
 from app import groups as groups_file
 from app.config import EXACT, Algorithm, JobConfig
-from app.contract import DEFAULT_LABEL, Task
-from app.errors import BudgetError, ExplanationsDisagreeError, JobError
+from app.contract import DEFAULT_LABEL, OptionError, Task, row_range
+from app.errors import BudgetError, DataError, ExplanationsDisagreeError, JobError
 from app.report import Reporter
 
 log = logging.getLogger(__name__)
@@ -597,7 +597,8 @@ def _check_plan_before_ray(config: JobConfig, dataset: etl.Dataset) -> None:
     n_players = len(names) if players is None else len(players.names)
     regression = model.infer_task(dataset, config.task) is Task.REGRESSION
     n_classes = 1 if dataset.labels is None or regression else max(int(dataset.labels.nunique()), 1)
-    _resolve_budget(config, config.nsamples, n_players, config.rows, config.background, n_classes)
+    start, stop = row_range(config.rows, len(dataset.features))  # an upper bound of the rows explained
+    _resolve_budget(config, config.nsamples, n_players, stop - start, config.background, n_classes)
 
 
 def _first_line(err: Exception, limit: int = 200) -> str:
@@ -969,7 +970,11 @@ def rows_from_files(config: JobConfig, dataset: etl.Dataset, data: model.Explain
     rows, row_ids, background = data.rows, data.row_ids, data.background
     if config.explain:
         codes = etl.load_rows(config.explain, dataset, "--explain")
-        rows, row_ids = codes[: config.rows], np.arange(min(config.rows, len(codes)))
+        try:
+            start, stop = row_range(config.rows, len(codes))
+        except OptionError as err:
+            raise DataError(f"{config.explain}: --rows {err}.") from None
+        rows, row_ids = codes[start:stop], np.arange(start, stop)
     if config.background_data:
         codes = etl.load_rows(config.background_data, dataset, "--background-data")
         if config.background < len(codes):

@@ -12,7 +12,7 @@ import pandas as pd
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.model_selection import train_test_split
 
-from app.contract import Task
+from app.contract import OptionError, Task, row_range
 from app.errors import DataError
 from app.etl import Dataset
 from app.tabular import ModelFunction
@@ -167,12 +167,17 @@ def input_dtype(fitted: object) -> type[np.floating]:
     )  # a ModelFunction: float64
 
 
-def get_data_to_explain(split: Split, rows: int, background: int, seed: int = 0) -> ExplainData:
-    if rows > len(split.x_test):
+def get_data_to_explain(split: Split, rows: int | str, background: int, seed: int = 0) -> ExplainData:
+    """The test rows of ``--rows`` (N, 'all' or START:STOP) and a seeded background sample."""
+    if isinstance(rows, int) and rows > len(split.x_test):
         raise DataError(
             f"--rows {rows} asks for more rows than the test split has ({len(split.x_test)}). "
             "Lower --rows or raise --test-size."
         )
+    try:
+        start, stop = row_range(rows, len(split.x_test))
+    except OptionError as err:
+        raise DataError(f"--rows {err} (the test split). Lower --rows or raise --test-size.") from None
     if background > len(split.x_train):
         raise DataError(
             f"--background {background} asks for more rows than the training split has "
@@ -180,4 +185,4 @@ def get_data_to_explain(split: Split, rows: int, background: int, seed: int = 0)
         )
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(split.x_train), size=background, replace=False))
-    return ExplainData(split.x_test[:rows], split.test_index[:rows], split.x_train[chosen])
+    return ExplainData(split.x_test[start:stop], split.test_index[start:stop], split.x_train[chosen])

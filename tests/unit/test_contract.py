@@ -100,7 +100,20 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[JobConfig]:
 ARGVS = [
     [],
     ["--rows", "3", "--nsamples", "exact", "--link", "logit", "--sweep", "10,20", "--no-reference"],
-    ["--max-tasks", "5", "--batch-size", "2", "--test-size", "0.5", "--tolerance", "1e-8", "--tol", "0.01"],
+    [
+        "--rows",
+        "2:9",
+        "--max-tasks",
+        "5",
+        "--batch-size",
+        "2",
+        "--test-size",
+        "0.5",
+        "--tolerance",
+        "1e-8",
+        "--tol",
+        "0.01",
+    ],
     ["--algorithm", "tree", "--seed", "7", "--run-id", "r1", "--output-dir", "out", "--groups", "g.json"],
     ["--model", "m.skops", "--trust-model", "--label", "y", "--features", "a,b", "--task", "regression"],
 ]
@@ -120,6 +133,8 @@ def test_values_are_typed() -> None:
     )
     assert config.link is Link.LOGIT and config.algorithm is Algorithm.AUTO and config.task is Task.REGRESSION
     assert config.features == ("a", "b")
+    assert parse_args(["--rows", "all"]).rows == "all" and parse_args(["--rows", "2:5"]).rows == "2:5"
+    assert parse_args(["--rows", "7"]).rows == 7
     assert JobConfig(link="logit").link is Link.LOGIT  # type: ignore[arg-type]
 
 
@@ -129,6 +144,8 @@ BAD = [
     (["--test-size", "2"], "--test-size", "must be between 0 and 1 (exclusive), got 2.0"),
     (["--run-id", "a/b"], "--run-id", "must be a plain folder name (no '/'), got 'a/b'"),
     (["--rows", "0"], "--rows", "must be at least 1, got 0"),
+    (["--rows", "5:2"], "--rows", "START:STOP needs 0 <= START < STOP, got '5:2'"),
+    (["--rows", "some"], "--rows", "must be N, 'all' or START:STOP, got 'some'"),
     (["--tolerance", "nan"], "--tolerance", "must be a finite number, got nan"),
     (["--link", "probit"], "--link", "must be one of identity, logit, got 'probit'"),
     (["--sweep", "10,0"], "--sweep", "needs positive tree counts"),

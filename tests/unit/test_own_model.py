@@ -285,3 +285,17 @@ def test_rows_of_another_file_get_the_datas_codes(typed_csv: Path, tmp_path: Pat
     lacks = r"narrow\.csv: --background-data lacks the data's columns organic, weight"
     with pytest.raises(DataError, match=lacks):
         etl.load_rows(str(tmp_path / "narrow.csv"), dataset, "--background-data")
+
+
+def test_rows_n_all_and_start_stop_of_the_test_split(typed_csv: Path) -> None:
+    split = model.split_data(etl.load_dataset(str(typed_csv), "grade", ("size", "weight")), 0.25, 0)
+    assert len(split.x_test) == 15
+    first = model.get_data_to_explain(split, 4, 10)
+    np.testing.assert_array_equal(first.rows, split.x_test[:4])
+    every = model.get_data_to_explain(split, "all", 10)
+    np.testing.assert_array_equal(every.row_ids, split.test_index)
+    some = model.get_data_to_explain(split, "3:7", 10)
+    np.testing.assert_array_equal(some.rows, split.x_test[3:7])
+    np.testing.assert_array_equal(some.row_ids, split.test_index[3:7])
+    with pytest.raises(DataError, match=r"--rows 10:20 goes beyond the 15 rows there are \(the test split\)"):
+        model.get_data_to_explain(split, "10:20", 10)
