@@ -1,187 +1,106 @@
-"""The job's options: one frozen value, parsed once from the command line of ``python -m app``.
+"""The job's command line (``python -m app``), generated from app/contract.py.
 
-shapcluster builds the same value from its own CLI and turns it back into arguments with
-``to_argv`` when it submits the job to a cluster, so both paths share one definition.
+shapcluster builds its ``submit`` options from the same contract and turns the value back into
+arguments with ``JobConfig.to_argv`` when it submits the job, so both parsers share one definition.
+A bad option value exits 2 (argparse's usage error), like shapcluster's ``submit``.
 """
 
 from __future__ import annotations
 
 import argparse
-import enum
-from dataclasses import dataclass, fields
+import sys
+from collections.abc import Callable
+from typing import Any
 
-from app.link import Link
+from app.contract import (
+    EXACT,
+    Algorithm,
+    ConfigError,
+    JobConfig,
+    Link,
+    OptionError,
+    Task,
+    choices,
+    default_of,
+    flag,
+    job_options,
+    parse_option,
+)
 
-EXACT = "exact"
-
-
-class Algorithm(enum.StrEnum):
-    """How the job explains: exact/sampled KernelSHAP, the exact tree path, shap's path-dependent
-    TreeSHAP (a different quantity: no background), or auto (tree for supported models)."""
-
-    KERNEL = "kernel"
-    TREE = "tree"
-    TREE_PATH_DEPENDENT = "tree-path-dependent"
-    AUTO = "auto"
-
-
-@dataclass(frozen=True)
-class JobConfig:
-    data: str | None = None  # local path, s3://bucket/key or https:// URL; None: the default
-    label: str = "quality"
-    rows: int = 16
-    background: int = 100
-    nsamples: int | str | None = None  # None: shap's default 2M + 2048; "exact": 2^M - 2
-    batch_size: int | None = None  # rows per Ray task; None: chosen to balance the workers
-    workers: int | None = None  # how many tasks run at once; None: every CPU of the cluster
-    trees: int = 100
-    sweep: tuple[int, ...] = ()  # n_estimators candidates trained in parallel; best one kept
-    test_size: float = 0.2
-    seed: int = 0
-    tolerance: float = 1e-6
-    link: Link = Link.IDENTITY
-    output_dir: str = "results"
-    run_id: str | None = None
-    cpus: int | None = None  # CPUs of a local Ray instance the job starts itself
-    ray_address: str | None = None
-    reference: bool = True  # False (--no-reference): our explainer alone, e.g. to time it
-    groups: str | None = None  # JSON or TOML file: group name -> columns; each group one player
-    tol: float | None = None  # sampling: add coalitions until the largest standard error < tol
-    background_weights: str | None = None  # column of the data holding each row's weight
-    algorithm: Algorithm = Algorithm.KERNEL  # kernel keeps the side-by-side with shap.KernelExplainer
-
-    def __post_init__(self) -> None:
-        positive: dict[str, int | None] = {
-            "rows": self.rows,
-            "background": self.background,
-            "trees": self.trees,
-        }
-        positive |= {"batch_size": self.batch_size, "workers": self.workers, "cpus": self.cpus}
-        for name, value in positive.items():
-            if value is not None and value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if isinstance(self.nsamples, int) and self.nsamples < 1:
-            raise ValueError(f"--nsamples must be at least 1 (or 'exact'), got {self.nsamples}")
-        if isinstance(self.nsamples, str) and self.nsamples != EXACT:
-            raise ValueError(f"--nsamples must be a whole number or 'exact', got {self.nsamples!r}")
-        if not 0.0 < self.test_size < 1.0:
-            raise ValueError(f"--test-size must be between 0 and 1, got {self.test_size}")
-        if any(n < 1 for n in self.sweep):
-            raise ValueError(f"--sweep needs positive tree counts, got {self.sweep}")
-        tree_paths = (Algorithm.TREE, Algorithm.TREE_PATH_DEPENDENT)
-        if self.algorithm in tree_paths and self.link is not Link.IDENTITY:
-            raise ValueError(
-                f"--algorithm {self.algorithm} explains the model's own output (identity link); "
-                "drop --link logit or use --algorithm kernel"
-            )
-        if self.algorithm in tree_paths and (self.groups or self.background_weights):
-            raise ValueError(
-                f"--algorithm {self.algorithm} explains one value per column over an unweighted "
-                "background; drop --groups/--background-weights or use --algorithm kernel"
-            )
-        if self.tolerance < 0:
-            raise ValueError(f"--tolerance must be >= 0, got {self.tolerance}")
-        if self.tol is not None and not self.tol > 0:
-            raise ValueError(f"--tol must be a positive standard error, got {self.tol}")
-
-    def to_argv(self) -> list[str]:
-        """Arguments for ``python -m app`` that reproduce this config (defaults omitted)."""
-        argv: list[str] = []
-        default = JobConfig()
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value == getattr(default, f.name) or value is None:
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            if f.name == "sweep":
-                argv += [flag, ",".join(str(n) for n in value)]
-            elif isinstance(value, bool):  # switches default to on and are turned off by --no-<name>
-                argv.append("--no-" + f.name.replace("_", "-"))
-            else:
-                argv += [flag, str(value)]
-        return argv
+__all__ = ["EXACT", "Algorithm", "JobConfig", "Link", "Task", "build_parser", "parse_args"]
 
 
-def parse_nsamples(text: str) -> int | str:
-    if text == EXACT:
-        return EXACT
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or 'exact', got {text!r}") from None
+def _argparse_type(name: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse_option(name, text)
+        except OptionError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = name  # argparse names the type in its messages
+    return convert
 
 
-def parse_sweep(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected tree counts like 50,100,200, got {text!r}") from None
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores the value and warns once on stderr."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
+    ) -> None:
+        print(f"warning: {option} is deprecated; use {flag(self.dest)}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _choices_metavar(name: str) -> str | None:
+    names = choices(name)
+    return "{" + ",".join(names) + "}" if names else None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m app",
-        description="Train a RandomForest on wine quality and explain it with distributed KernelSHAP, "
-        "side by side with shap.KernelExplainer.",
+        description="Explain a model's predictions with distributed KernelSHAP, side by side with "
+        "shap.KernelExplainer (by default: a RandomForest trained on wine quality).",
     )
-    add = parser.add_argument
-    add("--data", help="CSV: local path, s3://bucket/key or https:// URL (default: data/winequality-red.csv)")
-    add("--label", default="quality", help="label column (default: quality)")
-    add("--rows", type=int, default=16, help="test rows to explain (default: 16)")
-    add("--background", type=int, default=100, help="background rows (default: 100)")
-    add(
-        "--nsamples",
-        type=parse_nsamples,
-        default=None,
-        help="coalitions per row, or 'exact' (default: 2M+2048)",
-    )
-    add("--batch-size", type=int, default=None, help="rows per Ray task (default: balanced)")
-    add("--workers", type=int, default=None, help="Ray tasks at once (default: all CPUs)")
-    add("--trees", type=int, default=100, help="trees in the forest (default: 100)")
-    add("--sweep", type=parse_sweep, default=(), help="train these forest sizes in parallel, keep the best")
-    add("--test-size", type=float, default=0.2, help="held-out fraction (default: 0.2)")
-    add("--seed", type=int, default=0, help="seed for split, forest, background and sampling")
-    add("--tolerance", type=float, default=1e-6, help="max allowed difference (default: 1e-6)")
-    add("--link", type=Link, choices=list(Link), default=Link.IDENTITY, help="link function")
-    add("--output-dir", default="results", help="where results/<run-id>/ goes (default: results)")
-    add("--run-id", default=None, help="name of the results folder (default: time-based)")
-    add("--cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
-    add("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local instance)")
-    add("--groups", default=None, help="JSON or TOML file: group name -> list of columns; one player each")
-    add(
-        "--tol",
-        type=float,
-        default=None,
-        help="sampling: double the coalitions until every standard error is below TOL",
-    )
-    add(
-        "--background-weights",
-        default=None,
-        metavar="COLUMN",
-        help="column of the data with each row's weight as a background row (not a feature)",
-    )
-    add(
-        "--algorithm",
-        type=Algorithm,
-        choices=list(Algorithm),
-        default=Algorithm.KERNEL,
-        help="kernel (default), tree (exact interventional TreeSHAP, checked against exact KernelSHAP "
-        "on a sample), tree-path-dependent (shap's, no background), auto (tree when the model allows)",
-    )
-    add(
-        "--no-reference",
-        dest="reference",
-        action="store_false",
-        help="skip shap.KernelExplainer: only our explainer runs (its wall time is then ours alone)",
-    )
+    for f in job_options():
+        meta = f.metadata
+        default = default_of(f)
+        if isinstance(default, bool):
+            if default:
+                parser.add_argument(
+                    "--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", help=meta["help"]
+                )
+            else:
+                parser.add_argument(flag(f.name), dest=f.name, action="store_true", help=meta["help"])
+            continue
+        shown = f"{meta['help']} (default: {default})" if default not in (None, ()) else meta["help"]
+        parser.add_argument(
+            flag(f.name),
+            dest=f.name,
+            type=_argparse_type(f.name),
+            default=default,
+            metavar=meta["metavar"] or _choices_metavar(f.name) or f.name.upper(),
+            help=shown,
+        )
+        for alias in meta["aliases"]:
+            parser.add_argument(
+                alias,
+                dest=f.name,
+                type=_argparse_type(f.name),
+                action=_DeprecatedAlias,
+                help=argparse.SUPPRESS,  # a deprecated spelling: works and warns, not shown
+            )
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> JobConfig:
+    """The JobConfig of a command line; a bad value or combination exits 2 with one usage line."""
     parser = build_parser()
     namespace = parser.parse_args(argv)
     try:
         return JobConfig(**vars(namespace))
-    except ValueError as err:
+    except ConfigError as err:
+        parser.error(f"argument {err.option}: {err}")
+    except (OptionError, ValueError) as err:
         parser.error(str(err))
-        raise  # unreachable: parser.error exits
+    raise AssertionError("unreachable: parser.error exits")

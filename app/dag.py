@@ -34,9 +34,10 @@ import ray
 from ray import ObjectRef
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from app import compare, etl, kernel_shap, model, precheck, results, tree_shap
+from app import compare, etl, kernel_shap, model, model_file, precheck, results, tree_shap
 from app.config import EXACT, Algorithm, JobConfig
-from app.errors import ExplanationsDisagreeError, JobError
+from app.contract import DEFAULT_LABEL, Link, OptionError, Task, new_run_id, row_range
+from app.errors import DataError, ExplanationsDisagreeError, JobError
 from app.report import Reporter
 
 log = logging.getLogger(__name__)
@@ -143,10 +144,15 @@ def _single_threaded() -> Any:
 
 @ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False)
 def etl_step(
-    source: str | None, label: str, weights_column: str | None = None
+    source: str | None,
+    label: str,
+    features: tuple[str, ...] = (),
+    label_required: bool = True,
+    weights_column: str | None = None,
 ) -> tuple[etl.Dataset, dict[str, Any]]:
     start = time.perf_counter()
-    dataset = etl.with_weights(etl.load_dataset(source, label), weights_column)
+    dataset = etl.load_dataset(source, label, features, label_required=label_required)
+    dataset = etl.with_weights(dataset, weights_column)
     info = {
         "source": dataset.source,
         "rows": len(dataset.features),
@@ -160,15 +166,43 @@ def etl_step(
 
 
 @ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)
-def split_step(dataset: etl.Dataset, test_size: float, seed: int) -> model.Split:
-    return model.split_data(dataset, test_size, seed)
+def split_step(dataset: etl.Dataset, test_size: float, seed: int, task: Task | None) -> model.Split:
+    return model.split_data(dataset, test_size, seed, task)
 
 
 @ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False)
-def create_model_step(split: model.Split, trees: int, seed: int) -> tuple[Any, dict[str, Any]]:
-    trained = model.train_forest(split, trees, seed)
-    info = {"trees": trees, "score": trained.score, "seconds": trained.seconds}
+def create_model_step(
+    split: model.Split, trees: int, seed: int, label: str = "value"
+) -> tuple[Any, dict[str, Any]]:
+    trained = model.train_forest(split, trees, seed, label)
+    info = {
+        "trees": trees,
+        "score": trained.score,
+        "seconds": trained.seconds,
+        "task": split.task.value,
+        "type": type(getattr(trained.model, "estimator", trained.model)).__name__,
+    }
     return trained.model, info
+
+
+@ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False)
+def load_model_step(
+    source: str, trust: bool, dataset: etl.Dataset, split: model.Split
+) -> tuple[Any, dict[str, Any]]:
+    """The user's --model as the function of the data's codes, scored on the split's test rows
+    when the data has the label."""
+    start = time.perf_counter()
+    fitted = model.explained_model(model_file.load_model(source, trust), dataset, source)
+    score = None if dataset.labels is None else fitted.score(split.x_test, split.y_test)
+    info = {
+        "trees": None,
+        "score": score,
+        "seconds": time.perf_counter() - start,
+        "task": (Task.REGRESSION if fitted.regression else Task.CLASSIFICATION).value,
+        "type": type(fitted.estimator).__name__,
+        "path": source,
+    }
+    return fitted, info
 
 
 @ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)
@@ -353,7 +387,7 @@ def _solve_ours(
     branch: _Branch,
     plans: dict[tuple[int, ...], tuple[kernel_shap.CoalitionPlan, np.ndarray]],
     outputs: dict[str, Any],
-    link: kernel_shap.Link,
+    link: Link,
     n_rows: int,
     n_players: int,
 ) -> kernel_shap.Explanation:
@@ -380,7 +414,7 @@ def _reference_branch(
     data: model.ExplainData,
     background: Background,
     nsamples: int | None,
-    link: kernel_shap.Link,
+    link: Link,
     workers: int,
     seed: int,
     groups: list[list[int]] | None = None,
@@ -408,7 +442,7 @@ def run_distributed_shap(
     data: model.ExplainData,
     *,
     nsamples: int | str | None = None,
-    link: kernel_shap.Link = kernel_shap.Link.IDENTITY,
+    link: Link = Link.IDENTITY,
     seed: int = 0,
     workers: int | None = None,
     batch_size: int | None = None,
@@ -584,7 +618,7 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     players = None if player_spec is None else kernel_shap.player_matrix(player_spec.columns, n_features)
     n_players = n_features if players is None else len(players)
     cpus = _cluster_cpus()
-    workers = config.workers or cpus
+    workers = config.max_tasks or cpus
     n_outputs = prepared.outputs["fx"].shape[1]
     budget = precheck.resolve_budget(
         config, prepared.nsamples, n_players, n_rows, len(prepared.background.rows), n_outputs
@@ -639,7 +673,7 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     comparison, ref_values = _compare(config, prepared, explanation, branches[1:], players, names)
     timings.add("compare_results", t0)
 
-    out_dir = Path(config.output_dir) / (config.run_id or results.new_run_id())
+    out_dir = Path(config.output_dir) / (config.run_id or new_run_id())
     cluster = {"cpus": cpus, "nodes": nodes, "nodes_lost": nodes_lost}
     summary = _summary(config, out_dir.name, cluster, prepared, explanation, comparison, timings, branches)
     summary |= {
@@ -797,13 +831,14 @@ def _write_results(
         summary["standard_errors"] = "shap_standard_errors.csv"
     if ref_values is not None:
         tables["reference_shap_values.csv"] = ref_values
+    written: list[str] = []
     for file_name, values in tables.items():
-        results.write_csv(out_dir / file_name, results.values_frame(values, rows, names))
+        written += results.write_values(out_dir / file_name, results.values_frame(values, rows, names))
     results.write_explanation(
         out_dir / "explanation.npz", explanation.values, rows, names, explanation.standard_errors
     )
     summary["files"] = sorted(
-        [*tables, "explanation.npz", *results.write_plots(out_dir, explanation.values, rows, names)]
+        [*written, "explanation.npz", *results.write_plots(out_dir, explanation.values, rows, names)]
     )
     summary["wall_seconds"]["write_results"] = time.perf_counter() - t0
     results.write_summary(out_dir / "summary.json", summary)
@@ -847,7 +882,14 @@ def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings:
     """etl -> split -> create_model -> get_data_to_explain, plus f(x) and E[f] once."""
     t0 = time.perf_counter()
     dataset_ref, info_ref = cast(
-        tuple[Ref, Ref], etl_step.remote(source, config.label, config.background_weights)
+        tuple[Ref, Ref],
+        etl_step.remote(
+            source,
+            config.label or DEFAULT_LABEL,
+            precheck.read_columns(config),
+            precheck.label_required(config),
+            config.background_weights,
+        ),
     )
     info: dict[str, Any] = ray.get(info_ref)
     if info["notice"]:
@@ -861,16 +903,21 @@ def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings:
         reporter.notice("using exact enumeration (--nsamples exact) for the bundled dataset.")
 
     t0 = time.perf_counter()
-    split_ref = split_step.remote(dataset_ref, config.test_size, config.seed)
-    model_ref, model_info = _create_model(split_ref, config, reporter)
+    split_ref = split_step.remote(dataset_ref, config.test_size, config.seed, config.task)
+    if config.model is not None:
+        model_ref, model_info = _load_model(dataset_ref, split_ref, config, reporter)
+    else:
+        model_ref, model_info = _create_model(split_ref, config, reporter)
     # The driver's own copy lives on the head with the driver: a worker node lost later cannot
     # take the model with it and make Ray re-run etl, split and training from lineage mid-run.
     model_ref = ray.put(ray.get(model_ref))
-    timings.add("create_model", t0, f"{model_info['trees']} trees")
+    timings.add("create_model", t0, f"{model_info['trees']} trees" if model_info["trees"] else "loaded")
 
     t0 = time.perf_counter()
     data_ref = get_data_to_explain_step.remote(split_ref, config.rows, config.background, config.seed)
     data: model.ExplainData = ray.get(data_ref)
+    if config.explain or config.background_data:
+        data = rows_from_files(config, ray.get(dataset_ref), data)
     background_ref = ray.put(data.background)
     background = Background.put(data.background, data.background_weights)
     model_box = [model_ref]
@@ -911,7 +958,7 @@ def _summary(
         "nsamples": explanation.n_coalitions,
         "exact": explanation.exact,
         "link": config.link.value,
-        "model": {"type": "RandomForestClassifier", **prepared.model_info},
+        "model": prepared.model_info,
         "expected_value": explanation.expected_value.tolist(),
         "cpus": cluster["cpus"],  # the cluster's, when the explainers started
         "nodes": cluster["nodes"],  # alive when the explainers started: id, ip, cpus
@@ -929,20 +976,64 @@ def _summary(
     }
 
 
+def rows_from_files(config: JobConfig, dataset: etl.Dataset, data: model.ExplainData) -> model.ExplainData:
+    """--explain: the first --rows rows of that file (row ids: 0-based in it); --background-data: a
+    seeded sample of --background rows of that file (all when it has fewer)."""
+    rows, row_ids, background = data.rows, data.row_ids, data.background
+    if config.explain:
+        codes = etl.load_rows(config.explain, dataset, "--explain")
+        try:
+            start, stop = row_range(config.rows, len(codes))
+        except OptionError as err:
+            raise DataError(f"{config.explain}: --rows {err}.") from None
+        rows, row_ids = codes[start:stop], np.arange(start, stop)
+    if config.background_data:
+        codes = etl.load_rows(config.background_data, dataset, "--background-data")
+        if config.background < len(codes):
+            rng = np.random.default_rng(config.seed)
+            codes = codes[np.sort(rng.choice(len(codes), size=config.background, replace=False))]
+        background = codes
+    return model.ExplainData(rows, row_ids, background)
+
+
+def _load_model(
+    dataset_ref: Ref, split_ref: Ref, config: JobConfig, reporter: Reporter
+) -> tuple[Ref, dict[str, Any]]:
+    assert config.model is not None
+    model_ref, info_ref = cast(
+        tuple[Ref, Ref], load_model_step.remote(config.model, config.trust_model, dataset_ref, split_ref)
+    )
+    info: dict[str, Any] = ray.get(info_ref)
+    score = "" if info["score"] is None else f", held-out {_score_name(info['task'])} {info['score']:.4f}"
+    reporter.step(
+        "create_model", f"{info['type']} from {config.model} ({info['task']}{score})", info["seconds"]
+    )
+    return model_ref, info
+
+
+def _score_name(task: str) -> str:
+    return "R^2" if task == Task.REGRESSION else "accuracy"
+
+
 def _create_model(split_ref: Ref, config: JobConfig, reporter: Reporter) -> tuple[Ref, dict[str, Any]]:
     """One forest, or the sweep: every candidate trained in parallel on the same split object."""
     sizes = config.sweep or (config.trees,)
+    label = config.label or DEFAULT_LABEL
     candidates = [
-        cast(tuple[Ref, Ref], create_model_step.remote(split_ref, trees, config.seed)) for trees in sizes
+        cast(tuple[Ref, Ref], create_model_step.remote(split_ref, trees, config.seed, label))
+        for trees in sizes
     ]
     infos = ray.get([info for _, info in candidates])
     best = model.pick_best([(i["trees"], i["score"]) for i in infos])
     if config.sweep:
         reporter.candidates([(i["trees"], i["score"], i["seconds"]) for i in infos], infos[best]["trees"])
+    chosen = infos[best]
+    inferred = "" if config.task else " (inferred from the label; --task to choose)"
     reporter.step(
         "create_model",
-        f"RandomForest, {infos[best]['trees']} trees, held-out accuracy {infos[best]['score']:.4f}",
-        infos[best]["seconds"],
+        f"RandomForest, {chosen['trees']} trees, task {chosen['task']}{inferred}, "
+        f"held-out {_score_name(chosen['task'])} {chosen['score']:.4f}",
+        chosen["seconds"],
     )
     return candidates[best][0], infos[best]
 
@@ -958,7 +1049,7 @@ TREE_CHECK_MAX_FEATURES = 16  # exact KernelSHAP needs 2^M - 2 coalitions: beyon
 def _choose_algorithm(config: JobConfig, prepared: _Prepared) -> tuple[str, str]:
     """The algorithm that runs and why; raises UnsupportedModelError for tree on other models."""
     fitted = ray.get(prepared.model_box[0])
-    if config.algorithm == Algorithm.AUTO and config.link is not kernel_shap.Link.IDENTITY:
+    if config.algorithm == Algorithm.AUTO and config.link is not Link.IDENTITY:
         return (
             "kernel",
             f"auto: --link {config.link} needs KernelSHAP (the tree path explains the raw output)",
@@ -1061,7 +1152,7 @@ def _run_tree_dag(
     data = prepared.data
     n_rows, n_features = data.rows.shape
     cpus = _cluster_cpus()
-    workers = config.workers or cpus
+    workers = config.max_tasks or cpus
     nodes = _alive_nodes()
     reporter.info(f"Algorithm: {algorithm} ({reason}).")
     checked = np.sort(
@@ -1112,7 +1203,7 @@ def _run_tree_dag(
     match = bool(check["match"]) and additivity <= config.tolerance
     check["match"] = match
 
-    out_dir = Path(config.output_dir) / (config.run_id or results.new_run_id())
+    out_dir = Path(config.output_dir) / (config.run_id or new_run_id())
     summary = _tree_summary(config, out_dir.name, prepared, cpus, nodes, workers, values, expected, timings)
     summary |= {"algorithm": algorithm, "algorithm_reason": reason, "explains": explains, "check": check}
     summary["comparison"] = check

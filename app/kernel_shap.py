@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from app import link as _link
+from app.contract import Link
 
-Link = _link.Link  # the link lives in app.link (no numpy) so the CLI can import it fast
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 Predict = Callable[[npt.NDArray[np.floating]], npt.NDArray[np.floating]]
@@ -51,7 +50,6 @@ PLAN_MEMORY_BUDGET = 2 << 30
 # "Affordable" exact enumeration: at most this many synthetic model rows (coalitions x
 # background x rows); above it the default is shap's sampling budget 2G + 2048.
 EXACT_MODEL_ROWS_BUDGET = 20_000_000
-LOGIT_EPSILON = 1e-15  # shap's LogitLink clips probabilities to [eps, 1 - eps]
 # Largest budget convergence-driven sampling (--tol) may grow to.
 MAX_TOL_NSAMPLES = 1 << 17
 

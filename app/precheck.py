@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import math
 
-from app import etl, kernel_shap
+from app import etl, kernel_shap, model
 from app import groups as groups_file
 from app.config import Algorithm, JobConfig
+from app.contract import DEFAULT_LABEL, Task, row_range
 from app.errors import BudgetError
 
 
@@ -32,21 +33,46 @@ def resolve_budget(
         raise BudgetError(f"{config.data or 'the data'}: {err}") from None
 
 
+def label_required(config: JobConfig) -> bool:
+    """With --model the label only scores, so the data may lack it unless --label was given."""
+    return config.model is None or config.label is not None
+
+
+def read_columns(config: JobConfig) -> tuple[str, ...]:
+    """The columns to read: --features, plus the --background-weights column (not a feature)."""
+    weights = config.background_weights
+    if not config.features or weights is None or weights in config.features:
+        return config.features
+    return (*config.features, weights)
+
+
 def check_job(config: JobConfig) -> None:
-    """Raise DataError/BudgetError for a local CSV, groups file or plan that cannot work.
-    Upper bounds: every requested row explained, every player varying. Remote data (s3://,
-    https://) is checked by the job once it has read it."""
+    """Raise DataError/BudgetError for a local file, groups file, plan or model that cannot
+    work. Upper bounds: every requested row explained, every player varying. Remote data
+    (s3://, https://) is checked by the job once it has read it."""
     source = etl.resolve_source(config.data)
     if source is None or "://" in source:
         return
-    dataset = etl.with_weights(etl.load_dataset(source, config.label), config.background_weights)
-    names = [str(c) for c in dataset.features.columns]
-    spec = players(config, names)
-    n_players = len(names) if spec is None else len(spec.names)
-    n_classes = max(int(dataset.labels.nunique()), 1)
-    n_test = math.ceil(len(dataset.features) * config.test_size)  # as train_test_split rounds
-    rows = min(config.rows, n_test)  # more rows than the split has fails later, with its own message
-    background = min(config.background, len(dataset.features) - n_test)
-    if config.algorithm in (Algorithm.TREE, Algorithm.TREE_PATH_DEPENDENT):
-        return  # no coalition plan: the tree path's check sample is sized by the job itself
-    resolve_budget(config, config.nsamples, n_players, rows, background, n_classes)
+    label = config.label or DEFAULT_LABEL
+    dataset = etl.load_dataset(source, label, read_columns(config), label_required=label_required(config))
+    dataset = etl.with_weights(dataset, config.background_weights)
+    task = model.infer_task(dataset, config.task)
+    if config.algorithm not in (Algorithm.TREE, Algorithm.TREE_PATH_DEPENDENT):
+        names = [str(c) for c in dataset.features.columns]
+        spec = players(config, names)
+        n_players = len(names) if spec is None else len(spec.names)
+        regression = task is Task.REGRESSION
+        n_classes = 1 if dataset.labels is None or regression else max(int(dataset.labels.nunique()), 1)
+        n_rows, n_test = len(dataset.features), math.ceil(len(dataset.features) * config.test_size)
+        start, stop = row_range(config.rows, None)  # syntax only; the split's bounds come later
+        available = n_test if config.explain is None else n_rows  # an upper bound for --explain
+        stop = available if stop < 0 else min(stop, available)  # stop < 0: --rows all
+        background = min(config.background, n_rows - n_test)  # as train_test_split rounds
+        resolve_budget(config, config.nsamples, n_players, max(stop - start, 1), background, n_classes)
+    for option, path in (("--explain", config.explain), ("--background-data", config.background_data)):
+        if path is not None and "://" not in path:
+            etl.load_rows(path, dataset, option)
+    if config.model is not None and "://" not in config.model:
+        from app import model_file
+
+        model.explained_model(model_file.load_model(config.model, config.trust_model), dataset, config.model)

@@ -13,9 +13,7 @@ import json
 import math
 import os
 import platform
-import secrets
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,10 +23,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
 @dataclass(frozen=True)
@@ -157,6 +151,30 @@ def versions() -> dict[str, str | None]:
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
     # repr-exact floats: these values go to regulators and get compared to 1e-9.
     _write_atomic(path, frame.to_csv(index=False, float_format="%.17g").encode())
+
+
+CSV_MAX_LINES = 100_000  # larger values tables are written as Parquet only
+
+
+def write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    """The table ``write_csv`` writes, as Parquet: float64 values kept to the last bit."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    _write_atomic(path, sink.getvalue().to_pybytes())
+
+
+def write_values(path: Path, frame: pd.DataFrame) -> list[str]:
+    """``path`` as .parquet, and as .csv too when it has at most CSV_MAX_LINES lines; the names written."""
+    parquet = path.with_suffix(".parquet")
+    write_parquet(parquet, frame)
+    written = [parquet.name]
+    if len(frame) <= CSV_MAX_LINES:
+        write_csv(path.with_suffix(".csv"), frame)
+        written.append(path.with_suffix(".csv").name)
+    return written
 
 
 def strict_json(value: Any) -> Any:

@@ -160,7 +160,8 @@ def run_ours(
     """Our distributed KernelSHAP on the running Ray instance; warm-up timed on its own."""
     import ray
 
-    from app import dag, kernel_shap, model
+    from app import dag, model
+    from app.contract import Link
 
     data = model.ExplainData(rows, np.arange(len(rows)), background)
     model_ref = ray.put(work.model)
@@ -172,7 +173,7 @@ def run_ours(
         model_ref,
         data,
         nsamples=nsamples,
-        link=kernel_shap.Link.LOGIT,
+        link=Link.LOGIT,
         seed=seed,
         workers=cpus,
         groups=[list(g) for g in work.groups],

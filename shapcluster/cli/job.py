@@ -1,20 +1,23 @@
-"""`shapcluster submit` (on the cluster, or locally with --local), `jobs`, `logs` and `stop`."""
+"""`shapcluster submit` (on the cluster, or locally with --local), `jobs`, `logs` and `stop`.
+
+``submit``'s job options are generated from app/contract.py, the one definition the job's own
+parser (``python -m app``) is built from too."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import sys
-from argparse import ArgumentTypeError
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
 
-from app.config import Algorithm, parse_nsamples, parse_sweep
-from app.link import Link
+from app import contract
 from shapcluster import console
 from shapcluster.cli._errors import translate_errors
 from shapcluster.cli.cluster import DEFAULT_CONFIG, ConfigOption, JsonOption
@@ -27,20 +30,7 @@ if TYPE_CHECKING:
 
 _JOB = "Job options"
 _RUN = "Where it runs"
-
-
-def _nsamples(value: str | None) -> int | str | None:
-    try:
-        return None if value is None else parse_nsamples(value)
-    except ArgumentTypeError as err:
-        raise typer.BadParameter(str(err), param_hint="--nsamples") from None
-
-
-def _sweep(value: str | None) -> tuple[int, ...]:
-    try:
-        return parse_sweep(value) if value else ()
-    except ArgumentTypeError as err:
-        raise typer.BadParameter(str(err), param_hint="--sweep") from None
+_RUN_OPTIONS = ("cpus",)
 
 
 def _print_log_line(line: str) -> None:
@@ -54,177 +44,132 @@ def _confirm_stop() -> bool:
         return False
 
 
-@translate_errors
-def submit(
-    local: Annotated[
-        bool, typer.Option("--local", help="Run on a Ray instance on this machine.", rich_help_panel=_RUN)
-    ] = False,
-    cpus: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="CPUs of the local Ray instance (default: all); only with --local.",
-            rich_help_panel=_RUN,
-        ),
-    ] = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            envvar="SHAPCLUSTER_DATA",
-            help="CSV to train on: a path, s3://bucket/key or https:// URL "
-            "(default: data/winequality-red.csv, else scikit-learn's bundled wine data).",
-            rich_help_panel=_JOB,
-        ),
-    ] = None,
-    label: Annotated[str, typer.Option(help="Label column.", rich_help_panel=_JOB)] = "quality",
-    rows: Annotated[int, typer.Option(min=1, help="Test rows to explain.", rich_help_panel=_JOB)] = 16,
-    background: Annotated[
-        int,
-        typer.Option(min=1, help="Background rows (seeded sample of training rows).", rich_help_panel=_JOB),
-    ] = 100,
-    nsamples: Annotated[
-        str | None,
-        typer.Option(
-            help="Coalitions per row; 'exact' enumerates all 2^M-2 (default: shap's 2M+2048, "
-            "which is exact for M <= 11).",
-            rich_help_panel=_JOB,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Rows per Ray task (default: balanced).", rich_help_panel=_JOB)
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option(min=1, help="Ray tasks at once (default: all CPUs).", rich_help_panel=_JOB)
-    ] = None,
-    trees: Annotated[int, typer.Option(min=1, help="Trees in the forest.", rich_help_panel=_JOB)] = 100,
-    sweep: Annotated[
-        str | None,
-        typer.Option(
-            help="Train these forest sizes in parallel, e.g. 50,100,200; keep the best.", rich_help_panel=_JOB
-        ),
-    ] = None,
-    test_size: Annotated[float, typer.Option(help="Held-out fraction.", rich_help_panel=_JOB)] = 0.2,
-    seed: Annotated[
-        int, typer.Option(help="Seed for split, forest, background, sampling.", rich_help_panel=_JOB)
-    ] = 0,
-    tolerance: Annotated[
-        float, typer.Option(help="Largest allowed |ours - shap| and additivity error.", rich_help_panel=_JOB)
-    ] = 1e-6,
-    link: Annotated[
-        Link, typer.Option(help="Link function of the explanation.", rich_help_panel=_JOB)
-    ] = Link.IDENTITY,
-    algorithm: Annotated[
-        Algorithm,
-        typer.Option(
-            envvar="SHAPCLUSTER_ALGORITHM",
-            help="kernel: exact KernelSHAP beside shap.KernelExplainer; tree: exact interventional "
-            "TreeSHAP, checked against exact KernelSHAP on a seeded sample; tree-path-dependent: "
-            "shap's path-dependent TreeSHAP (a different quantity, not checked); auto: tree when "
-            "the model is a supported tree ensemble, else kernel.",
-            rich_help_panel=_JOB,
-        ),
-    ] = Algorithm.KERNEL,
-    reference: Annotated[
+def _parser(name: str) -> Callable[[str], Any]:
+    """click's conversion of one job option: the contract's value, or a usage error (exit 2)."""
+
+    def convert(text: str) -> Any:
+        if not isinstance(text, str):  # click passes values it converted already
+            return text
+        try:
+            return contract.parse_option(name, text)
+        except contract.OptionError as err:
+            raise typer.BadParameter(str(err)) from None
+
+    return convert
+
+
+def _option_parameter(name: str, spelling: str, *, hidden: bool = False) -> inspect.Parameter:
+    """One typer option of ``submit`` from the contract's field ``name``."""
+    f = contract.JobConfig.__dataclass_fields__[name]
+    meta = f.metadata
+    default = contract.default_of(f)
+    panel = _RUN if name in _RUN_OPTIONS else _JOB
+    if isinstance(default, bool):
+        decls = f"{spelling}/--no-{name.replace('_', '-')}" if default else spelling
+        info: Any = typer.Option(
+            decls, help=meta["help"], rich_help_panel=panel, envvar=meta["envvar"], metavar=""
+        )
+        return inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[bool, info]
+        )
+    names = contract.choices(name)
+    info = typer.Option(
+        spelling,
+        parser=_parser(name),
+        metavar=meta["metavar"] or ("[" + "|".join(names) + "]" if names else "TEXT"),
+        help=f"Deprecated spelling of {contract.flag(name)}." if hidden else meta["help"],
+        show_default=str(default) if default not in (None, ()) else False,  # shown as [default: (16)]
+        envvar=None if hidden else meta["envvar"],
+        rich_help_panel=panel,
+        hidden=hidden,
+    )
+    param_name = spelling.lstrip("-").replace("-", "_") if hidden else name
+    return inspect.Parameter(
+        param_name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[str | None, info]
+    )
+
+
+def _submit_parameters() -> list[inspect.Parameter]:
+    """``submit``'s signature: --local, --config, then every job option of the contract."""
+    local = Annotated[
         bool,
         typer.Option(
-            "--reference/--no-reference",
-            help="Also run shap.KernelExplainer and compare (--no-reference: ours only, for benchmarks).",
-            rich_help_panel=_JOB,
+            "--local", help="Run on a Ray instance on this machine.", rich_help_panel=_RUN, metavar=""
         ),
-    ] = True,
-    groups: Annotated[
-        str | None,
-        typer.Option(
-            help="JSON or TOML file: group name -> list of columns; each group is one player "
-            "(columns in no group stay players of their own). A path the job can read.",
-            rich_help_panel=_JOB,
+    ]
+    params = [
+        inspect.Parameter("local", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=local),
+        inspect.Parameter(
+            "config", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_CONFIG, annotation=ConfigOption
         ),
-    ] = None,
-    tol: Annotated[
-        float | None,
-        typer.Option(
-            help="Sampling mode: double the coalitions (seeded) until every standard error is below TOL.",
-            rich_help_panel=_JOB,
-        ),
-    ] = None,
-    background_weights: Annotated[
-        str | None,
-        typer.Option(
-            metavar="COLUMN",
-            help="Column of the data with each row's weight as a background row (not a feature); "
-            "shap's weighted background. Duplicate background rows are merged into weights anyway.",
-            rich_help_panel=_JOB,
-        ),
-    ] = None,
-    output_dir: Annotated[
-        str,
-        typer.Option(
-            envvar="SHAPCLUSTER_OUTPUT_DIR",
-            help="Results go to OUTPUT_DIR/<run-id>/ (from a cluster: copied there when the job ends).",
-            rich_help_panel=_JOB,
-        ),
-    ] = "results",
-    run_id: Annotated[
-        str | None,
-        typer.Option(
-            help="Results folder name, and the job id on a cluster (default: time-based).",
-            rich_help_panel=_JOB,
-        ),
-    ] = None,
-    wait: Annotated[
+    ]
+    for f in contract.job_options():
+        if f.metadata["toolkit"]:
+            params.append(_option_parameter(f.name, contract.flag(f.name)))
+            params += [_option_parameter(f.name, alias, hidden=True) for alias in f.metadata["aliases"]]
+    wait = Annotated[
         bool,
         typer.Option(
             "--wait/--no-wait",
             help="--no-wait: print the job id once the cluster accepted the job, and how to follow it.",
             rich_help_panel=_RUN,
         ),
-    ] = True,
-    as_json: Annotated[
+    ]
+    as_json = Annotated[
         bool,
         typer.Option(
-            "--json", help="End with a JSON summary on stdout (the log goes to stderr).", rich_help_panel=_RUN
+            "--json",
+            help="End with a JSON summary on stdout (the log goes to stderr).",
+            rich_help_panel=_RUN,
+            metavar="",
         ),
-    ] = False,
-) -> None:
-    """Run the SHAP job: train, explain with our KernelSHAP and shap's side by side, compare.
+    ]
+    params += [
+        inspect.Parameter("wait", inspect.Parameter.KEYWORD_ONLY, default=True, annotation=wait),
+        inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=as_json),
+    ]
+    return params
 
-    On the cluster of --config unless --local. The log follows live; Ctrl-C stops the job or leaves it.
 
-    Exit status: 0 match, 3 bad input, 4 the explainers disagree, 6 a host is unreachable or Ray \
-rejected the token, 7 the job failed, 8 it was stopped, 9 no cluster is up.
-    """
-    from shapcluster import jobs
+def _deprecated_aliases() -> dict[str, str]:
+    """Parameter name of each deprecated spelling -> the field it sets (workers -> max_tasks)."""
+    return {
+        alias.lstrip("-").replace("-", "_"): f.name
+        for f in contract.job_options()
+        for alias in f.metadata["aliases"]
+    }
 
-    if run_id is not None and ("/" in run_id or run_id in {"", ".", ".."}):
-        raise InputError(f"--run-id {run_id!r} must be a plain folder name.")
-    if cpus is not None and not local:
+
+def build_job(local: bool, options: dict[str, Any]) -> contract.JobConfig:
+    """The JobConfig of ``submit``'s parsed options; a bad combination is a usage error (exit 2)."""
+    values = dict(options)
+    for alias, name in _deprecated_aliases().items():
+        given = values.pop(alias, None)
+        if given is not None:
+            console.warn(f"{contract.flag(alias)} is deprecated; use {contract.flag(name)}")
+            if values.get(name) is None:
+                values[name] = given
+    if values.get("cpus") is not None and not local:
         raise typer.BadParameter(
             "only applies with --local (a cluster's CPUs are set in its config)", param_hint="--cpus"
         )
-    job = jobs.build_job_config(
-        data=data,
-        label=label,
-        rows=rows,
-        background=background,
-        nsamples=_nsamples(nsamples),
-        batch_size=batch_size,
-        workers=workers,
-        trees=trees,
-        sweep=_sweep(sweep),
-        test_size=test_size,
-        seed=seed,
-        tolerance=tolerance,
-        link=link,
-        algorithm=algorithm,
-        reference=reference,
-        groups=groups,
-        tol=tol,
-        background_weights=background_weights,
-        output_dir=output_dir,
-        run_id=run_id,
-        cpus=cpus,
-    )
+    try:
+        return contract.JobConfig(**{k: v for k, v in values.items() if v is not None})
+    except contract.ConfigError as err:
+        raise typer.BadParameter(str(err), param_hint=err.option) from None
+
+
+def submit(local: bool, config: Path, wait: bool = True, as_json: bool = False, **options: Any) -> None:
+    """Run the SHAP job: train (or load --model), explain with our KernelSHAP and shap's side by side.
+
+    On the cluster of --config unless --local. The log follows live; Ctrl-C stops the job or leaves it.
+
+    Exit status: 0 match, 2 a bad option value, 3 bad input, 4 the explainers disagree, 6 a host is
+    unreachable or Ray rejected the token, 7 the job failed, 8 it was stopped, 9 no cluster is up.
+    """
+    from shapcluster import jobs
+
+    job = build_job(local, options)
     if local:
         if not wait:
             raise typer.BadParameter(
@@ -283,6 +228,12 @@ def _cluster_config(config: Path) -> ClusterConfig:
         raise InputError(
             err.message, hint=f"{hint}To run the job on this machine: shapcluster submit --local"
         ) from None
+
+
+submit = translate_errors(submit)
+_PARAMETERS = _submit_parameters()
+submit.__signature__ = inspect.Signature(_PARAMETERS)  # type: ignore[attr-defined]
+submit.__annotations__ = {p.name: p.annotation for p in _PARAMETERS}
 
 
 def _when(moment: datetime | None) -> str:

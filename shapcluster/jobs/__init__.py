@@ -41,7 +41,7 @@ from shapcluster.jobs.api import (
     submit_once,
     wait_for_end,
 )
-from shapcluster.jobs.local import build_job_config, run_local
+from shapcluster.jobs.local import build_job_config, local_command, run_local
 from shapcluster.jobs.provenance import (
     add_cluster_block,
     app_version,
@@ -64,7 +64,8 @@ __all__ = [
     "RESULTS_MODE", "ClientFactory", "ConfirmStop", "JobInfo", "JobOutcome", "JobRow", "JobsClient", "OnLog",
     "Session", "add_cluster_block", "app_error", "app_version", "build_entrypoint", "build_job_config",
     "cluster_block", "content_hash", "credentials_warning", "fetch_results", "follow_logs", "head_image",
-    "job_info", "job_logs", "jobs_api_errors", "jobs_on", "list_files_command", "list_jobs", "logs_on",
+    "job_info", "job_logs", "jobs_api_errors", "jobs_on", "list_files_command", "list_jobs",
+    "local_command", "logs_on",
     "map_data_path", "new_job_id", "open_session", "raise_for_status", "ray_jobs_client", "read_token",
     "run_job", "run_local", "short_entrypoint", "stop_job", "submit", "submit_once", "sync_warning",
     "unsynced_files", "wait_for_end",

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, cast
 
-from app.config import JobConfig
+from app.contract import JobConfig
 from shapcluster import cluster
 from shapcluster import commands as cmd
 from shapcluster.config import ClusterConfig
@@ -120,8 +120,10 @@ def new_job_id(now: datetime | None = None) -> str:
     return f"shap-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-def map_data_path(data: str | None, data_dir: Path | None, config_path: Path) -> str | None:
-    """Where the job finds ``--data`` inside the head container.
+def map_data_path(
+    data: str | None, data_dir: Path | None, config_path: Path, option: str = "--data"
+) -> str | None:
+    """Where the job finds ``--data`` (or the file of ``option``, e.g. --model) inside the head container.
 
     URLs pass through; a local file must lie in the synced data folder, which the containers
     see at CONTAINER_DATA_DIR. None keeps the app's default (data/ below the synced root).
@@ -131,18 +133,18 @@ def map_data_path(data: str | None, data_dir: Path | None, config_path: Path) ->
     path = Path(data).expanduser().resolve()
     if data_dir is None:
         raise InputError(
-            f"--data {data}: the cluster has no synced data folder "
+            f"{option} {data}: the cluster has no synced data folder "
             f"(sync.data_dir is not set in {config_path})",
             hint="Set sync.data_dir, put the file there and run `shapcluster sync`; or use s3://bucket/key.",
         )
     folder = data_dir.expanduser().resolve()
     if not path.is_relative_to(folder):
         raise InputError(
-            f"--data {data}: not in the synced data folder {folder}",
+            f"{option} {data}: not in the synced data folder {folder}",
             hint=f"Put the file in {folder} and run `shapcluster sync`; or use s3://bucket/key.",
         )
     if not path.is_file():
-        raise InputError(f"--data {data}: no such file in the synced data folder {folder}")
+        raise InputError(f"{option} {data}: no such file in the synced data folder {folder}")
     return f"{cmd.CONTAINER_DATA_DIR}/{path.relative_to(folder).as_posix()}"
 
 
@@ -415,7 +417,15 @@ def submit(
     """
     job_id = job.run_id or new_job_id()
     data = map_data_path(job.data, config.sync.data_dir, config.path)
-    entrypoint = build_entrypoint(dataclasses.replace(job, data=data), job_id)
+    folder, where = config.sync.data_dir, config.path
+    remote = dataclasses.replace(
+        job,
+        data=data,
+        model=map_data_path(job.model, folder, where, "--model"),
+        explain=map_data_path(job.explain, folder, where, "--explain"),
+        background_data=map_data_path(job.background_data, folder, where, "--background-data"),
+    )
+    entrypoint = build_entrypoint(remote, job_id)
     version = app_version(config.sync.app_dir)
     with cluster.open_nodes(config, connect) as nodes:
         head = nodes[0]

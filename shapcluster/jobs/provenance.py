@@ -11,12 +11,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
-from app.results import write_summary
+from app.contract import CLUSTER_KEY
 from shapcluster import cluster
 from shapcluster import commands as cmd
 from shapcluster.errors import (
     InputError,
 )
+from shapcluster.remote.base import save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ def add_cluster_block(summary_path: Path, block: Mapping[str, str]) -> bool:
         return False
     except (OSError, ValueError) as err:
         raise InputError(f"{summary_path}: cannot read the job's summary: {err}") from None
-    summary["cluster"] = dict(block)
-    write_summary(summary_path, summary)  # atomically, 0644 like the job's own files
+    summary[CLUSTER_KEY] = dict(block)
+    text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
+    # atomically, 0644 like the job's own files
+    save_atomically(summary_path, 0o644, lambda temp: temp.write_text(text, encoding="utf-8"))
     return True
 
 

@@ -35,8 +35,9 @@ def test_submit_local_runs_the_whole_dag(wine_csv: Path, tmp_path: Path):
     out = tmp_path / "r1"
     beeswarms = [f"beeswarm_class_{c}.png" for c in range(3, 9)]
     summary = json.loads((out / "summary.json").read_text())
-    files = sorted([*beeswarms, "explanation.npz", "reference_shap_values.csv", "shap_summary.png",
-                    "shap_values.csv", f"waterfall_row_{summary['row_ids'][0]}.png"])  # fmt: skip
+    files = sorted([*beeswarms, "explanation.npz", "reference_shap_values.csv",
+                    "reference_shap_values.parquet", "shap_summary.png", "shap_values.csv",
+                    "shap_values.parquet", f"waterfall_row_{summary['row_ids'][0]}.png"])  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == sorted([*files, "summary.json"])
     assert summary["files"] == files
     assert (summary["seed"], summary["test_size"]) == (0, 0.2)
@@ -153,11 +154,19 @@ def test_no_reference_runs_our_explainer_alone(local_ray, wine_csv, tmp_path, ca
     status = main([*argv, "--no-reference", "--output-dir", str(tmp_path), "--run-id", "alone"])
     assert status == 0
     out = tmp_path / "alone"
-    assert {"shap_summary.png", "shap_values.csv", "summary.json", "explanation.npz"} <= {
-        p.name for p in out.iterdir()
-    }
+    written = {p.name for p in out.iterdir()}
+    assert {
+        "shap_summary.png",
+        "shap_values.csv",
+        "shap_values.parquet",
+        "summary.json",
+        "explanation.npz",
+    } <= written
     assert not (out / "reference_shap_values.csv").exists()
     summary = json.loads((out / "summary.json").read_text())
+    from app.contract import SUMMARY_KEYS
+
+    assert set(SUMMARY_KEYS) <= set(summary)
     comparison = summary["comparison"]
     assert comparison["skipped"] is True and comparison["match"] is True
     assert comparison["additivity_error_ours"] <= 1e-9

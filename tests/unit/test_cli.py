@@ -80,8 +80,8 @@ HEADER = "a;b;quality"
         ("", "the file is empty"),
         ("a|b|quality\n1|2|3\n", "has no ';', ',' or tab separator"),
         (
-            HEADER + "\n" + "\n".join(f"{i};x{i};5" for i in range(12)),
-            "column 'b' is not numeric: 'x0' on line 2",
+            HEADER + "\n" + "\n".join(f"{i};{'x' if i == 3 else i};5" for i in range(12)),
+            "column 'b' is not numeric: 'x' on line 5",  # a column of words would be a text category
         ),
         ("a;b;grade\n" + "\n".join(f"{i};{i};5" for i in range(12)), "no label column 'quality'"),
         (HEADER + "\n" + "\n".join(f"{i};{'' if i == 4 else i};5" for i in range(12)), "missing value"),
@@ -103,8 +103,8 @@ def test_bad_data_exits_3_with_the_file_and_problem(tmp_path: Path, content, mes
     ("args", "message"),
     [
         (["--rows", "0"], "--rows"),
-        (["--nsamples", "many"], "expected a whole number or 'exact'"),
-        (["--sweep", "10,x"], "expected tree counts"),
+        (["--nsamples", "many"], "must be a whole number or 'exact'"),
+        (["--sweep", "10,x"], "must be tree counts"),
         (["--link", "probit"], "probit"),
     ],
 )
@@ -114,10 +114,10 @@ def test_bad_options_exit_2(args, message):
     assert message in result.output
 
 
-def test_bad_test_size_is_an_input_error():
+def test_bad_test_size_is_a_usage_error_like_every_bad_option_value():
     result = invoke("submit", "--local", "--test-size", "1.5")
-    assert result.exit_code == ExitStatus.INPUT
-    assert "--test-size must be between 0 and 1" in result.output
+    assert result.exit_code == ExitStatus.USAGE
+    assert "must be between 0 and 1" in result.output
 
 
 def test_up_dry_run_prints_a_plan_per_host_and_contacts_none(tmp_path):

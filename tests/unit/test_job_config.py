@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import JobConfig, parse_args
-from app.kernel_shap import Link
+from app.contract import Link
 
 
 def test_argv_round_trip_keeps_every_option():
@@ -13,7 +13,7 @@ def test_argv_round_trip_keeps_every_option():
         background=20,
         nsamples="exact",
         batch_size=2,
-        workers=5,
+        max_tasks=5,
         sweep=(10, 20),
         seed=7,
         tolerance=1e-8,
@@ -59,4 +59,4 @@ def test_command_line_errors_exit_with_usage(capsys):
     with pytest.raises(SystemExit) as caught:
         parse_args(["--nsamples", "lots"])
     assert caught.value.code == 2
-    assert "expected a whole number or 'exact'" in capsys.readouterr().err
+    assert "argument --nsamples: must be a whole number or 'exact', got 'lots'" in capsys.readouterr().err

@@ -279,7 +279,7 @@ def test_unsupported_models_give_one_clear_error() -> None:
 
 def test_algorithm_option_round_trips_and_refuses_a_link() -> None:
     from app.config import Algorithm, JobConfig, parse_args
-    from app.kernel_shap import Link
+    from app.contract import Link
 
     config = JobConfig(algorithm=Algorithm.TREE_PATH_DEPENDENT)
     assert config.to_argv() == ["--algorithm", "tree-path-dependent"]
