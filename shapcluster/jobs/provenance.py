@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
-from app.results import write_summary
 from shapcluster import cluster
 from shapcluster import commands as cmd
 from shapcluster.errors import (
@@ -52,6 +51,8 @@ def add_cluster_block(summary_path: Path, block: Mapping[str, str]) -> bool:
     except (OSError, ValueError) as err:
         raise InputError(f"{summary_path}: cannot read the job's summary: {err}") from None
     summary["cluster"] = dict(block)
+    from app.results import write_summary  # pandas: imported only when needed
+
     write_summary(summary_path, summary)  # atomically, 0644 like the job's own files
     return True
 
