@@ -1,6 +1,8 @@
-"""Pure builders of every remote shell command, and parsers of their output.
+"""Pure builders of the cluster life-cycle's remote shell commands, and parsers of their output.
 
-Nothing here runs anything: each function returns the exact string a runner executes, with
+The rule for the whole package: every remote command comes from a pure function tested as an
+exact string; the life-cycle's are here, and a module owning a concern (``sync``, ``images``,
+``jobs``) keeps its own beside the parser of their output. Nothing here runs anything: each function returns the exact string a runner executes, with
 every value passed through ``shlex.quote``, so the unit tests can assert it byte for byte.
 """
 
