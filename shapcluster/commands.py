@@ -2,8 +2,9 @@
 
 The rule for the whole package: every remote command comes from a pure function tested as an
 exact string; the life-cycle's are here, and a module owning a concern (``sync``, ``images``,
-``jobs``) keeps its own beside the parser of their output. Nothing here runs anything: each function returns the exact string a runner executes, with
-every value passed through ``shlex.quote``, so the unit tests can assert it byte for byte.
+``jobs``) keeps its own beside the parser of their output. Nothing here runs anything: each
+function returns the exact string a runner executes, with every value passed through
+``shlex.quote``, so the unit tests can assert it byte for byte.
 """
 
 from __future__ import annotations
