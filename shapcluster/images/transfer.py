@@ -150,22 +150,22 @@ class SshImageTransfer:
         )  # fmt: skip
 
 
-def built_image_command(hash_: str) -> str:
-    """The IDs of images labelled with this context hash (one per line; none: empty)."""
+def built_image_command(hash_: str, tag: str) -> str:
+    """The ID of the image labelled with this context hash AND tagged ``tag`` (empty if none)."""
     return shlex.join(
-        ["docker", "images", "--quiet", "--no-trunc", "--filter", f"label={CONTEXT_HASH_LABEL}={hash_}"]
-    )
+        ["docker", "images", "--quiet", "--no-trunc", "--filter", f"label={CONTEXT_HASH_LABEL}={hash_}",
+         "--filter", f"reference={tag}"]
+    )  # fmt: skip
 
 
 def find_built_image(
     runner: Runner, image: ImageConfig, context_dir: Path, wheelhouse: Path | None
 ) -> BuiltImage | None:
     """The image ``ensure_image`` would build, if the runner's host has it under its tag already:
-    two commands over an open SSH connection instead of docker-py's own (a warm `up`)."""
+    one command over an open SSH connection instead of docker-py's own (a warm `up`)."""
     ray_version = client_ray_version()
     wheels = check_context(context_dir, wheelhouse, ray_version)
     hash_ = context_hash(context_dir, image.base, ray_version, wheels)
     tag = image_tag(image.name, hash_)
-    ids = runner.run(built_image_command(hash_)).stdout.split()
-    tagged = image_id_on(runner, tag) if ids else None
-    return BuiltImage(tag, tagged, hash_, built=False) if tagged in ids and tagged else None
+    ids = sorted(set(runner.run(built_image_command(hash_, tag)).stdout.split()))
+    return BuiltImage(tag, ids[0], hash_, built=False) if len(ids) == 1 else None
