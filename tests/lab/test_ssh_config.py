@@ -21,6 +21,8 @@ def write(folder: Path, lab: Lab, head: str, *, use: bool = True) -> Path:
         f"Host labhead\n  HostName {lab.head.ip}\n  User root\n  IdentityFile {lab.ssh_key}\n"
         f"Host viaworker\n  HostName {lab.head.ip}\n  User root\n  IdentityFile {lab.ssh_key}\n"
         f"  ProxyJump root@{worker.ip}\n"
+        # The jump host is looked up on its own, as OpenSSH does.
+        f"Host {worker.ip}\n  IdentityFile {lab.ssh_key}\n"
     )
     (folder / "workers.txt").write_text("")
     path = folder / "shapcluster.toml"
