@@ -598,7 +598,12 @@ def plan_up(config: ClusterConfig, image_tag: str, role_arn: str | None = None) 
         layout = cmd.RemoteLayout(config.remote_dir_for(host))
         is_head = host == head
         cpus = f"{host.cpus} CPUs" if host.cpus else "all CPUs (nproc)"
-        steps = [f"check SSH, Docker, CPUs ({cpus}) and free disk under {layout.root}"]
+        steps = [
+            f"check SSH, Docker (architecture as the head's, not rootless), CPUs ({cpus}), free disk "
+            f"and write access under {layout.root}"
+        ]
+        if is_head and role_arn:
+            steps.append(f"ask STS for credentials of {role_arn} unless every host holds fresh ones")
         if is_head:
             steps.append(f"build image {image_tag} from the build context unless it exists")
         else:
@@ -618,7 +623,8 @@ def plan_up(config: ClusterConfig, image_tag: str, role_arn: str | None = None) 
             steps.append(f"start the Ray head on {head_ip}:{config.ray.gcs} unless the same container runs")
         else:
             steps.append(
-                f"start a Ray worker joining {head_ip}:{config.ray.gcs} unless the same container runs"
+                f"start a Ray worker joining {head_ip}:{config.ray.gcs} unless the same container runs "
+                "(first checking that this host reaches that port)"
             )
         plan[host.name] = steps
     return plan

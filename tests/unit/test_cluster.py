@@ -351,7 +351,10 @@ def test_ray_address_overrides_the_address_ray_advertises(tmp_path):
     config = load_cluster_config(tmp_path / "c.toml")
     plan = cluster.plan_up(config, "img:1")
     assert plan["headbox"][-1] == "start the Ray head on 10.9.0.1:6379 unless the same container runs"
-    assert plan["w1"][-1] == "start a Ray worker joining 10.9.0.1:6379 unless the same container runs"
+    assert plan["w1"][-1] == (
+        "start a Ray worker joining 10.9.0.1:6379 unless the same container runs "
+        "(first checking that this host reaches that port)"
+    )
     assert cluster.node_ip(config.inventory.workers[0]) == "10.9.0.2"
 
 
