@@ -36,7 +36,7 @@ def _sweep(value: str | None) -> tuple[int, ...]:
 
 
 def _print_log_line(line: str) -> None:
-    console.say(line)
+    console.say(line, markup=False)
 
 
 def _confirm_stop() -> bool:
