@@ -1,5 +1,8 @@
 """What the job shows its user: step lines, progress while the explainers run, a closing table.
 
+Text from the data, the model or the user (column names, paths, messages) is printed literally,
+never as rich markup: a "[x]" in a column name must show as itself.
+
 The only module of the job that imports rich. On a terminal progress is a live bar; in a log
 (a Ray job's output streamed to the laptop) it is a plain line at every quarter.
 """
@@ -13,6 +16,7 @@ from typing import Protocol
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 
 class Advance(Protocol):
@@ -24,16 +28,17 @@ class Reporter:
         self.console = console or Console(highlight=False)
 
     def info(self, text: str) -> None:
-        self.console.print(f"[dim]{text}[/]", soft_wrap=True)
+        self.console.print(Text(text, style="dim"), soft_wrap=True)
 
     def notice(self, text: str) -> None:
-        self.console.print(f"[yellow]Notice:[/] {text}", soft_wrap=True)
+        self.console.print(Text.assemble(("Notice: ", "yellow"), text), soft_wrap=True)
 
     def warn(self, text: str) -> None:
-        self.console.print(f"[yellow]Warning:[/] {text}", soft_wrap=True)
+        self.console.print(Text.assemble(("Warning: ", "yellow"), text), soft_wrap=True)
 
     def step(self, name: str, detail: str, seconds: float) -> None:
-        self.console.print(f"[green]✓[/] [bold]{name}[/] {detail} [dim]({seconds:.2f} s)[/]", soft_wrap=True)
+        line = Text.assemble(("✓ ", "green"), (name, "bold"), f" {detail} ", (f"({seconds:.2f} s)", "dim"))
+        self.console.print(line, soft_wrap=True)
 
     def candidates(self, rows: Sequence[tuple[int, float, float]], best: int) -> None:
         table = Table(title="Model sweep (held-out accuracy)")
@@ -63,7 +68,7 @@ class Reporter:
             done[name] += amount
             after = 4 * done[name] // max(totals[name], 1)
             if after > before:
-                self.console.print(f"  {name}: {done[name]}/{totals[name]} ({25 * after}%)")
+                self.console.print(Text(f"  {name}: {done[name]}/{totals[name]} ({25 * after}%)"))
 
         yield advance
 
@@ -82,7 +87,7 @@ class Reporter:
         for column in ("step", "wall s", "note"):
             table.add_column(column)
         for name, seconds, note in timings:
-            table.add_row(name, f"{seconds:.2f}", note)
+            table.add_row(Text(name), f"{seconds:.2f}", Text(note))
         self.console.print(table)
         if reference:
             self.console.print(
@@ -97,5 +102,5 @@ class Reporter:
                 f"{'its' if count == 1 else 'their'} tasks were retried."
             )
         colour = "green" if match else "red"
-        self.console.print(f"[bold {colour}]{verdict}[/]", soft_wrap=True)
-        self.console.print(f"Results: {where}", soft_wrap=True)
+        self.console.print(Text(verdict, style=f"bold {colour}"), soft_wrap=True)
+        self.console.print(Text(f"Results: {where}"), soft_wrap=True)

@@ -54,6 +54,7 @@ class Facts:
     free_bytes: int
     architecture: str = ""  # docker info's, e.g. x86_64 or aarch64
     rootless: bool = False
+    env_file: bool = False  # the host has an env.list (AWS credentials) for its containers
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ def preflight(nodes: Sequence[Node]) -> dict[str, Facts]:
     have the head's architecture: the image is built there and shipped as it is."""
 
     def check(node: Node) -> Facts:
-        found = cmd.parse_preflight(node.runner.run(cmd.preflight_command(node.layout.root)).stdout)
+        command = cmd.preflight_command(node.layout.root, node.layout.env_file)
+        found = cmd.parse_preflight(node.runner.run(command).stdout)
         status, version = found["docker"]
         if status != 0:
             raise RemoteError(
@@ -170,7 +172,7 @@ def preflight(nodes: Sequence[Node]) -> dict[str, Facts]:
                 hint=f"Create it there for that user (sudo install -d -o USER {node.layout.root}) or set "
                 "cluster.remote_dir to a folder the user owns.",
             )
-        return Facts(cpus, version.strip(), free, architecture.strip(), False)
+        return Facts(cpus, version.strip(), free, architecture.strip(), False, found["envfile"][0] == 0)
 
     facts = run_on_nodes(nodes, check, what="preflight")
     head_arch = facts[nodes[0].name].architecture
@@ -186,8 +188,8 @@ def preflight(nodes: Sequence[Node]) -> dict[str, Facts]:
 
 
 def read_token(head: Node) -> str | None:
-    """The cluster's Ray token as the head holds it (None if it has none), registered as a
-    secret the moment it is read."""
+    """The cluster's Ray token as a host (the head, for the cluster's) holds it (None if it has
+    none), registered as a secret the moment it is read."""
     found = head.runner.run(cmd.read_file_command(head.layout.token_file), check=False, secret=True)
     token = found.stdout.strip()
     if not found.ok or not token:
@@ -199,7 +201,8 @@ def read_token(head: Node) -> str | None:
 def ensure_token(nodes: Sequence[Node]) -> None:
     """One Ray auth token for the cluster: kept from the head if it has one, else made here;
     written 0600 on every host and never shown."""
-    token = read_token(nodes[0]) or secrets.token_hex(32)
+    held = run_on_nodes(nodes, read_token, what="reading the Ray token")
+    token = held[nodes[0].name] or secrets.token_hex(32)
     register_secret(token)
 
     def place(node: Node) -> None:
@@ -208,7 +211,8 @@ def ensure_token(nodes: Sequence[Node]) -> None:
             cmd.write_file_command(node.layout.token_file, 0o600), stdin=token + "\n", secret=True
         )
 
-    run_on_nodes(nodes, place, what="placing the Ray token")
+    # Hosts that hold it already (a warm `up`) are left alone.
+    run_on_nodes([n for n in nodes if held[n.name] != token], place, what="placing the Ray token")
 
 
 def write_credentials(nodes: Sequence[Node], credentials: creds.RoleCredentials, now: datetime) -> None:
@@ -261,10 +265,20 @@ def _ray_node(
 
 
 def start_command(
-    config: ClusterConfig, node: Node, image: ImageRef, cpus: int, head_ip: str, *, aws: bool = False
+    config: ClusterConfig,
+    node: Node,
+    image: ImageRef,
+    cpus: int,
+    head_ip: str,
+    *,
+    aws: bool = False,
+    env_file: bool | None = None,
 ) -> str:
-    """``aws``: the host holds role credentials (env.list and the aws folder, see creds)."""
-    env_file = aws or node.runner.run(cmd.file_exists_command(node.layout.env_file), check=False).ok
+    """``aws``: the host holds role credentials (env.list and the aws folder, see creds);
+    ``env_file``: whether it has an env.list (None: ask the host)."""
+    if env_file is None:
+        env_file = node.runner.run(cmd.file_exists_command(node.layout.env_file), check=False).ok
+    env_file = aws or env_file
     ray_node = _ray_node(config, node, image, cpus, env_file=env_file, aws=aws)
     if node.role is cmd.Role.HEAD:
         return cmd.start_head_command(ray_node, config.ray)
@@ -282,7 +296,7 @@ def ensure_container(
     command: str,
     *,
     force: bool = False,
-    before_start: Callable[[], None] | None = None,
+    before_start: Callable[[], object] | None = None,
 ) -> bool:
     """Keep a running container with the same spec; otherwise replace it. True if (re)started.
     ``before_start`` runs first when the container is to be (re)started (a check that may raise)."""
@@ -328,7 +342,6 @@ def up(
     image_steps.verify(nodes, image)
     sync_steps.sync(nodes, progress)
     ensure_token(nodes)
-    head.runner.run(cmd.make_dirs_command(head.layout.results_dir))
     aws = credential_steps is not None
     if credential_steps is not None:
         credential_steps.ensure(nodes, progress)
@@ -337,14 +350,27 @@ def up(
     started: list[Node] = []
     try:
         progress(f"Starting the Ray head on {head.name}")
-        head_restarted = ensure_container(
-            head, config, start_command(config, head, image, facts[head.name].cpus, head_ip, aws=aws)
+        head_command = start_command(
+            config, head, image, facts[head.name].cpus, head_ip, aws=aws, env_file=facts[head.name].env_file
         )
+        head_restarted = ensure_container(
+            head, config, head_command,
+            # the results folder is mounted into the head: it must exist when the head starts
+            before_start=lambda: head.runner.run(cmd.make_dirs_command(head.layout.results_dir)),
+        )  # fmt: skip
         if head_restarted:
             started.append(head)
 
         def start_worker(node: Node) -> bool:
-            command = start_command(config, node, image, facts[node.name].cpus, head_ip, aws=aws)
+            command = start_command(
+                config,
+                node,
+                image,
+                facts[node.name].cpus,
+                head_ip,
+                aws=aws,
+                env_file=facts[node.name].env_file,
+            )
             # Workers of a restarted head hold a dead GCS connection: restart them too.
             return ensure_container(
                 node, config, command, force=head_restarted,
@@ -531,7 +557,7 @@ def _alive_nodes(config: ClusterConfig, head: Node) -> dict[str, float]:
     """Node IP -> CPUs of the alive Ray nodes, asked of the head container; {} if it cannot say."""
     head_ip = node_ip(head.host)
     probe = cmd.ray_nodes_command(
-        cmd.container_name(config.name, cmd.Role.HEAD, head_ip), head_ip, config.ray.gcs
+        cmd.container_name(config.name, cmd.Role.HEAD, head_ip), head_ip, config.ray.gcs, config.ray.dashboard
     )
     result = head.runner.run(probe, check=False, timeout=60)
     lines = result.stdout.strip().splitlines()
@@ -572,7 +598,12 @@ def plan_up(config: ClusterConfig, image_tag: str, role_arn: str | None = None) 
         layout = cmd.RemoteLayout(config.remote_dir_for(host))
         is_head = host == head
         cpus = f"{host.cpus} CPUs" if host.cpus else "all CPUs (nproc)"
-        steps = [f"check SSH, Docker, CPUs ({cpus}) and free disk under {layout.root}"]
+        steps = [
+            f"check SSH, Docker (architecture as the head's, not rootless), CPUs ({cpus}), free disk "
+            f"and write access under {layout.root}"
+        ]
+        if is_head and role_arn:
+            steps.append(f"ask STS for credentials of {role_arn} unless every host holds fresh ones")
         if is_head:
             steps.append(f"build image {image_tag} from the build context unless it exists")
         else:
@@ -592,7 +623,8 @@ def plan_up(config: ClusterConfig, image_tag: str, role_arn: str | None = None) 
             steps.append(f"start the Ray head on {head_ip}:{config.ray.gcs} unless the same container runs")
         else:
             steps.append(
-                f"start a Ray worker joining {head_ip}:{config.ray.gcs} unless the same container runs"
+                f"start a Ray worker joining {head_ip}:{config.ray.gcs} unless the same container runs "
+                "(first checking that this host reaches that port)"
             )
         plan[host.name] = steps
     return plan

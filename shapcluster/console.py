@@ -54,8 +54,10 @@ def _marked(mark: str, style: str, text: str) -> Text:
     return Text.assemble((mark, style), " ", _literal(text))
 
 
-def say(text: str, *, style: str | None = None) -> None:
-    """A line for the user on stdout, printed literally, secrets masked."""
+def say(text: str, *, style: str | None = None, markup: bool = False) -> None:
+    """A line for the user on stdout, printed literally, secrets masked. ``markup`` is accepted
+    for older callers and ignored: text is never parsed as markup (use ``ok``/``attention``)."""
+    del markup
     console.print(_literal(text, style), highlight=False, soft_wrap=True)
 
 

@@ -34,7 +34,7 @@ _RUN_OPTIONS = ("cpus",)
 
 
 def _print_log_line(line: str) -> None:
-    console.say(line)
+    console.say(line, markup=False)
 
 
 def _confirm_stop() -> bool:

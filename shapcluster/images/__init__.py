@@ -8,21 +8,13 @@
 The names below are the package's interface; import from here.
 """
 
-from shapcluster.images.build import (
-    BUILD_TIMEOUT_SECONDS,
-    BuiltImage,
-    DockerApi,
-    HeadDocker,
-    StrictSshAdapter,
-    built_image_command,
-    connect_docker,
-    ensure_image,
-    find_built_image,
-)
+from typing import TYPE_CHECKING
+
 from shapcluster.images.context import (
     CONTEXT_HASH_LABEL,
     RAY_VERSION_LABEL,
     WHEELS_DIR,
+    BuiltImage,
     check_context,
     client_ray_version,
     context_files,
@@ -36,6 +28,8 @@ from shapcluster.images.context import (
 from shapcluster.images.transfer import (
     ImageTransfer,
     SshImageTransfer,
+    built_image_command,
+    find_built_image,
     image_id_command,
     image_id_on,
     image_size_command,
@@ -55,6 +49,30 @@ from shapcluster.images.verify import (
     versions_command,
 )
 from shapcluster.remote.ssh import ssh_connect_params
+
+if TYPE_CHECKING:  # imported for real on first use, see __getattr__
+    from shapcluster.images.build import (
+        BUILD_TIMEOUT_SECONDS,
+        DockerApi,
+        HeadDocker,
+        StrictSshAdapter,
+        connect_docker,
+        ensure_image,
+    )
+
+# docker-py takes a noticeable part of a second to import: only a build needs it.
+_BUILD_NAMES = frozenset(
+    {"BUILD_TIMEOUT_SECONDS", "DockerApi", "HeadDocker", "StrictSshAdapter", "connect_docker", "ensure_image"}
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _BUILD_NAMES:
+        from shapcluster.images import build
+
+        return getattr(build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BUILD_TIMEOUT_SECONDS", "CONTEXT_HASH_LABEL", "RAY_VERSION_LABEL", "VERSIONED_PACKAGES", "WHEELS_DIR",

@@ -9,12 +9,10 @@ SSH adapter would read ~/.ssh/known_hosts instead, so it gets a paramiko client 
 from __future__ import annotations
 
 import logging
-import shlex
 import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
@@ -29,15 +27,15 @@ from shapcluster.errors import RemoteError, ShapclusterError
 from shapcluster.images.context import (
     CONTEXT_HASH_LABEL,
     RAY_VERSION_LABEL,
+    BuiltImage,
     check_context,
     client_ray_version,
     context_hash,
     image_tag,
     write_context_tar,
 )
-from shapcluster.images.transfer import image_id_on, short_id
+from shapcluster.images.transfer import short_id
 from shapcluster.inventory import Host
-from shapcluster.remote.base import Runner
 from shapcluster.remote.ssh import SSH_ERRORS, make_client, open_jump, ssh_connect_params, translate_ssh_error
 
 logger = logging.getLogger(__name__)
@@ -46,14 +44,6 @@ _T = TypeVar("_T")
 BUILD_TIMEOUT_SECONDS = 1800  # one docker API call: the whole build, wheel upload included
 _LOG_TAIL_LINES = 15
 _CONNECTION_ERRORS: tuple[type[Exception], ...] = (requests.exceptions.RequestException, *SSH_ERRORS)
-
-
-@dataclass(frozen=True)
-class BuiltImage:
-    tag: str
-    image_id: str
-    context_hash: str
-    built: bool  # False: an image with this context hash already existed on the head
 
 
 class StrictSshAdapter(SSHHTTPAdapter):
@@ -276,24 +266,3 @@ def _call(host: Host, what: str, action: Callable[[], _T]) -> _T:
         raise RemoteError(
             f"{host.name}: cannot {what}: the connection to Docker over SSH failed: {err}"
         ) from err
-
-
-def built_image_command(hash_: str) -> str:
-    """The IDs of images labelled with this context hash (one per line; none: empty)."""
-    return shlex.join(
-        ["docker", "images", "--quiet", "--no-trunc", "--filter", f"label={CONTEXT_HASH_LABEL}={hash_}"]
-    )
-
-
-def find_built_image(
-    runner: Runner, image: ImageConfig, context_dir: Path, wheelhouse: Path | None
-) -> BuiltImage | None:
-    """The image ``ensure_image`` would build, if the runner's host has it under its tag already:
-    two commands over an open SSH connection instead of docker-py's own (a warm `up`)."""
-    ray_version = client_ray_version()
-    wheels = check_context(context_dir, wheelhouse, ray_version)
-    hash_ = context_hash(context_dir, image.base, ray_version, wheels)
-    tag = image_tag(image.name, hash_)
-    ids = runner.run(built_image_command(hash_)).stdout.split()
-    tagged = image_id_on(runner, tag) if ids else None
-    return BuiltImage(tag, tagged, hash_, built=False) if tagged in ids and tagged else None

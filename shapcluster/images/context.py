@@ -11,6 +11,7 @@ import re
 import shlex
 import tarfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -138,3 +139,11 @@ def write_context_tar(context_dir: Path, wheelhouse: Path, target: IO[bytes]) ->
             tar.add(path, arcname=name, recursive=False)
         for path in wheel_files(wheelhouse):
             tar.add(path, arcname=f"{WHEELS_DIR}/{path.name}", recursive=False)
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str
+    image_id: str
+    context_hash: str
+    built: bool  # False: an image with this context hash already existed on the head

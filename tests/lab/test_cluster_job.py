@@ -77,7 +77,7 @@ class RoleCluster:
         """Every secret the cluster knows of that appears in ``text``."""
         known = [self.world.alice.secret_access_key, self.world.bob.secret_access_key]
         for host in self.lab.hosts:
-            values = self.env_list(host)
+            values = self.keys(host)
             known += [values["AWS_SECRET_ACCESS_KEY"], values["AWS_SESSION_TOKEN"]]
         token = (self.remote_dir(self.lab.head) / "secrets" / "ray-auth-token").read_text().strip()
         return [secret for secret in [*known, token] if secret in text]

@@ -130,7 +130,10 @@ def test_up_dry_run_prints_a_plan_per_host_and_contacts_none(tmp_path):
     (wheels / "ray-2.60.0-cp311-cp311-manylinux2014_x86_64.whl").write_bytes(b"not really")
     result = invoke("up", "--config", str(config), "--wheelhouse", str(wheels), "--dry-run")
     assert result.exit_code == 0, result.output
-    assert "10.9.0.1\n  - check SSH, Docker, CPUs (all CPUs (nproc))" in result.output
+    assert (
+        "10.9.0.1\n  - check SSH, Docker (architecture as the head's, not rootless), CPUs (all CPUs (nproc))"
+        in (result.output)
+    )
     assert "receive image shapcluster-ray:" in result.output
     assert "start a Ray worker joining 10.9.0.1:6379" in result.output
 

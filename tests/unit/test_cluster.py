@@ -38,7 +38,10 @@ def preflight_answers(
     writable: tuple[int, str] = (0, "/srv"),
 ) -> FakeRunner:
     """Script the one-command preflight (see commands.preflight_command)."""
-    sections = {"docker": docker, "info": (0, info), "nproc": (0, nproc), "df": (0, DF), "writable": writable}
+    sections = {
+        "docker": docker, "info": (0, info), "nproc": (0, nproc), "df": (0, DF), "writable": writable,
+        "envfile": (1, ""),
+    }  # fmt: skip
     text = "".join(f"@@{name} {status}\n{out}\n" for name, (status, out) in sections.items())
     return runner.respond(r"^section\(\)", stdout=text)
 
@@ -348,7 +351,10 @@ def test_ray_address_overrides_the_address_ray_advertises(tmp_path):
     config = load_cluster_config(tmp_path / "c.toml")
     plan = cluster.plan_up(config, "img:1")
     assert plan["headbox"][-1] == "start the Ray head on 10.9.0.1:6379 unless the same container runs"
-    assert plan["w1"][-1] == "start a Ray worker joining 10.9.0.1:6379 unless the same container runs"
+    assert plan["w1"][-1] == (
+        "start a Ray worker joining 10.9.0.1:6379 unless the same container runs "
+        "(first checking that this host reaches that port)"
+    )
     assert cluster.node_ip(config.inventory.workers[0]) == "10.9.0.2"
 
 
@@ -448,3 +454,21 @@ def test_the_reach_check_script_connects_until_its_deadline():
         capture_output=True, text=True, check=False, timeout=30,
     )  # fmt: skip
     assert done.returncode == 1 and "refused" in done.stdout.lower()
+
+
+def test_a_warm_up_sends_only_reads(config):
+    """Issue 12, fault 6: with nothing changed, `up` writes nothing and starts nothing: the token
+    is where it belongs, the results folder exists, every container runs with its spec."""
+    first = {ip: healthy(ip) for ip in IPS}
+    run_up(config, first)
+    runners = {ip: healthy(ip) for ip in IPS}
+    for ip, runner in runners.items():
+        running(runner, ip, first[ip])
+        runner.respond(r"^cat -- .*ray-auth-token", stdout="t0k3n\n")
+    report = run_up(config, runners)
+    assert report.started == [] and sorted(report.kept) == sorted(IPS)
+    for runner in runners.values():
+        sent = [c.split()[0] for c in runner.commands]
+        assert not any("mkdir" in c or "mktemp" in c for c in runner.commands), runner.commands
+        assert "docker" in sent and not docker_runs(runner)
+        assert len(runner.commands) <= 4, runner.commands  # preflight, token, docker ps (+ probe)

@@ -187,9 +187,10 @@ def test_names_and_layout() -> None:
 
 
 def test_preflight_is_one_command_whose_sections_parse():
-    command = c.preflight_command("/opt/my dir")
+    command = c.preflight_command("/opt/my dir", "/opt/my dir/secrets/env.list")
     assert "docker info --format '{{.Architecture}} {{json .SecurityOptions}}'" in command
-    assert "'/opt/my dir'" in command and command.count("section ") == 5
+    assert "'/opt/my dir'" in command and command.count("section ") == 6
+    assert "section envfile test -f '/opt/my dir/secrets/env.list'" in command
     done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False)
     found = c.parse_preflight(done.stdout)
     assert set(found) == set(c.PREFLIGHT_SECTIONS)
@@ -197,10 +198,54 @@ def test_preflight_is_one_command_whose_sections_parse():
     assert c.parse_disk_free(found["df"][1]) > 0
     assert found["writable"][1] == "/opt" or found["writable"][1] == "/"
     with pytest.raises(RemoteError, match="no writable"):
-        c.parse_preflight("@@docker 0\n1\n@@info 0\n@@nproc 0\n2\n@@df 0\n")
+        c.parse_preflight("@@docker 0\n1\n@@info 0\n@@nproc 0\n2\n@@df 0\n@@envfile 1\n")
 
 
 def test_docker_stop_outwaits_rays_drain():
     """Issue 12, fault 10: docker stop waited 15 s while `ray start --block` drains up to 30 s."""
     assert c.STOP_TIMEOUT_SECONDS > c.RAY_DRAIN_SECONDS
     assert f"docker stop --time {c.STOP_TIMEOUT_SECONDS} " in c.remove_containers_command("x")
+
+
+def test_the_node_probe_asks_the_state_api_with_the_token_and_falls_back_to_a_driver(tmp_path):
+    """Issue 12, fault 6: a warm `up` need not start a Ray driver to count the nodes."""
+    import http.server
+    import json
+    import shlex
+    import sys
+
+    from tests.http_util import serve
+
+    seen: list[tuple[str, str | None]] = []
+    nodes = [
+        {"node_ip": "10.0.0.1", "state": "ALIVE", "resources_total": {"CPU": 2.0}},
+        {"node_ip": "10.0.0.2", "state": "DEAD", "resources_total": {"CPU": 1.0}},
+        {"node_ip": "10.0.0.3", "state": "ALIVE", "resources_total": {"memory": 1}},
+    ]
+
+    class StateApi(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = json.dumps({"result": True, "data": {"result": {"total": 3, "result": nodes}}}).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    with serve(StateApi) as url:
+        port = int(url.rsplit(":", 1)[1])
+        command = c.ray_nodes_command("head-c", "10.0.0.1", 6379, port)
+        fast, _, driver = command.partition(" 2>/dev/null || ")
+        assert driver == c.ray_nodes_command("head-c", "10.0.0.1", 6379)
+        script = shlex.split(fast)[-1]
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60,
+            env={"RAY_AUTH_TOKEN_PATH": str(token), "PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [["10.0.0.1", 2.0], ["10.0.0.3", 0]]
+    assert seen == [("/api/v0/nodes?limit=10000", "Bearer s3cret")]

@@ -574,3 +574,19 @@ def test_pump_fans_out_and_drops_a_failing_target_alone() -> None:
     assert bad.received == b"a" * 10 and bad.closed and not bad.eof
     assert list(loads) == ["good"]
     assert str(failures["bad"]) == "bad: `docker load` stopped reading after 0 MB: Socket is closed"
+
+
+def test_a_warm_up_finds_the_built_image_with_one_command(context: tuple[Path, Path]) -> None:
+    """Issue 12, fault 6: no docker-py connection when the head holds the image under its tag."""
+    ctx, wheels = context
+    config = ImageConfig("shapcluster-ray", "base:1")
+    hash_ = context_hash(ctx, "base:1", images.client_ray_version(), wheels)
+    tag = image_tag("shapcluster-ray", hash_)
+    head = FakeRunner("head").respond(r"^docker images --quiet --no-trunc", stdout=ID + "\n")
+    found = images.find_built_image(head, config, ctx, wheels)
+    assert found == BuiltImage(tag, ID, hash_, built=False)
+    assert head.commands == [images.built_image_command(hash_, tag)]
+    assert head.commands[0].endswith(
+        f"--filter label=shapcluster.context-hash={hash_} --filter reference={tag}"
+    )
+    assert images.find_built_image(FakeRunner("head"), config, ctx, wheels) is None  # not there: build

@@ -668,3 +668,25 @@ def test_cli_jobs_table(config: ClusterConfig, monkeypatch: pytest.MonkeyPatch) 
     assert result.exit_code == 0, result.output
     assert re.search(r"shap-1 .*SUCCEEDED .*2026-11-23 \d\d:00:00 .*1m 23s .*app --rows 4", result.output)
     assert re.search(r"shap-2 .*PENDING .*- .*- .*app", result.output)
+
+
+class ReusedIdClient(FakeClient):
+    def submit_job(self, *, entrypoint: str, submission_id: str) -> str:
+        raise RuntimeError(
+            "Request failed with status code 400: Traceback (most recent call last):\n.\n.\n"
+            f"ValueError: Job with submission_id {submission_id} already exists. "
+            "Please use a different submission_id.\n."
+        )
+
+
+def test_a_reused_run_id_is_bad_input_in_one_line(config: ClusterConfig) -> None:
+    """Issue 12, fault 7: it exited 6 with stray '.' lines."""
+    run = Run(healthy_head(), Factory(ReusedIdClient()))
+    synced_as_is(run.head, config)
+    with pytest.raises(InputError) as caught:
+        submit(config, run)
+    assert caught.value.exit_status == 3
+    assert (
+        caught.value.message == f"--run-id {JOB_ID}: the cluster of 10.9.0.1 already has a job with this id."
+    )
+    assert "\n" not in caught.value.message and "`shapcluster jobs`" in (caught.value.hint or "")
