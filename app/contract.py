@@ -17,11 +17,7 @@ import math
 import secrets
 import time
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Final
-
-if TYPE_CHECKING:
-    import numpy as np
-    import numpy.typing as npt
+from typing import Any, Final
 
 EXACT: Final = "exact"
 ALL_ROWS: Final = "all"
@@ -53,9 +49,10 @@ class Link(enum.StrEnum):
     IDENTITY = "identity"
     LOGIT = "logit"
 
-    def apply(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """The link of values of any shape; logit clips to [1e-15, 1 - 1e-15] first, like shap,
-        so probabilities of exactly 0 or 1 (a forest's) stay finite."""
+    def apply(self, values: Any) -> Any:
+        """The link of values of any shape (array-like in, float64 ndarray out); logit clips to
+        [1e-15, 1 - 1e-15] first, like shap, so probabilities of exactly 0 or 1 stay finite.
+        numpy is imported here, not at the top: the contract imports the standard library only."""
         import numpy as np
 
         array = np.asarray(values, dtype=np.float64)

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from app.contract import Task
 from app.errors import DataError
 from app.tabular import FLOAT, INT, ColumnCodec
 
@@ -59,7 +60,7 @@ def with_weights(dataset: Dataset, column: str | None) -> Dataset:
     bad = weights[~np.isfinite(weights.to_numpy()) | (weights.to_numpy() < 0)]
     if not bad.empty:
         raise DataError(
-            f"{dataset.source}: weight {float(bad.iloc[0]):g} in column {column!r} on line "
+            f"{dataset.source}: weight {float(bad.iloc[0]):g} in column {column!r} on "
             f"{_line_of(bad.index[0])} is not a finite, non-negative number."
         )
     if features.shape[1] < 1:
@@ -384,3 +385,30 @@ def _check_complete(frame: pd.DataFrame, source: str, where: Any = _line_of) -> 
             f"{source}: {count} missing value{'s' if count > 1 else ''}, the first in column "
             f"{frame.columns[col]!r} on {where(frame.index[row])}. Fill or drop them first."
         )
+
+
+def infer_task(dataset: Dataset, task: Task | None) -> Task:
+    """The task the label allows: regression for a float label with non-whole values, else
+    classification. Raises DataError when ``task`` asks for classes of a continuous label or
+    a regression of text labels."""
+    labels = dataset.labels
+    if labels is None:
+        return task or Task.CLASSIFICATION
+    numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
+    values = labels.to_numpy(dtype=np.float64) if numeric else None
+    continuous = values is not None and bool(np.any(values != np.round(values)))
+    if task is Task.CLASSIFICATION and continuous:
+        assert values is not None
+        first = int(np.flatnonzero(values != np.round(values))[0])
+        raise DataError(
+            f"{dataset.source}: the label {dataset.label!r} is continuous ({labels.iloc[first]} on line "
+            f"{first + 2}), not classes: pass --task regression to train a regressor."
+        )
+    if task is Task.REGRESSION and not numeric:
+        raise DataError(
+            f"{dataset.source}: the label {dataset.label!r} is not numeric ({labels.iloc[0]!r}); "
+            "a regression needs numbers: pass --task classification."
+        )
+    if task is not None:
+        return task
+    return Task.REGRESSION if continuous else Task.CLASSIFICATION

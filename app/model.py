@@ -8,13 +8,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.model_selection import train_test_split
 
 from app.contract import OptionError, Task, row_range
 from app.errors import DataError
-from app.etl import Dataset
+from app.etl import Dataset, infer_task
 from app.tabular import ModelFunction
 
 
@@ -46,33 +45,6 @@ class ExplainData:
     _: KW_ONLY  # the optional parts, by name only
     background_weights: npt.NDArray[np.float64] | None = None  # (N,): their weights, if given
     labels: npt.NDArray[Any] | None = None  # (R,): the rows' true labels (any type; NaN: none)
-
-
-def infer_task(dataset: Dataset, task: Task | None) -> Task:
-    """The task the label allows: regression for a float label with non-whole values, else
-    classification. Raises DataError when ``task`` asks for classes of a continuous label or
-    a regression of text labels."""
-    labels = dataset.labels
-    if labels is None:
-        return task or Task.CLASSIFICATION
-    numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
-    values = labels.to_numpy(dtype=np.float64) if numeric else None
-    continuous = values is not None and bool(np.any(values != np.round(values)))
-    if task is Task.CLASSIFICATION and continuous:
-        assert values is not None
-        first = int(np.flatnonzero(values != np.round(values))[0])
-        raise DataError(
-            f"{dataset.source}: the label {dataset.label!r} is continuous ({labels.iloc[first]} on line "
-            f"{first + 2}), not classes: pass --task regression to train a regressor."
-        )
-    if task is Task.REGRESSION and not numeric:
-        raise DataError(
-            f"{dataset.source}: the label {dataset.label!r} is not numeric ({labels.iloc[0]!r}); "
-            "a regression needs numbers: pass --task classification."
-        )
-    if task is not None:
-        return task
-    return Task.REGRESSION if continuous else Task.CLASSIFICATION
 
 
 def split_data(dataset: Dataset, test_size: float = 0.2, seed: int = 0, task: Task | None = None) -> Split:

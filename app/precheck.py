@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from app import etl, kernel_shap, model
+from app import etl, kernel_shap
 from app import groups as groups_file
 from app.config import Algorithm, JobConfig
 from app.contract import DEFAULT_LABEL, Task, row_range
@@ -56,7 +56,7 @@ def check_job(config: JobConfig) -> None:
     label = config.label or DEFAULT_LABEL
     dataset = etl.load_dataset(source, label, read_columns(config), label_required=label_required(config))
     dataset = etl.with_weights(dataset, config.background_weights)
-    task = model.infer_task(dataset, config.task)
+    task = etl.infer_task(dataset, config.task)
     if config.algorithm not in (Algorithm.TREE, Algorithm.TREE_PATH_DEPENDENT):
         names = [str(c) for c in dataset.features.columns]
         spec = players(config, names)
@@ -73,6 +73,6 @@ def check_job(config: JobConfig) -> None:
         if path is not None and "://" not in path:
             etl.load_rows(path, dataset, option)
     if config.model is not None and "://" not in config.model:
-        from app import model_file
+        from app import model, model_file  # scikit-learn: only once the plan is known to fit
 
         model.explained_model(model_file.load_model(config.model, config.trust_model), dataset, config.model)

@@ -113,6 +113,7 @@ def _submit_parameters() -> list[inspect.Parameter]:
             "--wait/--no-wait",
             help="--no-wait: print the job id once the cluster accepted the job, and how to follow it.",
             rich_help_panel=_RUN,
+            metavar="",
         ),
     ]
     as_json = Annotated[

@@ -45,14 +45,20 @@ def test_the_toolkit_imports_nothing_from_app_but_the_contract() -> None:
 
 
 def test_the_contract_imports_only_the_standard_library() -> None:
+    """At import time: Link.apply imports numpy inside, when a link is applied (in the job)."""
     tree = ast.parse((REPO / "app" / "contract.py").read_text(encoding="utf-8"))
     modules = {
         (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
-        for node in ast.walk(tree)
+        for node in tree.body
         if isinstance(node, ast.Import | ast.ImportFrom)
         for alias in node.names
     }
     assert modules <= set(sys.stdlib_module_names) | {"__future__"}
+    code = "import sys, app.contract; print(sorted(m for m in ('numpy', 'pandas') if m in sys.modules))"
+    imported = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert imported.stdout.strip() == "[]"
 
 
 def test_help_imports_no_numpy_pandas_or_ray() -> None:
@@ -114,7 +120,8 @@ ARGVS = [
         "--tol",
         "0.01",
     ],
-    ["--algorithm", "tree", "--seed", "7", "--run-id", "r1", "--output-dir", "out", "--groups", "g.json"],
+    ["--algorithm", "tree", "--seed", "7", "--run-id", "r1", "--output-dir", "out"],
+    ["--algorithm", "auto", "--groups", "g.json", "--background-weights", "w"],
     ["--model", "m.skops", "--trust-model", "--label", "y", "--features", "a,b", "--task", "regression"],
 ]
 

@@ -120,7 +120,7 @@ def test_a_continuous_label_for_a_classifier_says_so(typed_csv: Path) -> None:
         model.split_data(priced, 0.25, 0, Task.CLASSIFICATION)
     graded = etl.load_dataset(str(typed_csv), "grade", ("size",))
     with pytest.raises(DataError, match=r"not numeric.*pass --task classification"):
-        model.infer_task(graded, Task.REGRESSION)
+        etl.infer_task(graded, Task.REGRESSION)
 
 
 def test_the_models_columns_must_match_the_datas(typed_csv: Path) -> None:
@@ -224,7 +224,17 @@ def test_parquet_in_keeps_types_and_equals_the_csv(typed_csv: Path, tmp_path: Pa
 
 def test_values_parquet_equals_the_csv_to_the_last_bit(tmp_path: Path) -> None:
     values = RNG.normal(size=(3, 4, 2)) * 10.0 ** RNG.integers(-300, 300, size=(3, 4, 2))
-    frame = results.values_frame(values, [5, 9, 11], ["a", "b", "c", "d"], ["bad", "good"])
+    rows = results.ExplainedRows(
+        row_ids=np.array([5, 9, 11]),
+        data_lines=results.data_lines_of([5, 9, 11], from_file=True),
+        features=RNG.normal(size=(3, 4)),
+        feature_names=["a", "b", "c", "d"],
+        labels=np.array(["bad", "good", "bad"]),
+        outputs=RNG.normal(size=(3, 2)),
+        expected_value=RNG.normal(size=2),
+        class_names=["bad", "good"],
+    )
+    frame = results.values_frame(values, rows, ["a", "b", "c", "d"])
     written = results.write_values(tmp_path / "shap_values.csv", frame)
     assert written == ["shap_values.parquet", "shap_values.csv"]
     from_parquet = pd.read_parquet(tmp_path / "shap_values.parquet")
