@@ -7,9 +7,10 @@ import typer
 from shapcluster import __version__, console
 from shapcluster.cli import cluster, creds, job
 from shapcluster.cli._errors import set_debug
-from shapcluster.cli._help import fold_long_words
+from shapcluster.cli._help import fold_long_words, hide_flag_types
 
 fold_long_words()
+hide_flag_types()
 
 app = typer.Typer(
     name="shapcluster",

@@ -48,6 +48,7 @@ def test_help_is_never_cut_at_80_columns_when_piped(command: list[str]) -> None:
     assert result.returncode == 0, result.stderr
     assert "…" not in result.stdout
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    assert "<bool>" not in result.stdout  # a switch takes no value: no placeholder beside it
 
 
 def test_tables_fold_long_cells_instead_of_cutting_them(capsys: pytest.CaptureFixture[str]) -> None:
