@@ -150,7 +150,8 @@ class JobConfig:
     background: int = option(100, "Background rows (seeded sample of training rows).", metavar="N")
     nsamples: int | str | None = option(
         None,
-        "Coalitions per row; 'exact' enumerates all 2^M-2 (default: shap's 2M+2048, exact for M <= 11).",
+        "Coalitions per row; 'exact' enumerates all 2^M-2 (default: exact when affordable, else "
+        "shap's 2M+2048 with standard errors).",
         metavar="<int|exact>",
     )
     batch_size: int | None = option(None, "Rows per Ray task (default: balanced).", metavar="N")

@@ -39,6 +39,7 @@ from app.config import EXACT, Algorithm, JobConfig
 from app.contract import DEFAULT_LABEL, Link, OptionError, Task, new_run_id, row_range
 from app.errors import DataError, ExplanationsDisagreeError, JobError
 from app.report import Reporter
+from app.tabular import ModelFunction
 
 log = logging.getLogger(__name__)
 Ref: TypeAlias = ObjectRef[Any]
@@ -157,7 +158,7 @@ def etl_step(
         "source": dataset.source,
         "rows": len(dataset.features),
         "features": list(dataset.features.columns),
-        "label": dataset.label,
+        "label": None if dataset.labels is None else dataset.label,  # None: the data has no label
         "bundled": dataset.bundled,
         "notice": dataset.notice,
         "seconds": time.perf_counter() - start,
@@ -180,7 +181,10 @@ def create_model_step(
         "score": trained.score,
         "seconds": trained.seconds,
         "task": split.task.value,
-        "type": type(getattr(trained.model, "estimator", trained.model)).__name__,
+        # a regressor comes wrapped in a ModelFunction; a forest's own `estimator` is its tree kind
+        "type": type(
+            trained.model.estimator if isinstance(trained.model, ModelFunction) else trained.model
+        ).__name__,
     }
     return trained.model, info
 
@@ -569,6 +573,10 @@ def run_job(config: JobConfig, reporter: Reporter | None = None) -> dict[str, An
             ray.shutdown()
 
 
+def _tasks(count: int) -> str:
+    return f"{count} task{'' if count == 1 else 's'}"
+
+
 def _first_line(err: Exception, limit: int = 200) -> str:
     line = (str(err).strip().splitlines() or [""])[0]
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -665,7 +673,7 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     ours.finished = ours.finished or time.perf_counter()
     for branch in branches:
         concurrently = ", concurrently" if len(branches) > 1 else ""
-        note = f"{branch.cpu_seconds:.2f} CPU s in {len(branch.done)} tasks{concurrently}"
+        note = f"{branch.cpu_seconds:.2f} CPU s in {_tasks(len(branch.done))}{concurrently}"
         timings.rows.append((branch.name, (branch.finished or time.perf_counter()) - branch.started, note))
 
     t0 = time.perf_counter()
@@ -1179,7 +1187,7 @@ def _run_tree_dag(
             values, expected, branch = _path_dependent(prepared, workers, config.batch_size, advance)
             outputs = np.asarray(prepared.outputs["fx"])
             explains = "shap's path-dependent TreeSHAP: a different quantity (no background), not checked"
-    note = f"{branch.cpu_seconds:.2f} CPU s in {len(branch.done)} tasks"
+    note = f"{branch.cpu_seconds:.2f} CPU s in {_tasks(len(branch.done))}"
     timings.rows.append((branch.name, time.perf_counter() - t0, note))
 
     check: dict[str, Any]

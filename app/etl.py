@@ -367,7 +367,7 @@ def _check_finite(frame: pd.DataFrame, source: str, where: Any = _line_of) -> No
         bad = ~(np.abs(values) <= FLOAT32_MAX)
         if bad.any():
             index = series.index[bad]
-            shown = ", ".join(f"{series[i]!r} on {where(i)}" for i in index[:5])
+            shown = ", ".join(f"{float(series[i]):g} on {where(i)}" for i in index[:5])
             more = f" and {len(index) - 5} more" if len(index) > 5 else ""
             raise DataError(
                 f"{source}: column {column!r} has {len(index)} infinite or too large value"

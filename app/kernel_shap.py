@@ -58,6 +58,10 @@ class PlanTooLargeError(ValueError):
     """A plan would exceed PLAN_MEMORY_BUDGET; the message says what to pass instead."""
 
 
+class PlanTooSmallError(ValueError):
+    """A requested budget has too few coalitions for a well-posed regression over the players."""
+
+
 def default_nsamples(n_features: int) -> int:
     """shap's "auto": 2M + 2048 model re-evaluations per explained row."""
     return 2 * n_features + 2048
@@ -112,12 +116,19 @@ def resolve_nsamples(
     """The coalition budget for a run: an int (exact when >= 2^G - 2), or None for shap's default
     2m + 2048 per plan. ``requested`` "exact" forces enumeration; None picks exact whenever it is
     affordable: coalitions x background x rows <= EXACT_MODEL_ROWS_BUDGET and the plan fits memory.
-    Raises PlanTooLargeError when the requested (or default) plan cannot fit."""
+    Raises PlanTooLargeError when the requested (or default) plan cannot fit, PlanTooSmallError
+    when a requested budget is below 2 coalitions per player (the regression would be singular)."""
     exact_n = exact_nsamples(n_players) if n_players < 63 else 1 << 62
     if requested == "exact":
         check_plan_fits(exact_n, n_players, n_players, n_rows, n_outputs, exact=True)
         return exact_n
     if isinstance(requested, int):
+        if requested < min(2 * n_players, exact_n):
+            raise PlanTooSmallError(
+                f"--nsamples {requested} is fewer coalitions than the {2 * n_players} that {n_players} "
+                f"players need for a well-posed regression; pass at least {2 * n_players}, or leave "
+                "--nsamples out (exact when affordable, else shap's default with standard errors)"
+            )
         n = min(requested, exact_n)
         check_plan_fits(n, n_players, n_players, n_rows, n_outputs, exact=n >= exact_n)
         return requested

@@ -29,7 +29,7 @@ def resolve_budget(
     """kernel_shap.resolve_nsamples, its refusal turned into the job's BudgetError (exit 3)."""
     try:
         return kernel_shap.resolve_nsamples(nsamples, n_players, n_rows, n_background, n_outputs)
-    except kernel_shap.PlanTooLargeError as err:
+    except (kernel_shap.PlanTooLargeError, kernel_shap.PlanTooSmallError) as err:
         raise BudgetError(f"{config.data or 'the data'}: {err}") from None
 
 

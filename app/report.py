@@ -67,8 +67,9 @@ class Reporter:
             before = 4 * done[name] // max(totals[name], 1)
             done[name] += amount
             after = 4 * done[name] // max(totals[name], 1)
-            if after > before:
-                self.console.print(Text(f"  {name}: {done[name]}/{totals[name]} ({25 * after}%)"))
+            if after > before:  # a line at every quarter passed, with the true share done
+                share = 100 * done[name] // max(totals[name], 1)
+                self.console.print(Text(f"  {name}: {done[name]}/{totals[name]} ({share}%)"))
 
         yield advance
 

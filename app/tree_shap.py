@@ -751,7 +751,10 @@ def choose_algorithm(requested: str, model: Any) -> tuple[str, str]:
     ``auto``: ``tree`` when this module covers the model, else ``kernel``. ``tree`` and
     ``tree-path-dependent`` on a model it does not cover raise UnsupportedModelError.
     """
-    kind = type(model).__name__
+    # the job's --model comes wrapped (app.tabular.ModelFunction): name what the user gave
+    kind = type(
+        getattr(model, "estimator", model) if type(model).__name__ == "ModelFunction" else model
+    ).__name__
     if requested == "auto":
         if is_supported(model):
             return "tree", f"auto: {kind} is a supported tree ensemble, so the exact tree path runs"

@@ -116,14 +116,11 @@ def load_cluster_config(path: Path) -> ClusterConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        where = (
-            f"no {DEFAULT_CONFIG_NAME} in {config_places()}"
-            if path == default
-            else f"{path.absolute()}: not found"
-        )
+        where = f"looked for {config_places()}" if path == default else f"{path.absolute()}: not found"
         raise InputError(
             f"config file not found: {where}",
-            hint="Copy inventory/shapcluster.toml.example there, or pass --config / set SHAPCLUSTER_CONFIG.",
+            hint="Copy inventory/shapcluster.toml.example (in the project's repository) to one of those "
+            "places (see the README's cluster quick start), or pass --config / set SHAPCLUSTER_CONFIG.",
         ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read the config file: {err}") from None

@@ -44,6 +44,9 @@ def setup_logging(*, debug: bool) -> None:
     # before shapcluster can register it for masking. Never below WARNING, even with --debug.
     for talkative in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(talkative).setLevel(logging.WARNING)
+    # paramiko logs a whole traceback at ERROR for an unreachable host, which shapcluster then
+    # reports in one line with a hint; the traceback is for --debug only.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 
 def _literal(text: str, style: str | None = None) -> Text:

@@ -47,7 +47,7 @@ def find_config(path: Path, *, default: Path, cwd: Path | None = None) -> Path:
 
 def config_places(cwd: Path | None = None) -> str:
     here = cwd or Path.cwd()
-    return " and ".join(str(here / place) for place in CONFIG_PLACES)
+    return " and ".join(str(here / place) for place in CONFIG_PLACES)  # file paths, not folders
 
 
 def find_context(explicit: Path | None, cwd: Path | None = None) -> Path:

@@ -56,7 +56,7 @@ def test_cluster_commands_name_a_missing_config(command, tmp_path, monkeypatch):
     result = invoke(*command)
     assert result.exit_code == ExitStatus.INPUT
     assert (
-        f"config file not found: no shapcluster.toml in {tmp_path}/shapcluster.toml and "
+        f"config file not found: looked for {tmp_path}/shapcluster.toml and "
         f"{tmp_path}/inventory/shapcluster.toml"
     ) in result.output.replace("\n", "")
     assert "inventory/shapcluster.toml.example" in result.output

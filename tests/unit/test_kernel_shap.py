@@ -303,6 +303,14 @@ def test_default_is_exact_when_affordable_and_sampled_otherwise():
         ks.resolve_nsamples(10**9, 40, 16, 100)
 
 
+def test_a_budget_too_small_for_the_regression_is_refused_with_what_to_pass():
+    """--nsamples 1 over 40 players would end in a singular regression and a NaN verdict."""
+    with pytest.raises(ks.PlanTooSmallError, match="pass at least 80"):
+        ks.resolve_nsamples(1, 40, 2, 20)
+    assert ks.resolve_nsamples(80, 40, 2, 20) == 80
+    assert ks.resolve_nsamples(2, 2, 2, 20) == 2  # 2 players: exact enumeration is 2 coalitions
+
+
 def test_standard_errors_are_calibrated_against_the_exact_values():
     """Fault 5: (sampled - exact) / se behaves like a standard normal across seeds."""
     m = 12
