@@ -112,6 +112,8 @@ def warm_up_step(
         ray.get(barrier.arrive.remote(), timeout=WARM_UP_SECONDS)
     except ray.exceptions.GetTimeoutError:
         log.warning("warm-up: not every worker process started within %.0f s", WARM_UP_SECONDS)
+    except ray.exceptions.RayError as err:  # the barrier's node is gone: this process is warm anyway
+        log.warning("warm-up: the barrier was lost (%s)", type(err).__name__)
     return os.getpid()
 
 
@@ -120,21 +122,30 @@ def warm_up_workers(
 ) -> list[int]:
     """Start ``workers`` worker processes (at most the cluster's CPUs) and load the model into each.
 
-    Returns the PIDs of the processes warmed (distinct unless the barrier timed out). The
+    Returns the PIDs of the processes warmed (distinct unless the barrier timed out; fewer when a
+    node was lost meanwhile, which is logged, not raised). The
     explainers' tasks then run in these processes with the model already deserialised, so
     their wall time is the explanation's, and the warm-up's own time is a step of its own.
     """
     parties = max(1, min(workers, _cluster_cpus()))
-    barrier = _Barrier.remote(parties)  # type: ignore[attr-defined]
+    # The barrier lives with the driver (on the head of a cluster): a worker node lost during the
+    # warm-up must not take it along. The warm-up only saves time, so a lost task is no error:
+    # the explainers' own tasks retry on the nodes that are left.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    barrier = _Barrier.options(scheduling_strategy=here).remote(parties)  # type: ignore[attr-defined]
+    refs = [
+        warm_up_step.remote(model_box, data.rows, data.background, barrier, with_shap) for _ in range(parties)
+    ]
+    pids: list[int] = []
     try:
-        return ray.get(
-            [
-                warm_up_step.remote(model_box, data.rows, data.background, barrier, with_shap)
-                for _ in range(parties)
-            ]
-        )
+        for ref in refs:
+            try:
+                pids.append(ray.get(ref))
+            except ray.exceptions.RayError as err:
+                log.warning("warm-up: a task was lost (%s); the explainers start anyway", type(err).__name__)
     finally:
         ray.kill(barrier)
+    return pids
 
 
 def _single_threaded() -> Any:
