@@ -962,8 +962,26 @@ def _summary(
     branches: list[_Branch],
 ) -> dict[str, Any]:
     """summary.json; the reference's entries are absent when it was skipped (--no-reference)."""
-    info, data = prepared.info, prepared.data
     keys = {OURS: "ours", REFERENCE: "reference"}
+    return {
+        **_summary_of_run(config, run_id, prepared, timings),
+        "nsamples": explanation.n_coalitions,
+        "exact": explanation.exact,
+        "model": prepared.model_info,
+        "expected_value": explanation.expected_value.tolist(),
+        "cpus": cluster["cpus"],  # the cluster's, when the explainers started
+        "nodes": cluster["nodes"],  # alive when the explainers started: id, ip, cpus
+        "nodes_lost": cluster["nodes_lost"],  # of those, dead when they finished: id, ip
+        "workers": branches[0].window,
+        "tasks": {keys[b.name]: len(b.done) for b in branches},
+        "cpu_seconds": {keys[b.name]: b.cpu_seconds for b in branches},
+        "comparison": comparison.to_dict(),
+    }
+
+
+def _summary_of_run(config: JobConfig, run_id: str, prepared: _Prepared, timings: _Timings) -> dict[str, Any]:
+    """The part of summary.json every algorithm writes: the data, the rows, the settings, versions."""
+    info, data = prepared.info, prepared.data
     return {
         "run_id": run_id,
         "data": info["source"],
@@ -974,19 +992,8 @@ def _summary(
         "feature_names": info["features"],
         "classes": prepared.outputs["classes"],
         "background": len(data.background),
-        "nsamples": explanation.n_coalitions,
-        "exact": explanation.exact,
         "link": config.link.value,
-        "model": prepared.model_info,
-        "expected_value": explanation.expected_value.tolist(),
-        "cpus": cluster["cpus"],  # the cluster's, when the explainers started
-        "nodes": cluster["nodes"],  # alive when the explainers started: id, ip, cpus
-        "nodes_lost": cluster["nodes_lost"],  # of those, dead when they finished: id, ip
-        "workers": branches[0].window,
-        "tasks": {keys[b.name]: len(b.done) for b in branches},
-        "cpu_seconds": {keys[b.name]: b.cpu_seconds for b in branches},
         "wall_seconds": {name: seconds for name, seconds, _ in timings.rows},
-        "comparison": comparison.to_dict(),
         "seed": config.seed,
         "test_size": config.test_size,
         "ray_version": ray.__version__,
@@ -1277,28 +1284,12 @@ def _tree_summary(
     expected: np.ndarray,
     timings: _Timings,
 ) -> dict[str, Any]:
-    info, data = prepared.info, prepared.data
     return {
-        "run_id": run_id,
-        "data": info["source"],
-        "label": info["label"],
-        "rows": len(data.rows),
-        "row_ids": data.row_ids.tolist(),
-        "features": len(info["features"]),
-        "feature_names": info["features"],
-        "classes": prepared.outputs["classes"],
-        "background": len(data.background),
-        "link": config.link.value,
+        **_summary_of_run(config, run_id, prepared, timings),
         "model": {"type": type(ray.get(prepared.model_box[0])).__name__, **prepared.model_info},
         "expected_value": expected.tolist(),
         "cpus": cpus,
         "nodes": nodes,
         "nodes_lost": _lost_nodes(nodes),
         "workers": workers,
-        "wall_seconds": {name: seconds for name, seconds, _ in timings.rows},
-        "seed": config.seed,
-        "test_size": config.test_size,
-        "ray_version": ray.__version__,
-        "python": platform.python_version(),
-        "versions": results.versions(),
     }
