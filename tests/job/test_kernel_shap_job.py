@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +29,6 @@ def strict(path: Path) -> dict:
         raise AssertionError(f"{path} holds {token}")
 
     return json.loads(path.read_text(), parse_constant=refuse)
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,18 +75,6 @@ def test_submit_local_runs_the_whole_dag(wine_csv: Path, tmp_path: Path):
     assert (out / "shap_summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Verdict: match" in result.output
     assert "Timings" in result.output
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """One Ray instance for the rest of the module: the job joins it instead of starting one."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def test_sweep_trains_candidates_in_parallel_and_keeps_the_best(local_ray, wine_csv, tmp_path):
