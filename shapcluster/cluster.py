@@ -10,27 +10,23 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from shapcluster import commands as cmd
-from shapcluster import creds
+from shapcluster import creds, ray_token
 from shapcluster.config import ClusterConfig
 from shapcluster.errors import DegradedError, InputError, NoClusterError, RemoteError
 from shapcluster.inventory import Host, check_cpus
 from shapcluster.remote.base import Runner, tail
-from shapcluster.remote.group import GroupResult, gather_results, run_in_parallel
-from shapcluster.secrets import register_secret
+from shapcluster.remote.group import GroupResult, gather_on_nodes, run_on_nodes
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
-T = TypeVar("T")
 MIN_FREE_BYTES = 4 * 1024**3  # the image alone is about 1.5 GB, unpacked more
 NODES_TIMEOUT_SECONDS = 120.0
 
@@ -123,18 +119,6 @@ def node_ip(host: Host) -> str:
     return str(ip)
 
 
-def gather_on_nodes(nodes: Sequence[Node], action: Callable[[Node], T]) -> GroupResult[T]:
-    """``action(node)`` on every node in parallel, outcomes keyed by host name."""
-    by_host = {node.name: node for node in nodes}
-    return gather_results([n.runner for n in nodes], lambda runner: action(by_host[runner.host]))
-
-
-def run_on_nodes(nodes: Sequence[Node], action: Callable[[Node], T], *, what: str) -> dict[str, T]:
-    """``action(node)`` on every node in parallel; one error naming every host that failed."""
-    by_host = {node.name: node for node in nodes}
-    return run_in_parallel([n.runner for n in nodes], lambda runner: action(by_host[runner.host]), what=what)
-
-
 def preflight(nodes: Sequence[Node]) -> dict[str, Facts]:
     """SSH, Docker (version, architecture, rootless), CPUs, disk and a writable remote directory
     on every host in parallel, one SSH command each; nothing is changed anywhere. Every host must
@@ -185,61 +169,6 @@ def preflight(nodes: Sequence[Node]) -> dict[str, Facts]:
             hint="Remove those hosts from the workers file (or run a separate cluster for them).",
         )
     return facts
-
-
-def read_token(head: Node) -> str | None:
-    """The cluster's Ray token as a host (the head, for the cluster's) holds it (None if it has
-    none), registered as a secret the moment it is read."""
-    found = head.runner.run(cmd.read_file_command(head.layout.token_file), check=False, secret=True)
-    token = found.stdout.strip()
-    if not found.ok or not token:
-        return None
-    register_secret(token)
-    return token
-
-
-def ensure_token(nodes: Sequence[Node]) -> None:
-    """One Ray auth token for the cluster: kept from the head if it has one, else made here;
-    written 0600 on every host and never shown."""
-    held = run_on_nodes(nodes, read_token, what="reading the Ray token")
-    token = held[nodes[0].name] or secrets.token_hex(32)
-    register_secret(token)
-
-    def place(node: Node) -> None:
-        node.runner.run(cmd.make_dirs_command(node.layout.secrets_dir, mode=0o700))
-        node.runner.run(
-            cmd.write_file_command(node.layout.token_file, 0o600), stdin=token + "\n", secret=True
-        )
-
-    # Hosts that hold it already (a warm `up`) are left alone.
-    run_on_nodes([n for n in nodes if held[n.name] != token], place, what="placing the Ray token")
-
-
-def write_credentials(nodes: Sequence[Node], credentials: creds.RoleCredentials, now: datetime) -> None:
-    """The keys (process.json), the profile files, env.list, then meta.json on every host: each
-    written atomically, 0600 (see ``creds`` for why no key is in env.list)."""
-    texts = (  # RemoteLayout attribute -> content; the keys first, the meta that vouches for them last
-        ("aws_process_file", creds.process_output_text(credentials)),
-        ("aws_credentials_file", creds.credentials_file_text(credentials)),
-        ("aws_config_file", creds.config_file_text(credentials)),
-        ("env_file", creds.env_list_text(credentials)),
-        ("aws_meta_file", creds.meta_text(credentials, now)),
-    )
-
-    def place(node: Node) -> None:
-        layout = node.layout
-        node.runner.run(cmd.make_dirs_command(layout.secrets_dir, layout.aws_dir, mode=0o700))
-        for attribute, text in texts:
-            path = getattr(layout, attribute)
-            node.runner.run(cmd.write_file_command(path, 0o600), stdin=text, secret=True)
-
-    run_on_nodes(nodes, place, what="writing AWS credentials")
-
-
-def read_credentials(node: Node) -> creds.CredentialsMeta | None:
-    """What the host's meta.json says about its credentials; None if it has none."""
-    found = node.runner.run(cmd.read_file_command(node.layout.aws_meta_file), check=False)
-    return creds.parse_meta(found.stdout) if found.ok else None
 
 
 def _ray_node(
@@ -341,7 +270,7 @@ def up(
         image_steps.ship(head, workers, image, progress)
     image_steps.verify(nodes, image)
     sync_steps.sync(nodes, progress)
-    ensure_token(nodes)
+    ray_token.ensure_token(nodes)
     aws = credential_steps is not None
     if credential_steps is not None:
         credential_steps.ensure(nodes, progress)
@@ -508,7 +437,7 @@ def status(config: ClusterConfig, nodes: Sequence[Node]) -> list[HostStatus]:
     its health checks time out (tens of seconds), and `status` must not count it meanwhile."""
 
     def look(node: Node) -> tuple[list[cmd.ContainerInfo], creds.CredentialsMeta | None]:
-        return containers_on(node.runner, config.name), read_credentials(node)
+        return containers_on(node.runner, config.name), creds.read_credentials(node)
 
     result = gather_on_nodes(nodes, look)
     head_containers = result.successes.get(nodes[0].name, ([], None))[0]
@@ -586,45 +515,3 @@ def open_nodes(
     finally:
         for node in nodes:
             node.runner.close()
-
-
-def plan_up(config: ClusterConfig, image_tag: str, role_arn: str | None = None) -> dict[str, list[str]]:
-    """What `up` would do on each host, for --dry-run: computed from the config alone, so no
-    host is contacted and nothing changes."""
-    head = config.inventory.head
-    head_ip = node_ip(head)
-    plan: dict[str, list[str]] = {}
-    for host in config.inventory.hosts:
-        layout = cmd.RemoteLayout(config.remote_dir_for(host))
-        is_head = host == head
-        cpus = f"{host.cpus} CPUs" if host.cpus else "all CPUs (nproc)"
-        steps = [
-            f"check SSH, Docker (architecture as the head's, not rootless), CPUs ({cpus}), free disk "
-            f"and write access under {layout.root}"
-        ]
-        if is_head and role_arn:
-            steps.append(f"ask STS for credentials of {role_arn} unless every host holds fresh ones")
-        if is_head:
-            steps.append(f"build image {image_tag} from the build context unless it exists")
-        else:
-            steps.append(f"receive image {image_tag} from {head.name} unless its ID is here")
-        steps.append("verify the image ID and the Python/Ray/shap/scikit-learn versions match the head's")
-        folders = [f"app -> {layout.app_dir}"] + (
-            [f"data -> {layout.data_dir}"] if config.sync.data_dir else []
-        )
-        steps.append(f"sync {', '.join(folders)} (changed files only)")
-        steps.append(f"write the Ray token to {layout.token_file} (0600)")
-        if role_arn:
-            steps.append(
-                f"write credentials of {role_arn} to {layout.env_file} and {layout.aws_dir} (0600) "
-                "unless they are fresh"
-            )
-        if is_head:
-            steps.append(f"start the Ray head on {head_ip}:{config.ray.gcs} unless the same container runs")
-        else:
-            steps.append(
-                f"start a Ray worker joining {head_ip}:{config.ray.gcs} unless the same container runs "
-                "(first checking that this host reaches that port)"
-            )
-        plan[host.name] = steps
-    return plan

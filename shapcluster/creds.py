@@ -3,7 +3,7 @@
 The only boto3 importer on the control side. Every secret is registered for masking the moment
 it is known, kept out of reprs, and never put into an error message.
 
-What each host receives (written by ``cluster.write_credentials``), all mode 0600. No key is
+What each host receives (written by ``write_credentials``), all mode 0600. No key is
 ever in a container's environment: the AWS SDKs read environment keys first and a container's
 environment is fixed at start, so keys there would outlive every refresh. Instead:
 - ``env.list`` for ``docker run --env-file``: the region, the endpoint, AWS_PROFILE and the
@@ -21,14 +21,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from shapcluster import commands as cmd
 from shapcluster.commands import CONTAINER_AWS_CONFIG, CONTAINER_AWS_CREDENTIALS, CONTAINER_AWS_PROCESS
 from shapcluster.config import ROLE_ARN_EXAMPLE, ROLE_ARN_RE, AwsConfig
 from shapcluster.errors import InputError, ShapclusterError
+from shapcluster.remote.group import run_on_nodes
 from shapcluster.secrets import register_secret
+
+if TYPE_CHECKING:
+    from shapcluster.cluster import Node
 
 log = logging.getLogger(__name__)
 
@@ -320,3 +326,34 @@ def describe_expiry(expiration: datetime, now: datetime) -> str:
     minutes = round((expiration - now).total_seconds() / 60)
     when = expiration.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"{when} (in {minutes} min)" if minutes >= 0 else f"{when} (expired {-minutes} min ago)"
+
+
+# --- on the hosts -----------------------------------------------------------------------------
+
+
+def write_credentials(nodes: Sequence[Node], credentials: RoleCredentials, now: datetime) -> None:
+    """The keys (process.json), the profile files, env.list, then meta.json on every host: each
+    written atomically, 0600 (see the module docstring for why no key is in env.list). Raises
+    HostsFailedError naming every host that failed."""
+    texts = (  # RemoteLayout attribute -> content; the keys first, the meta that vouches for them last
+        ("aws_process_file", process_output_text(credentials)),
+        ("aws_credentials_file", credentials_file_text(credentials)),
+        ("aws_config_file", config_file_text(credentials)),
+        ("env_file", env_list_text(credentials)),
+        ("aws_meta_file", meta_text(credentials, now)),
+    )
+
+    def place(node: Node) -> None:
+        layout = node.layout
+        node.runner.run(cmd.make_dirs_command(layout.secrets_dir, layout.aws_dir, mode=0o700))
+        for attribute, text in texts:
+            path = getattr(layout, attribute)
+            node.runner.run(cmd.write_file_command(path, 0o600), stdin=text, secret=True)
+
+    run_on_nodes(nodes, place, what="writing AWS credentials")
+
+
+def read_credentials(node: Node) -> CredentialsMeta | None:
+    """What the host's meta.json says about its credentials; None if it has none."""
+    found = node.runner.run(cmd.read_file_command(node.layout.aws_meta_file), check=False)
+    return parse_meta(found.stdout) if found.ok else None

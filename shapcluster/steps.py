@@ -6,39 +6,56 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shapcluster import cluster, creds, images, sync
+from shapcluster import creds, images, sync
 from shapcluster.cluster import ImageRef, Node, Progress
 from shapcluster.config import AwsConfig, ClusterConfig
+from shapcluster.remote.group import run_on_nodes
 
 
 class DockerImageSteps:
+    """The image steps of `up`: look for the image over the head's runner, else build it with
+    docker-py over SSH; ship it with ``docker save | docker load`` streams; verify over runners.
+
+    ``planned``, ``build`` and ``transfer`` are the only parts that do not go through a runner
+    (local files, docker-py, the streams): a dry run (``dryrun.PlannedImageSteps``) replaces
+    exactly these, so everything else it shows is what `up` runs."""
+
     def __init__(self, config: ClusterConfig, context_dir: Path, wheelhouse: Path | None) -> None:
         self.config = config
         self.context_dir = context_dir
         self.wheelhouse = wheelhouse
 
-    def planned_tag(self) -> str:
-        """The tag `ensure` would build, from local files only (checks the context too)."""
+    def planned(self) -> tuple[str, str]:
+        """The tag and context hash `ensure` wants, from local files only (checks the context)."""
         ray_version = images.client_ray_version()
         wheels = images.check_context(self.context_dir, self.wheelhouse, ray_version)
         digest = images.context_hash(self.context_dir, self.config.image.base, ray_version, wheels)
-        return images.image_tag(self.config.image.name, digest)
+        return images.image_tag(self.config.image.name, digest), digest
 
     def ensure(self, head: Node, progress: Progress) -> ImageRef:
-        found = images.find_built_image(head.runner, self.config.image, self.context_dir, self.wheelhouse)
-        if found is not None:
-            progress(f"{head.name}: image {found.tag} is up to date, no build needed")
-            return ImageRef(found.tag, found.image_id)
+        tag, digest = self.planned()
+        # One command over the open SSH connection instead of docker-py's own (a warm `up`).
+        ids = sorted(set(head.runner.run(images.built_image_command(digest, tag)).stdout.split()))
+        if len(ids) == 1:
+            progress(f"{head.name}: image {tag} is up to date, no build needed")
+            return ImageRef(tag, ids[0])
+        return self.build(head, tag, digest, progress)
+
+    def build(self, head: Node, tag: str, digest: str, progress: Progress) -> ImageRef:
+        """Build on the head with docker-py over SSH (it finds the tag and hash again itself)."""
         built = images.ensure_image(
             head.host, self.config.ssh, self.config.image, self.context_dir, self.wheelhouse, progress
         )
         return ImageRef(built.tag, built.image_id)
 
+    def transfer(self, nodes: Sequence[Node]) -> images.ImageTransfer:
+        return images.SshImageTransfer([n.host for n in nodes], self.config.ssh)
+
     def ship(self, head: Node, workers: Sequence[Node], image: ImageRef, progress: Progress) -> None:
-        transfer = images.SshImageTransfer([n.host for n in (head, *workers)], self.config.ssh)
         images.ship_image(
-            head.runner, [w.runner for w in workers], image.tag, image.image_id, progress, transfer=transfer
-        )
+            head.runner, [w.runner for w in workers], image.tag, image.image_id, progress,
+            transfer=self.transfer([head, *workers]),
+        )  # fmt: skip
 
     def verify(self, nodes: Sequence[Node], image: ImageRef) -> None:
         roots = {n.name: n.layout.root for n in nodes}
@@ -95,7 +112,7 @@ class RoleCredentialSteps:
 
     def stale_hosts(self, nodes: Sequence[Node]) -> list[str]:
         now, margin = self.clock(), self.config.aws.refresh_margin_seconds
-        metas = cluster.run_on_nodes(nodes, cluster.read_credentials, what="reading AWS credentials")
+        metas = run_on_nodes(nodes, creds.read_credentials, what="reading AWS credentials")
         return [
             host
             for host, meta in metas.items()
@@ -128,5 +145,5 @@ class RoleCredentialSteps:
         """Write fresh credentials to every host (assumed here unless given)."""
         fresh = credentials or self.assume_role()
         progress(f"Writing credentials to {len(nodes)} host(s)")
-        cluster.write_credentials(nodes, fresh, self.clock())
+        creds.write_credentials(nodes, fresh, self.clock())
         return fresh

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -11,7 +12,7 @@ import typer
 
 from shapcluster import console, project
 from shapcluster.cli._errors import translate_errors
-from shapcluster.config import load_cluster_config
+from shapcluster.config import ClusterConfig, load_cluster_config
 
 if TYPE_CHECKING:
     from shapcluster import cluster
@@ -52,7 +53,11 @@ def up(
         float, typer.Option(min=1, help="Seconds to wait for every Ray node to join.")
     ] = 120.0,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print what would happen on each host; contact none.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the commands `up` would send to each host (as to fresh hosts); contact none.",
+        ),
     ] = False,
 ) -> None:
     """Build one Ray image, start the head and the workers, and wait until every node is alive.
@@ -65,18 +70,7 @@ def up(
     context_dir = project.find_context(context)
     role_arn = creds.resolve_role_arn(settings.aws, required=False)
     if dry_run:
-        wheels, note = project.planned_wheelhouse(context_dir, wheelhouse)
-        if note:
-            console.attention(note)
-        tag = (
-            DockerImageSteps(settings, context_dir, wheels).planned_tag()
-            if wheels is not None
-            else f"{settings.image.name}:<hash of the context, once the wheelhouse exists>"
-        )
-        for host, lines in cluster.plan_up(settings, tag, role_arn).items():
-            console.say(host, style="bold")
-            for line in lines:
-                console.say(f"  - {line}")
+        _print_plan(settings, context_dir, wheelhouse, role_arn)
         return
     wheels = project.ensure_wheelhouse(context_dir, wheelhouse, console.progress)
     steps = DockerImageSteps(settings, context_dir, wheels)
@@ -90,6 +84,37 @@ def up(
     nodes_text = f"{report.nodes_alive} Ray nodes alive, {report.cpus} CPUs"
     changes = f"kept {len(report.kept)}, restarted {len(report.started)}"
     console.ok(f"cluster {settings.name} is up: {nodes_text}; {changes}; image {image}")
+
+
+def _print_plan(
+    settings: ClusterConfig, context_dir: Path, wheelhouse: Path | None, role_arn: str | None
+) -> None:
+    """`up --dry-run`: `up` itself over recording runners (see shapcluster.dryrun for the rule)."""
+    from shapcluster import dryrun
+    from shapcluster.steps import FileSyncSteps, RoleCredentialSteps
+
+    wheels, note = project.planned_wheelhouse(context_dir, wheelhouse)
+    if note:
+        console.attention(note)
+    credential_steps = (
+        RoleCredentialSteps(settings, role_arn, assume=dryrun.planned_credentials) if role_arn else None
+    )
+    logging.disable(logging.INFO)  # `up`'s progress logs would read as if it ran ("streamed ...")
+    try:
+        plan = dryrun.plan_up(
+            settings,
+            dryrun.PlannedImageSteps(settings, context_dir, wheels),
+            FileSyncSteps(settings),
+            credential_steps,
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+    console.say(dryrun.describe_rule())
+    roles = {settings.inventory.head.name: "head"}
+    for host, commands in plan.items():
+        console.say(f"{host} ({roles.get(host, 'worker')}, {len(commands)} commands)", style="bold")
+        for command in commands:
+            console.say(f"  $ {command}")
 
 
 @translate_errors

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, cast
 
 from app.contract import JobConfig
-from shapcluster import cluster
+from shapcluster import cluster, creds, ray_token
 from shapcluster import commands as cmd
 from shapcluster.config import ClusterConfig
 from shapcluster.creds import CredentialsMeta, describe_expiry
@@ -168,7 +168,7 @@ def short_entrypoint(entrypoint: str, width: int = 60) -> str:
 
 def read_token(head: cluster.Node) -> str:
     """The cluster's Ray token from the head (registered as a secret); NoClusterError without one."""
-    token = cluster.read_token(head)
+    token = ray_token.read_token(head)
     if token is None:
         raise NoClusterError(
             f"{head.name}: no Ray token at {head.layout.token_file}: no cluster was started there."
@@ -430,7 +430,7 @@ def submit(
     with cluster.open_nodes(config, connect) as nodes:
         head = nodes[0]
         image_id = head_image(head, config.name)
-        meta = cluster.read_credentials(head)
+        meta = creds.read_credentials(head)
         block = cluster_block(
             job_id=job_id,
             head=head.name,

@@ -1,7 +1,8 @@
 """A runner that runs nothing: it records commands and answers with scripted results.
 
-It backs ``--dry-run`` (every command is logged, nothing touches a host) and the unit tests of
-the orchestration (script a failure for one host, assert the exact commands sent).
+It backs ``up --dry-run`` (``shapcluster.dryrun``: `up` itself runs over fake runners scripted
+as fresh hosts, and the commands they record are the plan) and the unit tests of the
+orchestration (script a failure for one host, assert the exact commands sent).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class FakeRunner:
         self._scripts: list[_Script] = []
         self._lock = threading.Lock()
         self.commands: list[str] = []  # the real command text, in order
+        self.shown: list[str] = []  # each command as logs show it (a secret one masked), same order
         self.stdins: list[str | None] = []  # stdin of each command, same order
         self.files: dict[str, tuple[bytes, int]] = {}  # remote path -> (content, mode); get reads it
         self.downloads: list[tuple[str, Path]] = []  # (remote path, local path) of each get
@@ -90,6 +92,7 @@ class FakeRunner:
             logger.info("%s: would run: %s", self._host, display)
         with self._lock:
             self.commands.append(command)
+            self.shown.append(display)
             self.stdins.append(stdin)
             script = next(
                 (s for s in reversed(self._scripts) if s.times != 0 and s.pattern.search(command)), None

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from shapcluster.errors import ExitStatus, RemoteError, ShapclusterError
 from shapcluster.remote.base import Runner, host_error_text
@@ -15,6 +15,16 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_PARALLEL = 16
+
+
+class HasRunner(Protocol):
+    """Anything that reaches one host through a runner (``cluster.Node``)."""
+
+    @property
+    def runner(self) -> Runner: ...
+
+
+N = TypeVar("N", bound=HasRunner)
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,18 @@ def run_in_parallel(
         unexpected = [e for e in result.failures.values() if not isinstance(e, ShapclusterError)]
         raise HostsFailedError(what, result) from (unexpected[0] if unexpected else None)
     return result.successes
+
+
+def gather_on_nodes(nodes: Sequence[N], action: Callable[[N], T]) -> GroupResult[T]:
+    """``action(node)`` on every node in parallel, outcomes keyed by host name (``runner.host``)."""
+    by_host = {node.runner.host: node for node in nodes}
+    return gather_results([n.runner for n in nodes], lambda runner: action(by_host[runner.host]))
+
+
+def run_on_nodes(nodes: Sequence[N], action: Callable[[N], T], *, what: str) -> dict[str, T]:
+    """``action(node)`` on every node in parallel; one error naming every host that failed."""
+    by_host = {node.runner.host: node for node in nodes}
+    return run_in_parallel([n.runner for n in nodes], lambda runner: action(by_host[runner.host]), what=what)
 
 
 def _describe(host: str, error: Exception) -> str:

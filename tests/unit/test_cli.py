@@ -130,12 +130,15 @@ def test_up_dry_run_prints_a_plan_per_host_and_contacts_none(tmp_path):
     (wheels / "ray-2.60.0-cp311-cp311-manylinux2014_x86_64.whl").write_bytes(b"not really")
     result = invoke("up", "--config", str(config), "--wheelhouse", str(wheels), "--dry-run")
     assert result.exit_code == 0, result.output
-    assert (
-        "10.9.0.1\n  - check SSH, Docker (architecture as the head's, not rootless), CPUs (all CPUs (nproc))"
-        in (result.output)
-    )
-    assert "receive image shapcluster-ray:" in result.output
-    assert "start a Ray worker joining 10.9.0.1:6379" in result.output
+    out = result.output
+    assert "Dry run: nothing runs on any host" in out
+    assert "10.9.0.1 (head, " in out and "10.9.0.2 (worker, " in out
+    head, worker = out.split("10.9.0.2 (worker, ")
+    assert "  $ docker build --tag shapcluster-ray:" in head and "docker build" not in worker
+    assert "  $ docker load" in worker
+    assert "--address=10.9.0.1:6379 --node-ip-address=10.9.0.2" in worker and "--num-cpus=1" in worker
+    assert "--num-cpus=<nproc>" in head  # the head's CPUs are not configured: all of them
+    assert "streamed" not in out  # `up`'s progress logs are not shown as if it had run
 
 
 def test_brackets_in_messages_print_literally_and_a_bad_head_is_exit_3(tmp_path: Path):

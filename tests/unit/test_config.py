@@ -87,7 +87,7 @@ def test_shipped_example_is_valid(tmp_path: Path) -> None:
     assert [w.name for w in config.inventory.workers] == [
         "10.0.0.11",
         "10.0.0.12",
-        "worker3.example.org:2222",
+        "10.0.0.13:2222",
         "10.0.0.14",
     ]
     assert config.inventory.workers[-1].ray_address == "192.168.7.14"

@@ -174,7 +174,7 @@ def test_env_list_has_no_keys_only_where_the_refreshable_profile_is():
 def test_credentials_are_written_0600_atomically_to_every_host_and_never_in_a_command(config):
     runners = {ip: FakeRunner(ip) for ip in ("10.9.0.1", "10.9.0.2")}
     nodes = cluster.make_nodes(config, lambda host: runners[host.address])
-    cluster.write_credentials(nodes, fake_credentials(), NOW)
+    creds.write_credentials(nodes, fake_credentials(), NOW)
     for runner in runners.values():
         writes = [(c, s) for c, s in zip(runner.commands, runner.stdins, strict=True) if s is not None]
         targets = [re.search(r'mv -f "\$tmp" (\S+)', c)[1] for c, _ in writes]  # type: ignore[index]

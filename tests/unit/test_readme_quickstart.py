@@ -50,7 +50,7 @@ def test_readme_cluster_quick_start_runs_literally_to_the_dry_run(tmp_path: Path
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "wheelhouse missing" in out  # said, and the plan still follows for every host
-    for host in ("10.0.0.10", "10.0.0.11", "10.0.0.12", "worker3.example.org:2222"):
-        assert f"\n{host}\n" in f"\n{out}"
-    assert "sync app -> /opt/shapcluster/app" in out
-    assert "start the Ray head on 10.0.0.10:6379" in out
+    for host in ("10.0.0.10 (head", "10.0.0.11 (worker", "10.0.0.12 (worker", "10.0.0.13:2222 (worker"):
+        assert f"\n{host}, " in f"\n{out}"
+    assert "mkdir -p -- /opt/shapcluster/app && cd -- /opt/shapcluster/app" in out  # the sync's probe
+    assert "ray start --head --node-ip-address=10.0.0.10" in out

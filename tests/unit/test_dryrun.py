@@ -1,0 +1,113 @@
+"""`up --dry-run` is `up` itself over recording runners: the plan is what `up` sends, nothing runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shapcluster import cluster, dryrun
+from shapcluster.config import ClusterConfig, load_cluster_config
+from shapcluster.errors import InputError
+from shapcluster.remote.group import run_on_nodes
+from tests.unit.test_cluster import IPS, Steps, healthy, nodes_for
+
+
+def write_config(tmp_path: Path, workers: str, head: str = 'host = "root@10.9.0.1"\ncpus = 2') -> ClusterConfig:
+    (tmp_path / "workers.txt").write_text(workers)
+    (tmp_path / "app").mkdir(exist_ok=True)
+    (tmp_path / "app" / "job.py").write_text("print('hi')\n")
+    (tmp_path / "shapcluster.toml").write_text(
+        f'[cluster]\nname = "lab"\nremote_dir = "/srv/sc"\n[head]\n{head}\n'
+        '[workers]\nfile = "workers.txt"\n[sync]\napp_dir = "app"\n'
+    )
+    return load_cluster_config(tmp_path / "shapcluster.toml")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> ClusterConfig:
+    # Every host's CPUs configured, as the fakes' `nproc` (IPS) says: the commands are then equal.
+    return write_config(tmp_path, "10.9.0.2 cpus=1\n10.9.0.3 cpus=2\n")
+
+
+def test_the_plan_is_exactly_what_up_sends_to_fresh_hosts(config: ClusterConfig) -> None:
+    """The same `up` over fakes scripted by the tests (fresh hosts) and over the dry run's own
+    recording runners: host by host, the same commands in the same order."""
+    runners = {ip: healthy(ip) for ip in IPS}
+    cluster.up(config, nodes_for(config, runners), Steps(), Steps(), lambda _: None, timeout=5)
+    plan = dryrun.plan_up(config, Steps(), Steps())
+    assert list(plan) == list(IPS)  # head first
+    for ip, runner in runners.items():
+        assert plan[ip] == runner.shown, ip
+    head = plan["10.9.0.1"]
+    assert head[0].startswith("section() {")  # the preflight first
+    assert any(c.startswith("docker run --detach") and "ray start --head" in c for c in head)
+    assert any("--address=10.9.0.1:6379 --node-ip-address=10.9.0.2" in c for c in plan["10.9.0.2"])
+
+
+def test_a_step_added_to_up_shows_in_the_plan_without_touching_dry_run_code(
+    config: ClusterConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = cluster.preflight
+
+    def preflight_and_a_new_check(nodes):
+        facts = original(nodes)
+        run_on_nodes(nodes, lambda n: n.runner.run("sysctl -n vm.max_map_count"), what="a new check")
+        return facts
+
+    monkeypatch.setattr(cluster, "preflight", preflight_and_a_new_check)
+    plan = dryrun.plan_up(config, Steps(), Steps())
+    for commands in plan.values():
+        assert commands[1] == "sysctl -n vm.max_map_count"  # right after the preflight, on every host
+
+
+def test_the_real_image_and_sync_steps_are_planned_without_docker_py_or_a_stream(
+    config: ClusterConfig, tmp_path: Path
+) -> None:
+    from shapcluster import images
+    from shapcluster.steps import FileSyncSteps
+
+    context = tmp_path / "docker"
+    (context / "wheels").mkdir(parents=True)
+    (context / "Dockerfile").write_text("FROM python:3.11-slim\n")
+    ray = images.client_ray_version()
+    (context / "requirements.txt").write_text(f"ray[default]=={ray}\n")
+    (context / "wheels" / f"ray-{ray}-cp311-cp311-manylinux2014_x86_64.whl").write_bytes(b"x")
+    steps = dryrun.PlannedImageSteps(config, context, context / "wheels")
+    tag, digest = steps.planned()
+    plan = dryrun.plan_up(config, steps, FileSyncSteps(config))
+    head, worker = plan["10.9.0.1"], plan["10.9.0.2"]
+    assert head[1] == images.built_image_command(digest, tag)  # looked for first, as `up` does
+    assert head[2].startswith(f"docker build --tag {tag} --label shapcluster.context-hash={digest} -")
+    assert f"docker save 'sha256:<built>'" in head and "docker load" in worker
+    assert not any(c.startswith("docker build") for c in worker)
+    assert f"docker tag 'sha256:<built>' {tag}" in worker
+    # the app folder is synced as into an empty folder: its one file goes in one batch
+    assert sum(".shapcluster-sync/incoming.tar" in c for c in worker if c.startswith("mkdir -p")) == 1
+
+
+def test_unconfigured_cpus_show_as_nproc_and_ray_address_is_used(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, "w1 ray_address=10.9.0.2\n", head='host = "headbox"\nray_address = "10.9.0.1"'
+    )
+    plan = dryrun.plan_up(config, Steps(), Steps())
+    (head_run,) = [c for c in plan["headbox"] if c.startswith("docker run --detach")]
+    assert "ray start --head --node-ip-address=10.9.0.1" in head_run and "--num-cpus=<nproc>" in head_run
+    (worker_run,) = [c for c in plan["w1"] if c.startswith("docker run --detach")]
+    assert "--address=10.9.0.1:6379 --node-ip-address=10.9.0.2" in worker_run
+
+
+@pytest.mark.parametrize("head", ["localhost", "127.0.0.1"])
+def test_a_loopback_head_is_refused_by_the_dry_run_too(tmp_path: Path, head: str) -> None:
+    config = write_config(tmp_path, "10.9.0.2\n", head=f'host = "{head}"')
+    with pytest.raises(InputError, match=r"shapcluster\.toml:5: .*is a loopback address") as caught:
+        dryrun.plan_up(config, Steps(), Steps())
+    assert caught.value.exit_status == 3
+
+
+def test_planned_steps_refuse_a_real_runner(config: ClusterConfig, tmp_path: Path) -> None:
+    from shapcluster.remote.local import LocalRunner
+
+    head = cluster.make_nodes(config, lambda h: LocalRunner(h.name))[0]
+    with pytest.raises(TypeError, match="10.9.0.1: planned steps need recording runners, got LocalRunner"):
+        dryrun.PlannedImageSteps(config, tmp_path, None).build(head, "t", "h", lambda _: None)
