@@ -34,11 +34,10 @@ class DockerImageSteps:
 
     def ensure(self, head: Node, progress: Progress) -> ImageRef:
         tag, digest = self.planned()
-        # One command over the open SSH connection instead of docker-py's own (a warm `up`).
-        ids = sorted(set(head.runner.run(images.built_image_command(digest, tag)).stdout.split()))
-        if len(ids) == 1:
+        image_id = images.built_image_id(head.runner, tag, digest)
+        if image_id is not None:
             progress(f"{head.name}: image {tag} is up to date, no build needed")
-            return ImageRef(tag, ids[0])
+            return ImageRef(tag, image_id)
         return self.build(head, tag, digest, progress)
 
     def build(self, head: Node, tag: str, digest: str, progress: Progress) -> ImageRef:

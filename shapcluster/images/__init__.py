@@ -29,6 +29,7 @@ from shapcluster.images.transfer import (
     ImageTransfer,
     SshImageTransfer,
     built_image_command,
+    built_image_id,
     find_built_image,
     image_id_command,
     image_id_on,
@@ -77,7 +78,8 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "BUILD_TIMEOUT_SECONDS", "CONTEXT_HASH_LABEL", "RAY_VERSION_LABEL", "VERSIONED_PACKAGES", "WHEELS_DIR",
     "BuiltImage", "DockerApi", "HeadDocker", "ImageInfo", "ImageTransfer", "SshImageTransfer",
-    "StrictSshAdapter", "built_image_command", "check_context", "client_ray_version", "connect_docker",
+    "StrictSshAdapter", "built_image_command", "built_image_id", "check_context", "client_ray_version",
+    "connect_docker",
     "context_files", "context_hash", "ensure_image", "find_built_image", "image_id_command", "image_id_on",
     "image_size_command", "image_tag", "load_command", "parse_versions", "pinned_ray_version",
     "read_versions", "save_command", "ship_image", "short_id", "ssh_connect_params", "tag_command",

@@ -158,14 +158,20 @@ def built_image_command(hash_: str, tag: str) -> str:
     )  # fmt: skip
 
 
+def built_image_id(runner: Runner, tag: str, hash_: str) -> str | None:
+    """The ID of the image labelled with ``hash_`` under ``tag`` on the runner's host, if there
+    is exactly one: one command over an open SSH connection instead of docker-py's own (a warm `up`)."""
+    ids = sorted(set(runner.run(built_image_command(hash_, tag)).stdout.split()))
+    return ids[0] if len(ids) == 1 else None
+
+
 def find_built_image(
     runner: Runner, image: ImageConfig, context_dir: Path, wheelhouse: Path | None
 ) -> BuiltImage | None:
-    """The image ``ensure_image`` would build, if the runner's host has it under its tag already:
-    one command over an open SSH connection instead of docker-py's own (a warm `up`)."""
+    """The image ``ensure_image`` would build, if the runner's host has it under its tag already."""
     ray_version = client_ray_version()
     wheels = check_context(context_dir, wheelhouse, ray_version)
     hash_ = context_hash(context_dir, image.base, ray_version, wheels)
     tag = image_tag(image.name, hash_)
-    ids = sorted(set(runner.run(built_image_command(hash_, tag)).stdout.split()))
-    return BuiltImage(tag, ids[0], hash_, built=False) if len(ids) == 1 else None
+    image_id = built_image_id(runner, tag, hash_)
+    return BuiltImage(tag, image_id, hash_, built=False) if image_id is not None else None

@@ -13,7 +13,9 @@ from shapcluster.remote.group import run_on_nodes
 from tests.unit.test_cluster import IPS, Steps, healthy, nodes_for
 
 
-def write_config(tmp_path: Path, workers: str, head: str = 'host = "root@10.9.0.1"\ncpus = 2') -> ClusterConfig:
+def write_config(
+    tmp_path: Path, workers: str, head: str = 'host = "root@10.9.0.1"\ncpus = 2'
+) -> ClusterConfig:
     (tmp_path / "workers.txt").write_text(workers)
     (tmp_path / "app").mkdir(exist_ok=True)
     (tmp_path / "app" / "job.py").write_text("print('hi')\n")
@@ -79,7 +81,7 @@ def test_the_real_image_and_sync_steps_are_planned_without_docker_py_or_a_stream
     head, worker = plan["10.9.0.1"], plan["10.9.0.2"]
     assert head[1] == images.built_image_command(digest, tag)  # looked for first, as `up` does
     assert head[2].startswith(f"docker build --tag {tag} --label shapcluster.context-hash={digest} -")
-    assert f"docker save 'sha256:<built>'" in head and "docker load" in worker
+    assert "docker save 'sha256:<built>'" in head and "docker load" in worker
     assert not any(c.startswith("docker build") for c in worker)
     assert f"docker tag 'sha256:<built>' {tag}" in worker
     # the app folder is synced as into an empty folder: its one file goes in one batch
@@ -109,5 +111,7 @@ def test_planned_steps_refuse_a_real_runner(config: ClusterConfig, tmp_path: Pat
     from shapcluster.remote.local import LocalRunner
 
     head = cluster.make_nodes(config, lambda h: LocalRunner(h.name))[0]
-    with pytest.raises(TypeError, match="10.9.0.1: planned steps need recording runners, got LocalRunner"):
+    with pytest.raises(
+        TypeError, match=r"10\.9\.0\.1: planned steps need recording runners, got LocalRunner"
+    ):
         dryrun.PlannedImageSteps(config, tmp_path, None).build(head, "t", "h", lambda _: None)
