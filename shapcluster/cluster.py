@@ -427,6 +427,7 @@ class HostStatus:
     cpus: float
     error: str = ""
     credentials: creds.CredentialsMeta | None = None  # AWS role credentials on this host
+    hint: str = ""  # what to do about ``error`` (e.g. the SSH command that must work)
 
 
 def status(config: ClusterConfig, nodes: Sequence[Node]) -> list[HostStatus]:
@@ -447,8 +448,11 @@ def status(config: ClusterConfig, nodes: Sequence[Node]) -> list[HostStatus]:
     rows = []
     for node in nodes:
         if node.name in result.failures:
-            error = str(result.failures[node.name])
-            rows.append(HostStatus(node.name, node.role, False, "?", "?", None, False, 0, error))
+            failure = result.failures[node.name]
+            hint = getattr(failure, "hint", None) or ""
+            rows.append(
+                HostStatus(node.name, node.role, False, "?", "?", None, False, 0, str(failure), hint=hint)
+            )
             continue
         containers, meta = result.successes[node.name]
         mine = [c for c in containers if c.role == node.role]
@@ -470,15 +474,17 @@ def check_health(rows: Sequence[HostStatus]) -> None:
     unreachable or its Ray node is not alive; return when the cluster is whole."""
     head = rows[0]
     if not head.reachable:
-        raise RemoteError(head.error or f"{head.host}: unreachable")
+        raise RemoteError(head.error or f"{head.host}: unreachable", hint=head.hint or None)
     if "running" not in head.container.split(", "):
         raise NoClusterError(f"{head.host}: no Ray head container runs there (container: {head.container}).")
     lost = [r for r in rows if not r.ray_alive]
     if lost:
         why = [f"{r.host} ({'unreachable' if not r.reachable else f'container {r.container}'})" for r in lost]
+        hints = [r.hint for r in lost if r.hint]  # an unreachable host's own hint (SSH) first
+        hints.append("`shapcluster up` restarts what is missing (it keeps what runs).")
         raise DegradedError(
             f"{len(rows) - len(lost)} of {len(rows)} Ray nodes alive; not alive: {', '.join(why)}",
-            hint="`shapcluster up` restarts what is missing (it keeps what runs).",
+            hint="\n".join(dict.fromkeys(hints)),
         )
 
 

@@ -71,9 +71,11 @@ class FakeRunner:
         self._scripts.append(_Script(re.compile(pattern), exit_code, stdout, stderr, times=times))
         return self
 
-    def fail(self, pattern: str, message: str = "connection refused") -> FakeRunner:
-        """Make matching commands raise as an unreachable host would."""
-        error = RemoteError(f"{self._host}: {message}")
+    def fail(
+        self, pattern: str, message: str = "connection refused", *, hint: str | None = None
+    ) -> FakeRunner:
+        """Make matching commands raise as an unreachable host would (with ``hint``, as SSH's)."""
+        error = RemoteError(f"{self._host}: {message}", hint=hint)
         self._scripts.append(_Script(re.compile(pattern), error=error))
         return self
 

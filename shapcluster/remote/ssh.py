@@ -294,29 +294,35 @@ def forget_key_command(host: Host, known_hosts: Path) -> str:
     return shlex.join(["ssh-keygen", "-R", name, "-f", str(known_hosts)])
 
 
+def _connected_as(host: Host, options: SshConfig) -> Host:
+    """``host`` with the address and port SSH connects to after the ssh config."""
+    try:
+        target = resolve_target(host, options)
+    except InputError:  # an unreadable ssh config is reported where it is read
+        return host
+    return Host(address=target.hostname, user=host.user, port=target.port, source=host.source)
+
+
 def translate_ssh_error(  # noqa: PLR0911 - one branch per kind of failure reads best
     error: BaseException, host: Host, options: SshConfig
 ) -> RemoteError:
     """Turn a paramiko/socket/invoke failure into an error that says what to do next."""
     target = f"{host.user + '@' if host.user else ''}{host.address}"
     no_config = [] if options.use_ssh_config else ["-F", "/dev/null"]  # as shapcluster: ignore it
+    # ssh itself reads the ssh config for what is left open: a -p 22 would override its Port.
+    port = ["-p", str(host.port)] if host.port != DEFAULT_SSH_PORT else []
     ssh_test = shlex.join(
-        [
-            "ssh",
-            *no_config,
-            *(["-i", str(options.key)] if options.key else []),
-            "-p",
-            str(host.port),
-            target,
-            "true",
-        ]
+        ["ssh", *no_config, *(["-i", str(options.key)] if options.key else []), *port, target, "true"]
     )
+    # Host keys are checked (and kept in known_hosts) under the name and port connected to: the
+    # ssh config's HostName and Port, not an alias.
+    keyed = _connected_as(host, options)
     if isinstance(error, UnknownHostKeyError):
         return RemoteError(
             f"{host.name}: unknown host key {error.key.get_name()} {fingerprint(error.key)} "
             f"(not in {options.known_hosts})",
             hint=f"Check the fingerprint with the host's owner, then trust it: "
-            f"{keyscan_command(host, options.known_hosts, error.key.get_name())}"
+            f"{keyscan_command(keyed, options.known_hosts, error.key.get_name())}"
             " (or set accept_new_host_keys = true in the [ssh] table of the config file).",
         )
     if isinstance(error, paramiko.BadHostKeyException):
@@ -324,7 +330,7 @@ def translate_ssh_error(  # noqa: PLR0911 - one branch per kind of failure reads
             f"{host.name}: HOST KEY CHANGED: it offered {fingerprint(error.key)}, "
             f"but {options.known_hosts} expects {fingerprint(error.expected_key)}",
             hint="Someone may be intercepting the connection. If the host was reinstalled, remove the "
-            f"old key: {forget_key_command(host, options.known_hosts)}",
+            f"old key: {forget_key_command(keyed, options.known_hosts)}",
         )
     if isinstance(error, paramiko.AuthenticationException):
         return RemoteError(
@@ -334,11 +340,13 @@ def translate_ssh_error(  # noqa: PLR0911 - one branch per kind of failure reads
     if isinstance(error, CommandTimedOut):
         return RemoteError(f"{host.name}: command did not finish within {error.timeout} s")
     if isinstance(error, socket.gaierror):
-        return RemoteError(f"{host.name}: cannot resolve {host.address}: {error.strerror}")
+        return RemoteError(f"{host.name}: cannot resolve {keyed.address}: {error.strerror}")
     if isinstance(error, (OSError, EOFError, paramiko.SSHException)):
         reason = str(error) or type(error).__name__
         return RemoteError(
-            f"{host.name}: cannot reach SSH on port {host.port}: {reason}",
+            f"{host.name}: cannot reach SSH on port {keyed.port}"
+            + (f" of {keyed.address}" if keyed.address != host.address else "")
+            + f": {reason}",
             hint=f"Is the host up and sshd running? This must work: {ssh_test}",
         )
     return RemoteError(f"{host.name}: SSH failed: {type(error).__name__}: {error}")

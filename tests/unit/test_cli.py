@@ -141,6 +141,26 @@ def test_up_dry_run_prints_a_plan_per_host_and_contacts_none(tmp_path):
     assert "streamed" not in out  # `up`'s progress logs are not shown as if it had run
 
 
+def test_status_of_an_unreachable_head_prints_the_ssh_hint(tmp_path):
+    """A real SSH runner to a closed port on this machine: exit 6, the error and its hint."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "workers.txt").write_text("")
+    (tmp_path / "app").mkdir()
+    config = tmp_path / "shapcluster.toml"
+    config.write_text(
+        f'[head]\nhost = "127.0.0.1:{port}"\n[workers]\nfile = "workers.txt"\n[sync]\napp_dir = "app"\n'
+        "[ssh]\nconnect_timeout = 3\n"
+    )
+    result = invoke("status", "--config", str(config))
+    assert result.exit_code == ExitStatus.REMOTE, result.output
+    assert f"cannot reach SSH on port {port}" in result.output
+    assert f"This must work: ssh -p {port} 127.0.0.1 true" in " ".join(result.output.split())
+
+
 def test_brackets_in_messages_print_literally_and_a_bad_head_is_exit_3(tmp_path: Path):
     """Issue 12, fault 2: user and host text is never rich markup."""
     (tmp_path / "workers.txt").write_text("bad:host:1\n")

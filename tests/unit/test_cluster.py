@@ -316,6 +316,34 @@ def test_status_without_a_head_container_is_no_cluster(config):
     assert caught.value.exit_status == 9
 
 
+def test_status_keeps_the_ssh_hint_of_an_unreachable_head_and_workers(config):
+    """Noticed in issue 12: `status` printed an unreachable head's error without its hint."""
+    runners = {ip: healthy(ip) for ip in IPS}
+    runners["10.9.0.1"].fail(
+        ".", "cannot reach SSH on port 22: refused", hint="This must work: ssh 10.9.0.1 true"
+    )
+    rows = cluster.status(config, nodes_for(config, runners))
+    assert rows[0].hint == "This must work: ssh 10.9.0.1 true"
+    with pytest.raises(RemoteError) as caught:
+        cluster.check_health(rows)
+    assert caught.value.hint == "This must work: ssh 10.9.0.1 true"
+    assert caught.value.message == "10.9.0.1: cannot reach SSH on port 22: refused"
+    runners = {ip: healthy(ip) for ip in IPS}
+    for ip in IPS:
+        role = "head" if ip == "10.9.0.1" else "worker"
+        runners[ip].respond(r"^docker ps --all --no-trunc", stdout=f"x|n|{role}|sha256:0123|s|running|Up\n")
+    runners["10.9.0.3"].fail(
+        ".", "cannot reach SSH on port 22: refused", hint="This must work: ssh 10.9.0.3 true"
+    )
+    with pytest.raises(DegradedError) as degraded:
+        cluster.check_health(cluster.status(config, nodes_for(config, runners)))
+    assert degraded.value.hint is not None
+    assert degraded.value.hint.splitlines() == [
+        "This must work: ssh 10.9.0.3 true",
+        "`shapcluster up` restarts what is missing (it keeps what runs).",
+    ]
+
+
 def test_status_of_a_whole_cluster_is_healthy(config):
     runners = {ip: healthy(ip) for ip in IPS}
     for ip in IPS:

@@ -731,4 +731,40 @@ def test_use_ssh_config_false_ignores_it_and_the_hint_says_so(tmp_path: Path) ->
     options = config_options(tmp_path, use=False)
     assert resolve_target(Host("box"), options) == SshTarget("box", 22, None)
     error = translate_ssh_error(OSError("refused"), Host("box"), options)
-    assert "ssh -F /dev/null -p 22 box true" in (error.hint or "")
+    assert "ssh -F /dev/null box true" in (error.hint or "")
+
+
+def test_host_key_hints_name_the_hostname_and_port_of_the_ssh_config(
+    tmp_path: Path, host_key: paramiko.PKey
+) -> None:
+    """Paramiko checks the key of 10.1.2.3:2200 (the config's HostName and Port of alias `box`):
+    the hint must fetch and forget that one, not look up `box` on port 22."""
+    options = config_options(tmp_path)
+    unknown = translate_ssh_error(UnknownHostKeyError("[10.1.2.3]:2200", host_key), Host("box"), options)
+    assert f"ssh-keyscan -p 2200 -t ecdsa-sha2-nistp256 10.1.2.3 >> {tmp_path}/kh" in (unknown.hint or "")
+    changed = translate_ssh_error(
+        paramiko.BadHostKeyException("box", host_key, paramiko.ECDSAKey.generate()), Host("box"), options
+    )
+    assert f"ssh-keygen -R '[10.1.2.3]:2200' -f {tmp_path}/kh" in (changed.hint or "")
+    # ssh reads the config itself: the test command must not override its Port with -p 22
+    refused = translate_ssh_error(OSError("refused"), Host("box"), options)
+    assert refused.message == "box: cannot reach SSH on port 2200 of 10.1.2.3: refused"
+    assert "This must work: ssh box true" in (refused.hint or "")
+    assert "ssh -p 2222 box true" in (
+        translate_ssh_error(OSError("x"), Host("box", port=2222), options).hint or ""
+    )
+
+
+def test_tests_never_read_the_users_ssh_files() -> None:
+    """tests/conftest.py gives every test an empty HOME: the default ~/.ssh/config and
+    known_hosts are the test's own, absent, never the user's."""
+    import pwd
+
+    from shapcluster.remote.ssh import ssh_config_file
+
+    real_home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    assert Path.home() != real_home and Path("~").expanduser() == Path.home()
+    default = SshConfig(None, None, Path("~/.ssh/known_hosts").expanduser(), False, 5)
+    assert ssh_config_file(default) == Path.home() / ".ssh" / "config"
+    assert not (Path.home() / ".ssh").exists()
+    assert resolve_target(Host("box"), default) == SshTarget("box", 22, None)
