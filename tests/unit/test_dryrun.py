@@ -115,3 +115,61 @@ def test_planned_steps_refuse_a_real_runner(config: ClusterConfig, tmp_path: Pat
         TypeError, match=r"10\.9\.0\.1: planned steps need recording runners, got LocalRunner"
     ):
         dryrun.PlannedImageSteps(config, tmp_path, None).build(head, "t", "h", lambda _: None)
+
+
+ROLE_ARN = "arn:aws:iam::123456789012:role/shap-reader"
+
+
+def test_with_a_role_the_plan_writes_credentials_without_asking_sts(config: ClusterConfig) -> None:
+    """The same credential steps `up` uses, with the one non-runner part (STS) planned."""
+    from dataclasses import replace
+
+    from shapcluster.steps import RoleCredentialSteps
+
+    with_role = replace(config, aws=replace(config.aws, role_arn=ROLE_ARN))
+    asked: list[str] = []
+
+    def sts(aws, role_arn):
+        asked.append(role_arn)
+        return dryrun.planned_credentials(aws, role_arn)
+
+    runners = {ip: healthy(ip) for ip in IPS}
+    for runner in runners.values():  # a fresh host has no credentials: `cat` of meta.json fails
+        runner.respond(r"^cat -- /srv/sc/secrets/aws/meta\.json$", exit_code=1)
+    cluster.up(
+        with_role, nodes_for(with_role, runners), Steps(), Steps(), lambda _: None, timeout=5,
+        credential_steps=RoleCredentialSteps(with_role, ROLE_ARN, assume=sts),
+    )  # fmt: skip
+    assert asked == [ROLE_ARN]  # `up` asked STS once
+    plan = dryrun.plan_up(
+        with_role,
+        Steps(),
+        Steps(),
+        RoleCredentialSteps(with_role, ROLE_ARN, assume=dryrun.planned_credentials),
+    )
+    for ip, runner in runners.items():
+        assert plan[ip] == runner.shown, ip
+    worker = plan["10.9.0.2"]
+    assert "cat -- /srv/sc/secrets/aws/meta.json" in worker
+    assert "mkdir -p -m 0700 -- /srv/sc/secrets /srv/sc/secrets/aws" in worker
+    assert worker.count("mkdir ****") == 6  # the token and five credential files, written masked
+    (run,) = [c for c in worker if c.startswith("docker run --detach")]
+    assert "--env-file /srv/sc/secrets/env.list" in run
+
+
+def test_cli_dry_run_with_a_role_contacts_neither_hosts_nor_sts(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shapcluster.cli import app
+
+    config = write_config(tmp_path, "10.9.0.2 cpus=1\n")
+    with config.path.open("a") as toml:
+        toml.write(f'[aws]\nrole_arn = "{ROLE_ARN}"\nendpoint_url = "http://127.0.0.1:9"\n')
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "ray-2.60.0-cp311-cp311-manylinux2014_x86_64.whl").write_bytes(b"x")
+    result = CliRunner().invoke(
+        app, ["up", "--config", str(config.path), "--wheelhouse", str(wheels), "--dry-run"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "--env-file /srv/sc/secrets/env.list" in result.output  # STS (port 9: nothing) never asked
