@@ -84,7 +84,9 @@ def _recorder(node: Node) -> FakeRunner:
 
 
 class PlannedImageSteps(DockerImageSteps):
-    """`up`'s own image steps with their three non-runner parts recorded instead of done."""
+    """`up`'s own image steps with their three non-runner parts recorded instead of done.
+    ``wheelhouse`` None means none exists yet (``project.planned_wheelhouse``): the tag is then
+    shown with a placeholder for the hash."""
 
     def planned(self) -> tuple[str, str]:
         if self.wheelhouse is not None:

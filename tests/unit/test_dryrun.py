@@ -99,6 +99,17 @@ def test_unconfigured_cpus_show_as_nproc_and_ray_address_is_used(tmp_path: Path)
     assert "--address=10.9.0.1:6379 --node-ip-address=10.9.0.2" in worker_run
 
 
+def test_a_head_only_cluster_is_planned_too(tmp_path: Path) -> None:
+    from shapcluster.steps import FileSyncSteps
+
+    config = write_config(tmp_path, "")
+    steps = dryrun.PlannedImageSteps(config, tmp_path / "docker", None)  # no wheelhouse yet
+    (only,) = dryrun.plan_up(config, steps, FileSyncSteps(config)).values()
+    assert any(c.startswith("docker build --tag 'shapcluster-ray:<hash>'") for c in only)
+    assert not any(c.startswith(("docker save", "docker load")) for c in only)
+    assert any("ray start --head --node-ip-address=10.9.0.1" in c for c in only)
+
+
 @pytest.mark.parametrize("head", ["localhost", "127.0.0.1"])
 def test_a_loopback_head_is_refused_by_the_dry_run_too(tmp_path: Path, head: str) -> None:
     config = write_config(tmp_path, "10.9.0.2\n", head=f'host = "{head}"')
