@@ -107,7 +107,12 @@ def node_ip(host: Host) -> str:
         try:
             ip = ipaddress.ip_address(socket.gethostbyname(chosen))
         except OSError as err:
-            raise RemoteError(f"{host.name}: cannot resolve the host name ({err})") from None
+            raise RemoteError(
+                f"{host.location}: {host.name}: cannot resolve {chosen} on this machine ({err}); Ray needs "
+                "the host's address",
+                hint="If it is a Host alias of your ~/.ssh/config, give its address as ray_address "
+                "(head.ray_address in the config, ray_address=IP on a workers.txt line).",
+            ) from None
     if ip.is_loopback or ip.is_unspecified:
         via = "" if str(ip) == chosen else f" (it resolves to {ip})"
         raise InputError(

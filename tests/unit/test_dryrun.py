@@ -110,6 +110,18 @@ def test_a_head_only_cluster_is_planned_too(tmp_path: Path) -> None:
     assert any("ray start --head --node-ip-address=10.9.0.1" in c for c in only)
 
 
+def test_a_name_that_does_not_resolve_here_fails_the_dry_run_as_it_fails_up(tmp_path: Path) -> None:
+    """The old hand-written plan resolved only the head; `up` resolves every host (for Ray)."""
+    from shapcluster.errors import RemoteError
+
+    config = write_config(tmp_path, "10.9.0.2\nbox.invalid\n")
+    with pytest.raises(
+        RemoteError, match=r"workers\.txt:2: box\.invalid: cannot resolve box\.invalid"
+    ) as caught:
+        dryrun.plan_up(config, Steps(), Steps())
+    assert "ray_address=IP" in (caught.value.hint or "")
+
+
 @pytest.mark.parametrize("head", ["localhost", "127.0.0.1"])
 def test_a_loopback_head_is_refused_by_the_dry_run_too(tmp_path: Path, head: str) -> None:
     config = write_config(tmp_path, "10.9.0.2\n", head=f'host = "{head}"')
