@@ -19,11 +19,12 @@ from typing import Protocol
 
 from shapcluster import commands as cmd
 from shapcluster import creds, ray_token
-from shapcluster.config import ClusterConfig
+from shapcluster.config import ClusterConfig, SshConfig
 from shapcluster.errors import DegradedError, InputError, NoClusterError, RemoteError
 from shapcluster.inventory import Host, check_cpus
 from shapcluster.remote.base import Runner, tail
 from shapcluster.remote.group import GroupResult, gather_on_nodes, run_on_nodes
+from shapcluster.remote.ssh import resolve_target, ssh_config_file
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -96,32 +97,65 @@ def make_nodes(config: ClusterConfig, connect: Callable[[Host], Runner]) -> list
     return [Node(h, role, connect(h), cmd.RemoteLayout(config.remote_dir_for(h))) for h, role in hosts]
 
 
-def node_ip(host: Host) -> str:
-    """The address Ray advertises for ``host``: its ``ray_address`` if set, else its address
-    (resolved here). Ray must never use a loopback address on a multi-host cluster: a head on
-    127.0.0.1 tells every worker to join 127.0.0.1, where no head runs."""
-    chosen = host.ray_address or host.address
+RAY_ADDRESS_WHERE = "head.ray_address in the config, ray_address=IP on a workers.txt line"
+
+
+def node_ip(host: Host, ssh: SshConfig) -> str:
+    """The address Ray advertises for ``host``: the one the other hosts reach it at.
+
+    The rule: the host's ``ray_address`` if set; else the address SSH connects to after the
+    user's ssh config (its ``HostName``, as ``remote.ssh.resolve_target`` finds it; the bare
+    address when ``ssh.use_ssh_config`` is false), resolved on this machine as ssh resolves it.
+    A host behind ``ProxyJump`` is connected to by the last hop, so its address is the one it has
+    on the hop's side: a literal IP there is taken (the hosts share that network); a name is
+    resolved by the hop, which this machine cannot know, so it is refused (InputError) with a
+    hint to give ``ray_address``. A name that does not resolve here raises RemoteError.
+
+    Ray must never use a loopback address on a multi-host cluster: a head on 127.0.0.1 tells
+    every worker to join 127.0.0.1, where no head runs (InputError).
+    """
+    chosen, via = host.ray_address, ""
+    if chosen is None:
+        target = resolve_target(host, ssh)
+        chosen = target.hostname
+        if chosen != host.address:
+            via = f" (HostName of {host.address} in {ssh_config_file(ssh)})"
+        if target.proxy_jump and not _is_ip(chosen):
+            raise InputError(
+                f"{host.location}: {host.name}: reached through ProxyJump {target.proxy_jump} "
+                f"({ssh_config_file(ssh)}), so {chosen}{via} is resolved on the jump host, not here; "
+                "Ray needs the address the other hosts reach it at",
+                hint=f"Give that address as ray_address ({RAY_ADDRESS_WHERE}), or an IP as its HostName.",
+            )
     try:
         ip = ipaddress.ip_address(chosen)
     except ValueError:
         try:
             ip = ipaddress.ip_address(socket.gethostbyname(chosen))
         except OSError as err:
+            unread = "" if ssh.use_ssh_config else " (use_ssh_config = false: the ssh config is not read)"
             raise RemoteError(
-                f"{host.location}: {host.name}: cannot resolve {chosen} on this machine ({err}); Ray needs "
-                "the host's address",
-                hint="If it is a Host alias of your ~/.ssh/config, give its address as ray_address "
-                "(head.ray_address in the config, ray_address=IP on a workers.txt line).",
+                f"{host.location}: {host.name}: cannot resolve {chosen}{via} on this machine ({err}); "
+                f"Ray needs the host's address{unread}",
+                hint=f"Check the name, or give the host's address as ray_address ({RAY_ADDRESS_WHERE}).",
             ) from None
     if ip.is_loopback or ip.is_unspecified:
-        via = "" if str(ip) == chosen else f" (it resolves to {ip})"
+        shown = f"{chosen}{via}" + ("" if str(ip) == chosen else f" (it resolves to {ip})")
         raise InputError(
-            f"{host.location}: {host.name}: {chosen}{via} is a loopback address; Ray nodes on other "
+            f"{host.location}: {host.name}: {shown} is a loopback address; Ray nodes on other "
             "hosts cannot reach it",
             hint="Use the host's address on the network the hosts share, or give that address as "
-            "ray_address (head.ray_address in the config, ray_address=IP on a workers.txt line).",
+            f"ray_address ({RAY_ADDRESS_WHERE}).",
         )
     return str(ip)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def preflight(nodes: Sequence[Node]) -> dict[str, Facts]:
@@ -189,7 +223,7 @@ def _ray_node(
         role=node.role,
         image=image.image_id,
         image_id=image.image_id,
-        node_ip=node_ip(node.host),
+        node_ip=node_ip(node.host, config.ssh),
         cpus=cpus,
         shm_size=config.shm_size,
         token_file=node.layout.token_file,
@@ -264,7 +298,7 @@ def up(
     report = UpReport()
     head, workers = nodes[0], list(nodes[1:])
     for node in nodes:  # a loopback or unresolvable Ray address is refused before any change
-        node_ip(node.host)
+        node_ip(node.host, config.ssh)
     progress(f"Preflight on {len(nodes)} host(s): SSH, Docker, CPUs, disk")
     facts = preflight(nodes)
     if credential_steps is not None:
@@ -280,7 +314,7 @@ def up(
     if credential_steps is not None:
         credential_steps.ensure(nodes, progress)
 
-    head_ip = node_ip(head.host)
+    head_ip = node_ip(head.host, config.ssh)
     started: list[Node] = []
     try:
         progress(f"Starting the Ray head on {head.name}")
@@ -316,7 +350,7 @@ def up(
         result = gather_on_nodes(workers, start_worker)
         started += [w for w in workers if result.successes.get(w.name)]
         result.raise_for_failures("starting Ray workers")
-        expected = {node_ip(n.host): facts[n.name].cpus for n in nodes}
+        expected = {node_ip(n.host, config.ssh): facts[n.name].cpus for n in nodes}
         report.nodes_alive, report.cpus = wait_for_nodes(config, head, nodes, expected, progress, timeout)
     except BaseException:
         _remove_started(config, started)
@@ -365,10 +399,10 @@ def wait_for_nodes(
         if time.monotonic() > deadline:
             break
         time.sleep(1.0)  # a poll interval between probes, not synchronisation: the deadline decides
-    missing = [n for n in nodes if alive.get(node_ip(n.host)) != expected[node_ip(n.host)]]
+    missing = [n for n in nodes if alive.get(ip := node_ip(n.host, config.ssh)) != expected[ip]]
     details = []
     for node in missing:
-        name = cmd.container_name(config.name, node.role, node_ip(node.host))
+        name = cmd.container_name(config.name, node.role, node_ip(node.host, config.ssh))
         logs = node.runner.run(cmd.container_logs_command(name), check=False)
         details.append(f"  - {node.name}: not alive; last log lines:\n{tail(logs.stdout + logs.stderr)}")
     raise RemoteError(
@@ -387,7 +421,7 @@ def down(config: ClusterConfig, nodes: Sequence[Node], *, purge: bool = False) -
 
     def clean(node: Node) -> str:
         if node.role is cmd.Role.HEAD:  # jobs wrote results as root: give them to the SSH user
-            head = cmd.container_name(config.name, cmd.Role.HEAD, node_ip(node.host))
+            head = cmd.container_name(config.name, cmd.Role.HEAD, node_ip(node.host, config.ssh))
             node.runner.run(cmd.hand_back_results_command(head), check=False)
         removed = node.runner.run(cmd.remove_containers_command(config.name)).stdout.split()
         # Nothing runs to use them any more; `up` writes fresh ones.
@@ -463,7 +497,7 @@ def status(config: ClusterConfig, nodes: Sequence[Node]) -> list[HostStatus]:
         mine = [c for c in containers if c.role == node.role]
         image = mine[0].image_id if mine else "-"
         running = any(c.state == "running" for c in mine)
-        ip = node_ip(node.host)
+        ip = node_ip(node.host, config.ssh)
         rows.append(
             HostStatus(
                 node.name, node.role, True, ", ".join(c.state for c in mine) or "none", image,
@@ -495,7 +529,7 @@ def check_health(rows: Sequence[HostStatus]) -> None:
 
 def _alive_nodes(config: ClusterConfig, head: Node) -> dict[str, float]:
     """Node IP -> CPUs of the alive Ray nodes, asked of the head container; {} if it cannot say."""
-    head_ip = node_ip(head.host)
+    head_ip = node_ip(head.host, config.ssh)
     probe = cmd.ray_nodes_command(
         cmd.container_name(config.name, cmd.Role.HEAD, head_ip), head_ip, config.ray.gcs, config.ray.dashboard
     )

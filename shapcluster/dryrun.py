@@ -28,6 +28,7 @@ from shapcluster import cluster, creds, images, sync
 from shapcluster import commands as cmd
 from shapcluster.cluster import CredentialSteps, ImageRef, ImageSteps, Node, Progress, SyncSteps
 from shapcluster.config import AwsConfig, ClusterConfig
+from shapcluster.errors import ShapclusterError
 from shapcluster.inventory import Host
 from shapcluster.remote.fake import FakeRunner
 from shapcluster.steps import DockerImageSteps
@@ -49,8 +50,7 @@ def fresh_host(config: ClusterConfig, host: Host) -> FakeRunner:
         "docker": (0, FRESH), "info": (0, f"{FRESH} []"), "nproc": (0, str(host.cpus or UNKNOWN_NPROC)),
         "df": (0, df), "writable": (0, layout.root), "envfile": (1, ""),
     }  # fmt: skip
-    if set(sections) != set(cmd.PREFLIGHT_SECTIONS):  # a new preflight section needs an answer here
-        raise AssertionError(f"fresh-host answers cover {sorted(sections)}, not {cmd.PREFLIGHT_SECTIONS}")
+    check_answers(sections)
     runner.respond(
         "^" + re.escape(cmd.preflight_command(layout.root, layout.env_file)) + "$",
         stdout="".join(f"@@{name} {status}\n{out}\n" for name, (status, out) in sections.items()),
@@ -67,11 +67,34 @@ def fresh_host(config: ClusterConfig, host: Host) -> FakeRunner:
     return runner
 
 
+def check_answers(sections: dict[str, tuple[int, str]]) -> None:
+    """Every preflight section has a fresh-host answer, and only those: a section added to
+    ``commands.preflight_command`` without one here would make the plan lie. A bug in
+    shapcluster, not in the user's input: ShapclusterError (exit 1) naming the section."""
+    unanswered = [name for name in cmd.PREFLIGHT_SECTIONS if name not in sections]
+    unknown = [name for name in sections if name not in cmd.PREFLIGHT_SECTIONS]
+    if unanswered or unknown:
+        what = [f"preflight section {name!r} has no fresh-host answer" for name in unanswered]
+        what += [f"a fresh-host answer for {name!r}, which the preflight no longer asks" for name in unknown]
+        raise ShapclusterError(
+            f"internal error in the dry run (shapcluster/dryrun.py, fresh_host): {'; '.join(what)}",
+            hint="This is a bug in shapcluster, not in your files: please report it. "
+            "`shapcluster up` itself is not affected.",
+        )
+
+
+def ray_addresses(config: ClusterConfig) -> dict[str, str]:
+    """Host name -> the address Ray advertises for it (``cluster.node_ip``: after the ssh config,
+    or its ray_address), head first, for the plan's headings."""
+    hosts = [config.inventory.head, *config.inventory.workers]
+    return {h.name: cluster.node_ip(h, config.ssh) for h in hosts}
+
+
 def answer_ray_nodes(config: ClusterConfig, head: FakeRunner, nodes: Sequence[Node]) -> None:
     """The head's Ray answers that every node joined with its CPUs (the last step of `up`)."""
-    head_ip = cluster.node_ip(nodes[0].host)
+    head_ip = cluster.node_ip(nodes[0].host, config.ssh)
     container = cmd.container_name(config.name, cmd.Role.HEAD, head_ip)
-    alive = [[cluster.node_ip(n.host), n.host.cpus or UNKNOWN_NPROC] for n in nodes]
+    alive = [[cluster.node_ip(n.host, config.ssh), n.host.cpus or UNKNOWN_NPROC] for n in nodes]
     head.respond("^" + re.escape(f"docker exec {shlex.quote(container)} python -c"), stdout=json.dumps(alive))
 
 

@@ -111,8 +111,10 @@ def _print_plan(
         logging.disable(logging.NOTSET)
     console.say(dryrun.describe_rule())
     roles = {settings.inventory.head.name: "head"}
+    addresses = dryrun.ray_addresses(settings)
     for host, commands in plan.items():
-        console.say(f"{host} ({roles.get(host, 'worker')}, {len(commands)} commands)", style="bold")
+        role = roles.get(host, "worker")
+        console.say(f"{host} ({role}, Ray address {addresses[host]}, {len(commands)} commands)", style="bold")
         for command in commands:
             console.say(f"  $ {command}")
 

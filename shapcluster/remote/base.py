@@ -98,6 +98,12 @@ def display_command(command: str, *, secret: bool) -> str:
     return f"{program} {REDACTED}"
 
 
+def upload_line(local_path: Path, remote_path: str, mode: int) -> str:
+    """How logs and the dry run show ``put``: a file copied over SFTP is no shell command, so it
+    is shown as a comment line (a no-op to a shell) naming both ends and the mode it gets."""
+    return f"# upload {shlex.quote(str(local_path))} -> {shlex.quote(remote_path)} (sftp, mode {mode:04o})"
+
+
 def tail(text: str, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
     """The last few lines of an output, enough to see why a command failed."""
     kept = "\n".join(text.rstrip().splitlines()[-lines:])

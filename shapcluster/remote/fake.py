@@ -17,7 +17,7 @@ from pathlib import Path
 
 from shapcluster.commands import write_file_command
 from shapcluster.errors import RemoteError
-from shapcluster.remote.base import Result, check_result, display_command, save_atomically
+from shapcluster.remote.base import Result, check_result, display_command, save_atomically, upload_line
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ class FakeRunner:
         self._dry_run = dry_run
         self._scripts: list[_Script] = []
         self._lock = threading.Lock()
-        self.commands: list[str] = []  # the real command text, in order
+        # The real command text, in order; a put (SFTP, not a command) as its ``upload_line``.
+        self.commands: list[str] = []
         self.shown: list[str] = []  # each command as logs show it (a secret one masked), same order
         self.stdins: list[str | None] = []  # stdin of each command, same order
         self.files: dict[str, tuple[bytes, int]] = {}  # remote path -> (content, mode); get reads it
@@ -109,9 +110,13 @@ class FakeRunner:
         return check_result(self._host, result) if check else result
 
     def put(self, local_path: Path, remote_path: str, mode: int = 0o600) -> None:
+        """Recorded as what SSH does, an SFTP upload (``upload_line``), not as a shell command."""
+        self._record(upload_line(local_path, remote_path, mode))
         self._store(local_path.read_bytes(), remote_path, mode)
 
     def put_text(self, text: str, remote_path: str, mode: int = 0o600) -> None:
+        # SSH sends this very command with the text as stdin; the text is never recorded.
+        self.run(write_file_command(remote_path, mode))
         self._store(text.encode(), remote_path, mode)
 
     def get(self, remote_path: str, local_path: Path, mode: int = 0o600) -> None:
@@ -141,8 +146,14 @@ class FakeRunner:
     def close(self) -> None:
         self.closed = True
 
+    def _record(self, line: str) -> None:
+        if self._dry_run:
+            logger.info("%s: would %s", self._host, line.removeprefix("# "))
+        with self._lock:
+            self.commands.append(line)
+            self.shown.append(line)
+            self.stdins.append(None)
+
     def _store(self, content: bytes, remote_path: str, mode: int) -> None:
-        # Recorded as the command a real runner would send, so dry runs show every write.
-        self.run(write_file_command(remote_path, mode))
         with self._lock:
             self.files[remote_path] = (content, mode)

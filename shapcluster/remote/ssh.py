@@ -35,7 +35,14 @@ from shapcluster.commands import install_file_command, make_dirs_command, write_
 from shapcluster.config import SshConfig
 from shapcluster.errors import InputError, RemoteError, ShapclusterError
 from shapcluster.inventory import DEFAULT_SSH_PORT, Host, parse_host_spec
-from shapcluster.remote.base import Result, check_result, display_command, log_command, save_atomically
+from shapcluster.remote.base import (
+    Result,
+    check_result,
+    display_command,
+    log_command,
+    save_atomically,
+    upload_line,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -399,6 +406,7 @@ class SshRunner:
         target = PurePosixPath(remote_path)
         temp = f"{target.parent}/.{target.name}.{secrets.token_hex(4)}.part"
         self.run(make_dirs_command(str(target.parent)))  # also opens the connection
+        log_command(self.host, upload_line(local_path, remote_path, mode))
         try:
             source = local_path.open("rb")
         except OSError as err:

@@ -375,8 +375,96 @@ def test_ray_address_overrides_the_address_ray_advertises(tmp_path):
         '[head]\nhost = "headbox"\nray_address = "10.9.0.1"\n[sync]\napp_dir = "app"\n'
     )
     config = load_cluster_config(tmp_path / "c.toml")
-    assert cluster.node_ip(config.inventory.head) == "10.9.0.1"
-    assert cluster.node_ip(config.inventory.workers[0]) == "10.9.0.2"
+    assert cluster.node_ip(config.inventory.head, config.ssh) == "10.9.0.1"
+    assert cluster.node_ip(config.inventory.workers[0], config.ssh) == "10.9.0.2"
+
+
+# ---------------------------------------------------------------- Ray's address after the ssh config
+
+ALIASES = """
+Host head.invalid
+    HostName 10.1.2.3
+Host w1.invalid
+    HostName 10.1.2.4
+    ProxyJump ops@bastion.invalid
+Host w2.invalid
+    ProxyJump bastion.invalid
+Host w3.invalid
+    HostName inner.invalid
+    ProxyJump bastion.invalid
+Host lo.invalid
+    HostName localhost
+"""
+
+
+def alias_config(tmp_path: Path, workers: str, *, use: bool = True) -> ClusterConfig:
+    """A cluster whose hosts are known only as Host aliases of a temp ssh config file."""
+    (tmp_path / "ssh_config").write_text(ALIASES)
+    (tmp_path / "workers.txt").write_text(workers)
+    (tmp_path / "app").mkdir(exist_ok=True)
+    (tmp_path / "c.toml").write_text(
+        '[head]\nhost = "head.invalid"\n[sync]\napp_dir = "app"\n'
+        f'[ssh]\nconfig_file = "ssh_config"\nuse_ssh_config = {str(use).lower()}\n'
+    )
+    return load_cluster_config(tmp_path / "c.toml")
+
+
+def test_a_host_alias_of_the_ssh_config_gets_its_hostname_as_ray_address(tmp_path):
+    """Issue 12: `up` failed with "cannot resolve" for a host known only as a Host alias, which
+    ssh (and shapcluster's own SSH) reaches through its HostName."""
+    config = alias_config(tmp_path, "w1.invalid\n")
+    assert cluster.node_ip(config.inventory.head, config.ssh) == "10.1.2.3"
+    # Behind ProxyJump, a literal HostName is the host's address on the hop's side, which the hosts share.
+    assert cluster.node_ip(config.inventory.workers[0], config.ssh) == "10.1.2.4"
+
+
+@pytest.mark.parametrize("worker", ["w2.invalid", "w3.invalid"])
+def test_a_name_resolved_by_a_proxyjump_host_is_refused_with_the_ray_address_hint(tmp_path, worker):
+    """The jump host resolves it, not this machine: what Ray needs cannot be known here."""
+    config = alias_config(tmp_path, f"{worker}\n")
+    with pytest.raises(
+        InputError, match=rf"workers\.txt:1: {worker}: reached through ProxyJump bastion"
+    ) as caught:
+        cluster.node_ip(config.inventory.workers[0], config.ssh)
+    assert caught.value.exit_status == ExitStatus.INPUT
+    assert "resolved on the jump host, not here" in caught.value.message
+    assert "ray_address=IP on a workers.txt line" in (caught.value.hint or "")
+    # ... and ray_address settles it.
+    (tmp_path / "workers.txt").write_text(f"{worker} ray_address=10.1.2.9\n")
+    config = load_cluster_config(config.path)
+    assert cluster.node_ip(config.inventory.workers[0], config.ssh) == "10.1.2.9"
+
+
+def test_a_loopback_hostname_in_the_ssh_config_is_refused_naming_it(tmp_path):
+    config = alias_config(tmp_path, "lo.invalid\n")
+    with pytest.raises(InputError) as caught:
+        cluster.node_ip(config.inventory.workers[0], config.ssh)
+    assert caught.value.message.startswith(
+        f"{tmp_path / 'workers.txt'}:1: lo.invalid: localhost (HostName of lo.invalid in "
+        f"{tmp_path / 'ssh_config'}) (it resolves to 127.0.0.1) is a loopback address"
+    )
+
+
+def test_use_ssh_config_false_resolves_the_bare_name_and_says_the_config_was_not_read(tmp_path):
+    config = alias_config(tmp_path, "", use=False)
+    with pytest.raises(
+        RemoteError, match=r"c\.toml:2: head\.invalid: cannot resolve head\.invalid on"
+    ) as caught:
+        cluster.node_ip(config.inventory.head, config.ssh)
+    assert "(use_ssh_config = false: the ssh config is not read)" in caught.value.message
+
+
+def test_up_starts_ray_on_the_ssh_configs_hostnames(tmp_path):
+    config = alias_config(tmp_path, "w1.invalid cpus=1\n")
+    runners = {h: healthy(h) for h in ("head.invalid", "w1.invalid")}
+    alive = json.dumps([["10.1.2.3", 2.0], ["10.1.2.4", 1.0]])
+    runners["head.invalid"].respond(r"^docker exec .* python -c", stdout=alive)
+    report = cluster.up(
+        config, cluster.make_nodes(config, lambda h: runners[h.address]), Steps(), Steps(), print, timeout=5
+    )
+    assert (report.nodes_alive, report.cpus) == (2, 3)
+    (worker_run,) = [c for c in runners["w1.invalid"].commands if c.startswith("docker run --detach")]
+    assert "--address=10.1.2.3:6379 --node-ip-address=10.1.2.4" in worker_run
 
 
 def test_cpus_beyond_nproc_is_a_configuration_error(config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,30 @@ def config(tmp_path: Path) -> ClusterConfig:
 
 def test_the_plan_is_exactly_what_up_sends_to_fresh_hosts(config: ClusterConfig) -> None:
     """The same `up` over fakes scripted by the tests (fresh hosts) and over the dry run's own
-    recording runners: host by host, the same commands in the same order."""
+    recording runners: host by host, the same commands in the same order. The sync is the real
+    one in both runs, so its SFTP uploads are compared too (each run packs them in its own local
+    scratch folder, which is all that may differ)."""
+    from shapcluster import sync
+    from shapcluster.steps import FileSyncSteps
+
     runners = {ip: healthy(ip) for ip in IPS}
-    cluster.up(config, nodes_for(config, runners), Steps(), Steps(), lambda _: None, timeout=5)
-    plan = dryrun.plan_up(config, Steps(), Steps())
+    for runner in runners.values():  # nothing synced there yet
+        runner.respond("^" + re.escape(sync.probe_command("/srv/sc/app")) + "$", stdout="new\0\0")
+    cluster.up(config, nodes_for(config, runners), Steps(), FileSyncSteps(config), lambda _: None, timeout=5)
+    plan = dryrun.plan_up(config, Steps(), FileSyncSteps(config))
     assert list(plan) == list(IPS)  # head first
+
+    def without_scratch(commands: list[str]) -> list[str]:
+        return [re.sub(r"^# upload /\S+/", "# upload <scratch>/", c) for c in commands]
+
     for ip, runner in runners.items():
-        assert plan[ip] == runner.shown, ip
+        assert without_scratch(plan[ip]) == without_scratch(runner.shown), ip
+        uploads = [c for c in without_scratch(plan[ip]) if c.startswith("# upload ")]
+        state = "/srv/sc/app/.shapcluster-sync"
+        assert uploads == [
+            f"# upload <scratch>/incoming.tar -> {state}/incoming.tar (sftp, mode 0600)",
+            f"# upload <scratch>/manifest.json -> {state}/manifest.json (sftp, mode 0644)",
+        ], ip
     head = plan["10.9.0.1"]
     assert head[0].startswith("section() {")  # the preflight first
     assert any(c.startswith("docker run --detach") and "ray start --head" in c for c in head)
@@ -85,7 +103,11 @@ def test_the_real_image_and_sync_steps_are_planned_without_docker_py_or_a_stream
     assert not any(c.startswith("docker build") for c in worker)
     assert f"docker tag 'sha256:<built>' {tag}" in worker
     # the app folder is synced as into an empty folder: its one file goes in one batch
-    assert sum(".shapcluster-sync/incoming.tar" in c for c in worker if c.startswith("mkdir -p")) == 1
+    # ... uploaded over SFTP, which the plan shows as such (not as a shell command)
+    (upload,) = [c for c in worker if "/.shapcluster-sync/incoming.tar" in c and "upload" in c]
+    assert upload.startswith("# upload /") and upload.endswith(
+        " -> /srv/sc/app/.shapcluster-sync/incoming.tar (sftp, mode 0600)"
+    )
 
 
 def test_unconfigured_cpus_show_as_nproc_and_ray_address_is_used(tmp_path: Path) -> None:

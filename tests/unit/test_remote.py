@@ -88,11 +88,30 @@ def test_fake_stores_files_and_records_the_write(tmp_path: Path) -> None:
     source.write_bytes(b"\x00\x01")
     fake.put(source, "/r/app/f.bin", 0o644)
     assert fake.files == {"/r/secrets/token": (b"TOKEN", 0o600), "/r/app/f.bin": (b"\x00\x01", 0o644)}
+    # put_text is the command SSH sends (the text on stdin); put is an SFTP upload, shown as one.
     assert fake.commands == [
         write_file_command("/r/secrets/token"),
-        write_file_command("/r/app/f.bin", 0o644),
+        f"# upload {source} -> /r/app/f.bin (sftp, mode 0644)",
     ]
+    assert fake.shown == fake.commands and fake.stdins == [None, None]
     assert all("TOKEN" not in command for command in fake.commands)
+
+
+def test_ssh_put_logs_the_upload_as_the_fake_records_it(
+    tmp_path: Path, sshd: Sshd, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The dry run shows a put as the line the SSH runner logs for it, not as a shell command."""
+    caplog.set_level(logging.DEBUG, logger="shapcluster.remote")
+    trust(tmp_path, sshd, sshd.host_key)
+    runner = ssh_runner(tmp_path, sshd)
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"x")
+    with contextlib.suppress(RemoteError):  # the test sshd's SFTP is read-only
+        runner.put(source, str(tmp_path / "up" / "f.bin"), 0o644)
+    runner.close()
+    fake = FakeRunner("w1")
+    fake.put(source, str(tmp_path / "up" / "f.bin"), 0o644)
+    assert f"127.0.0.1:{sshd.port}: $ {fake.shown[0]}" in caplog.messages
 
 
 def test_fake_dry_run_logs_masked_commands(caplog: pytest.LogCaptureFixture) -> None:

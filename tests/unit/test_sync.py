@@ -3,13 +3,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from shapcluster import sync
-from shapcluster.commands import RemoteLayout, write_file_command
+from shapcluster.commands import RemoteLayout
 from shapcluster.config import SyncConfig
 from shapcluster.errors import InputError, RemoteError
 from shapcluster.remote.base import Result
@@ -414,14 +415,21 @@ def test_commands_sent_to_a_new_host(src: Path) -> None:
     d = "/srv/my app/app"
     sync_tree(runner, tree, d)
     manifest = f"{d}/.shapcluster-sync/manifest.json"
-    assert runner.commands == [
-        sync.probe_command(d),
-        sync.prepare_staging_command(d),
-        write_file_command(f"{d}/.shapcluster-sync/incoming.tar", 0o600),
-        sync.unpack_batch_command(d),
-        sync.install_staged_command(d),  # no manifest yet, so none to amend first
-        write_file_command(manifest, 0o644),
+
+    def upload(name: str, remote: str, mode: str) -> str:  # an SFTP put from a scratch folder here
+        return rf"# upload /\S+/{name} -> {re.escape(shlex.quote(remote))} \(sftp, mode {mode}\)"
+
+    expected = [
+        re.escape(sync.probe_command(d)),
+        re.escape(sync.prepare_staging_command(d)),
+        upload("incoming.tar", f"{d}/.shapcluster-sync/incoming.tar", "0600"),
+        re.escape(sync.unpack_batch_command(d)),
+        re.escape(sync.install_staged_command(d)),  # no manifest yet, so none to amend first
+        upload("manifest.json", manifest, "0644"),
     ]
+    assert len(runner.commands) == len(expected), runner.commands
+    for command, pattern in zip(runner.commands, expected, strict=True):
+        assert re.fullmatch(pattern, command), command
     assert json.loads(runner.files[manifest][0])["files"].keys() == tree.files.keys()
 
 
