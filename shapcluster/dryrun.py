@@ -5,7 +5,8 @@ The rule: **nothing leaves this machine.** Every command `up` would send to a ho
 is run. The commands whose output `up` reads are answered as a *fresh host* would answer:
 Docker works (every host the same architecture), the configured CPUs (``<nproc>`` where none
 is configured), room on disk, a writable remote directory, and nothing of this cluster yet (no
-image, container, token, credentials or synced file). So the plan is exactly what `up` sends to
+image, container, token, credentials or synced file). A file `up` copies over SFTP shows as the
+upload it is (``remote.base.upload_line``). So the plan is exactly what `up` sends to
 fresh hosts; on hosts that hold a running cluster `up` skips what is in place. Work on this
 machine runs for real: the config, name resolution (a loopback head is refused here too), the
 build context and its hash. The wheelhouse is not downloaded and STS is not asked.
@@ -78,7 +79,7 @@ def check_answers(sections: dict[str, tuple[int, str]]) -> None:
         what += [f"a fresh-host answer for {name!r}, which the preflight no longer asks" for name in unknown]
         raise ShapclusterError(
             f"internal error in the dry run (shapcluster/dryrun.py, fresh_host): {'; '.join(what)}",
-            hint="This is a bug in shapcluster, not in your files: please report it. "
+            hint="A bug of this tool (not of your files): please report it; "
             "`shapcluster up` itself is not affected.",
         )
 

@@ -218,3 +218,42 @@ def test_cli_dry_run_with_a_role_contacts_neither_hosts_nor_sts(tmp_path: Path) 
     )
     assert result.exit_code == 0, result.output
     assert "--env-file /srv/sc/secrets/env.list" in result.output  # STS (port 9: nothing) never asked
+
+
+def test_a_preflight_section_without_a_fresh_host_answer_is_a_named_internal_error(
+    config: ClusterConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a bare AssertionError: one line naming the section, exit 1 (a bug), and that `up` is fine."""
+    from shapcluster import commands as cmd
+    from shapcluster.errors import ExitStatus, ShapclusterError
+
+    monkeypatch.setattr(cmd, "PREFLIGHT_SECTIONS", (*cmd.PREFLIGHT_SECTIONS, "swap"))
+    with pytest.raises(ShapclusterError) as caught:
+        dryrun.plan_up(config, Steps(), Steps())
+    assert caught.value.exit_status == ExitStatus.ERROR
+    assert caught.value.message == (
+        "internal error in the dry run (shapcluster/dryrun.py, fresh_host): "
+        "preflight section 'swap' has no fresh-host answer"
+    )
+    assert "`shapcluster up` itself is not affected" in (caught.value.hint or "")
+
+
+def test_the_dry_run_shows_the_ray_address_taken_from_the_ssh_config(tmp_path: Path) -> None:
+    """Hosts known only as Host aliases of the ssh config ([ssh] config_file): the plan's
+    headings and its `ray start` lines carry their HostName."""
+    from tests.unit.test_cli import invoke
+
+    (tmp_path / "ssh_config").write_text(
+        "Host head.invalid\n    HostName 10.1.2.3\nHost w1.invalid\n    HostName 10.1.2.4\n"
+    )
+    config = write_config(tmp_path, "w1.invalid cpus=1\n", head='host = "head.invalid"')
+    config.path.write_text(config.path.read_text() + '[ssh]\nconfig_file = "ssh_config"\n')
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "ray-2.60.0-cp311-cp311-manylinux2014_x86_64.whl").write_bytes(b"not really")
+    result = invoke("up", "--config", str(config.path), "--wheelhouse", str(wheels), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "head.invalid (head, Ray address 10.1.2.3, " in result.output
+    head, worker = result.output.split("w1.invalid (worker, Ray address 10.1.2.4, ")
+    assert "ray start --head --node-ip-address=10.1.2.3" in head
+    assert "--address=10.1.2.3:6379 --node-ip-address=10.1.2.4" in worker
