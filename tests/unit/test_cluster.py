@@ -394,6 +394,8 @@ Host w3.invalid
     ProxyJump bastion.invalid
 Host lo.invalid
     HostName localhost
+Host typo.invalid
+    HostName nope.invalid
 """
 
 
@@ -443,6 +445,17 @@ def test_a_loopback_hostname_in_the_ssh_config_is_refused_naming_it(tmp_path):
         f"{tmp_path / 'workers.txt'}:1: lo.invalid: localhost (HostName of lo.invalid in "
         f"{tmp_path / 'ssh_config'}) (it resolves to 127.0.0.1) is a loopback address"
     )
+
+
+def test_a_hostname_that_does_not_resolve_here_is_named_with_the_alias_and_the_file(tmp_path):
+    config = alias_config(tmp_path, "typo.invalid\n")
+    with pytest.raises(RemoteError) as caught:
+        cluster.node_ip(config.inventory.workers[0], config.ssh)
+    assert caught.value.message.startswith(
+        f"{tmp_path / 'workers.txt'}:1: typo.invalid: cannot resolve nope.invalid "
+        f"(HostName of typo.invalid in {tmp_path / 'ssh_config'}) on this machine"
+    )
+    assert "ray_address=IP on a workers.txt line" in (caught.value.hint or "")
 
 
 def test_use_ssh_config_false_resolves_the_bare_name_and_says_the_config_was_not_read(tmp_path):
