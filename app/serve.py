@@ -352,6 +352,9 @@ class Gateway:
                         "replacing it: send the request again in a few seconds",
                     )
                 self.retries += 1
+            except Exception as err:  # a bug in the explainer: one line for the client, the trace in the log
+                logger.exception("the explainer failed")
+                return _error(500, f"the explainer failed ({type(err).__name__}); see the replica's log")
         counters = answer["counters"]
         self.replicas[counters["replica"]] = counters
         if answer["status"] != 200:
