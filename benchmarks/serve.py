@@ -179,7 +179,8 @@ def batch_job(
         rows = pd.read_csv(rows_path).to_numpy(dtype=np.float64)
         forest = sio.load(model_path, trusted=sio.get_untrusted_types(file=model_path))
         forest_ref = ray.put(forest)
-        run_tree_shap(forest_ref, rows[:cpus], background, workers=cpus)  # warm-up
+        # warm-up: tasks of one row on every worker process (numba compiles once per process)
+        run_tree_shap(forest_ref, rows[: 4 * cpus], background, workers=cpus, batch_size=1)
         started = time.perf_counter()
         explanation, _ = run_tree_shap(forest_ref, rows, background, workers=cpus)
         seconds = time.perf_counter() - started
