@@ -1,6 +1,7 @@
-"""The Serve application (app/serve.py) on a real local Ray + Serve instance: values equal to the
-batch job's to 1e-9, batching proven from the replica's own counters, each bad request's status
-and message, the token, and a killed replica replaced. One Ray and Serve instance for the module."""
+"""The Serve application (app/serve.py) on a real local Ray + Serve instance: values equal to
+the batch path's (the job's data, background, model and kernel functions) to 1e-9, batching
+proven from the replica's own counters, each bad request's status and message, the token, and a
+killed replica replaced. One Ray and Serve instance for the module."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import pytest
 import skops.io as sio
 from sklearn.ensemble import RandomForestClassifier
 
-from app import tree_shap
-from app.contract import IMAGE_ID_ENV, SERVE_APP_NAME, JobConfig, ServeOptions
+from app import etl, kernel_shap, model, model_file, tree_shap
+from app.contract import IMAGE_ID_ENV, SERVE_APP_NAME, ServeOptions
 from app.serve import build_app
 from tests.conftest import WINE_CSV
 
@@ -38,8 +39,8 @@ class Served:
     tree_url: str  # the tree application (2 replicas), same token
     frame: pd.DataFrame  # the wine features, as the requests send them
     forest: RandomForestClassifier
-    job: dict[str, Any]  # the batch job's summary on the same model, data and background
-    job_values: np.ndarray  # (R, M, K) the batch job's values (explanation.npz)
+    job: dict[str, Any]  # row_ids, classes and feature names of the batch path's explanation
+    job_values: np.ndarray  # (R, M, K) the job's kernel_shap.explain on the same rows and background
     job_expected: np.ndarray  # (R, K)
 
 
@@ -73,8 +74,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     import ray
     from ray import serve
 
-    from app.dag import run_job
-
     folder = tmp_path_factory.mktemp("serve")
     frame = pd.read_csv(WINE_CSV, sep=";")
     features = frame.drop(columns="quality")
@@ -93,12 +92,23 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         env.setenv(IMAGE_ID_ENV, IMAGE_ID)  # the replicas inherit the local instance's environment
         ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
     try:
-        # the batch job first, on the same model, data and background, alone on the instance
-        config = JobConfig(**common, rows=3, reference=False, max_tasks=1, output_dir=str(folder / "results"))
-        summary = run_job(config)
-        run = folder / "results" / summary["run_id"] / "explanation.npz"
-        with np.load(run) as saved:
-            job_values, job_expected = saved["values"], saved["base_values"]
+        # the batch job's own functions on the same rows, model and background (the whole job's
+        # equality is asserted by benchmarks/serve.py; running it here would double the setup)
+        dataset = etl.load_dataset(str(WINE_CSV))
+        split = model.split_data(dataset, 0.2, 0)
+        background = model.get_data_to_explain(split, 1, 10, 0).background
+        fitted = model.explained_model(model_file.load_model(common["model"], True), dataset, "wine.skops")
+        row_ids = [0, 5, 11]
+        rows = dataset.features.to_numpy()[row_ids]
+        exact = kernel_shap.exact_nsamples(rows.shape[1])
+        job = kernel_shap.explain(fitted.predict_proba, rows, background, nsamples=exact)
+        job_values = job.values
+        job_expected = np.broadcast_to(job.expected_value, (len(row_ids), len(job.expected_value)))
+        summary = {
+            "row_ids": row_ids,
+            "classes": [str(c) for c in fitted.classes_],
+            "feature_names": list(dataset.features.columns),
+        }
 
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -110,9 +120,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             max_rows_per_request=20,
             token_file=str(folder / "token"),
         )
-        serve.run(build_app(kernel.to_args()), name=SERVE_APP_NAME, route_prefix="/")
         tree = ServeOptions(**common, algorithm="tree", replicas=2, token_file=str(folder / "token"))
-        serve.run(build_app(tree.to_args()), name=TREE_APP, route_prefix="/tree")
+        serve.run_many(  # both applications deploy at once
+            [
+                serve.RunTarget(build_app(kernel.to_args()), name=SERVE_APP_NAME, route_prefix="/"),
+                serve.RunTarget(build_app(tree.to_args()), name=TREE_APP, route_prefix="/tree"),
+            ]
+        )
         base = f"http://127.0.0.1:{port}"
         yield Served(base, f"{base}/tree", features, forest, summary, job_values, job_expected)
     finally:
@@ -136,7 +150,7 @@ def served_values(body: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
     return values, expected, outputs
 
 
-def test_values_served_equal_the_batch_jobs(served: Served) -> None:
+def test_values_served_equal_the_batch_paths(served: Served) -> None:
     row_ids = served.job["row_ids"]
     status, body = call(f"{served.url}/explain", {"rows": rows_of(served, row_ids)})
     assert status == 200, body
