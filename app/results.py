@@ -58,6 +58,36 @@ class ExplainedRows:
                 raise ValueError(f"{name} holds a non-finite number")
 
 
+@dataclass(frozen=True)
+class BlockRows:
+    """A block of rows read to be explained: codes (R, M), row ids (R,), 1-based CSV lines (R,)
+    or None, true labels (R,) or None."""
+
+    codes: npt.NDArray[np.float64]
+    row_ids: npt.NDArray[np.int64]
+    data_lines: npt.NDArray[np.int64] | None
+    labels: npt.NDArray[Any] | None
+
+    def explained(
+        self,
+        feature_names: Sequence[str],
+        outputs: npt.NDArray[np.float64],
+        expected_value: npt.NDArray[np.float64],
+        class_names: Sequence[str],
+    ) -> ExplainedRows:
+        """These rows as ExplainedRows, with the model's ``outputs`` (R, K) and expected value (K,)."""
+        return ExplainedRows(
+            row_ids=self.row_ids,
+            data_lines=self.data_lines,
+            features=self.codes,
+            feature_names=list(feature_names),
+            labels=self.labels,
+            outputs=np.asarray(outputs, dtype=np.float64),
+            expected_value=np.asarray(expected_value, dtype=np.float64).reshape(-1),
+            class_names=list(class_names),
+        )
+
+
 def data_lines_of(row_ids: npt.ArrayLike, from_file: bool) -> npt.NDArray[np.int64] | None:
     """1-based CSV line numbers of 0-based data rows (line 1 is the header), None without a file."""
     return np.asarray(row_ids, dtype=np.int64) + 2 if from_file else None
@@ -199,7 +229,13 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
 
 
 def write_plots(
-    out_dir: Path, values: npt.NDArray[np.float64], rows: ExplainedRows, player_names: Sequence[str]
+    out_dir: Path,
+    values: npt.NDArray[np.float64],
+    rows: ExplainedRows,
+    player_names: Sequence[str],
+    *,
+    mean_abs: npt.NDArray[np.float64] | None = None,
+    all_rows: int | None = None,
 ) -> list[str]:
     """The PNGs; returns their file names. ``values`` (R, G, K).
 
@@ -210,6 +246,8 @@ def write_plots(
     - ``waterfall_row_<row>.png``: shap's waterfall of the first explained row, for the class the
       model gives the highest output.
     Every title says how many rows it shows; figures are saved with tight bounds so labels fit.
+    A streamed run passes ``mean_abs`` (G, K) over all of its ``all_rows`` rows for the bar chart,
+    and the first rows' values for the others.
     """
     import matplotlib
 
@@ -219,6 +257,10 @@ def write_plots(
 
     n_rows = values.shape[0]
     rows_text = f"{n_rows} explained row{'s' if n_rows != 1 else ''}"
+    bar_text = rows_text
+    if all_rows is not None:
+        bar_text = f"{all_rows:,} explained row{'s' if all_rows != 1 else ''}"
+        rows_text = f"the first {n_rows:,} of {bar_text}"
     names: list[str] = []
 
     def save(name: str, title: str, pad: float = 6.0) -> None:
@@ -229,8 +271,10 @@ def write_plots(
         names.append(name)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    _mean_abs_bar(values, player_names, rows.class_names)
-    save("shap_summary.png", f"Mean |SHAP value| per feature over {rows_text}")
+    _mean_abs_bar(
+        np.abs(values).mean(axis=0) if mean_abs is None else mean_abs, player_names, rows.class_names
+    )
+    save("shap_summary.png", f"Mean |SHAP value| per feature over {bar_text}")
     data = rows.features if len(player_names) == len(rows.feature_names) else None
     explanation = shap.Explanation(
         values=values,
@@ -255,12 +299,11 @@ def write_plots(
 
 
 def _mean_abs_bar(
-    values: npt.NDArray[np.float64], player_names: Sequence[str], class_names: Sequence[str]
+    mean_abs: npt.NDArray[np.float64], player_names: Sequence[str], class_names: Sequence[str]
 ) -> None:
     """Stacked horizontal bars of mean |SHAP| (G, K); the largest total on top, classes in order."""
     import matplotlib.pyplot as plt
 
-    mean_abs = np.abs(values).mean(axis=0)  # (G, K)
     order = np.argsort(mean_abs.sum(axis=1))  # ascending: barh draws bottom-up
     figure, axis = plt.subplots(figsize=(8, 0.4 * len(player_names) + 1.6))
     left = np.zeros(len(order))
