@@ -1421,14 +1421,29 @@ class _ExplainParts:
         self.out_dir = Path(out_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = []
         with _single_threaded():
-            rows = [
-                stream.explain_part(
-                    self.out_dir, self.source, self.explainer, self.predict, self.dtype, a, b
-                ).to_row()
-                for a, b in zip(batch["start"].tolist(), batch["stop"].tolist(), strict=True)
-            ]
+            for a, b in zip(batch["start"].tolist(), batch["stop"].tolist(), strict=True):
+                try:
+                    part = stream.explain_part(
+                        self.out_dir, self.source, self.explainer, self.predict, self.dtype, a, b
+                    )
+                except JobError as err:  # the user's message (a bad line), not Ray Data's wrapping
+                    rows.append({"start": a, "stop": b, "error": f"{type(err).__name__}: {err}"})
+                    continue
+                rows.append({**part.to_row(), "error": ""})
+        if any(row["error"] for row in rows):
+            rows = [{"start": row["start"], "stop": row["stop"], "error": row["error"]} for row in rows]
         return {key: np.asarray([row[key] for row in rows]) for key in rows[0]}
+
+
+def _raised_in_worker(text: str) -> JobError:
+    """The JobError a worker reported as "<class name>: <message>"."""
+    from app import errors
+
+    name, _, message = text.partition(": ")
+    kind = getattr(errors, name, JobError)
+    return kind(message) if isinstance(kind, type) and issubclass(kind, JobError) else JobError(message)
 
 
 def _job_error(err: BaseException) -> JobError | None:
@@ -1477,6 +1492,8 @@ def run_stream(
     try:
         for batch in parts.iter_batches(batch_size=None, batch_format="numpy"):
             for i in range(len(batch["start"])):
+                if batch["error"][i]:
+                    raise _raised_in_worker(str(batch["error"][i]))
                 part = stream.PartStats(
                     start=int(batch["start"][i]),
                     stop=int(batch["stop"][i]),
@@ -1596,7 +1613,9 @@ def _run_stream_dag(
             "rows_per_part": plan.parts[0][1] - plan.parts[0][0],
             "values": stream.VALUES_PARTS,
             "mean_abs_shap": "over every row, from per-part sums",
-            "comparison": f"shap.KernelExplainer on the first {len(sample_ids)} rows only",
+            "comparison": f"shap.KernelExplainer on the first {len(sample_ids)} rows only"
+            if config.reference
+            else "skipped (--no-reference); additivity checked on every row",
             "comparison_row_ids": sample_ids,
             "plots": f"bar chart over every row; beeswarm and waterfall of the first "
             f"{min(stream.PLOT_ROWS, sums.rows):,} rows",
@@ -1609,7 +1628,7 @@ def _run_stream_dag(
         comparison.match,
         str(out_dir),
         nodes_lost=[node["ip"] for node in nodes_lost],
-        reference=config.reference,
+        reference=False,  # not side by side here: shap ran after ours, on the first rows only
     )
     if not comparison.match:
         raise ExplanationsDisagreeError(_disagreement(comparison, out_dir / "summary.json"))

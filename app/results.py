@@ -186,14 +186,27 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 CSV_MAX_LINES = 100_000  # larger values tables are written as Parquet only
 
 
-def write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    """The table ``write_csv`` writes, as Parquet: float64 values kept to the last bit."""
+def write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[str, str] | None = None) -> None:
+    """The table ``write_csv`` writes, as Parquet: float64 values kept to the last bit.
+    ``metadata``: extra key-value pairs of the file's schema (read back with parquet_metadata)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if metadata:
+        extra = {k.encode(): v.encode() for k, v in metadata.items()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+    pq.write_table(table, sink)
     _write_atomic(path, sink.getvalue().to_pybytes())
+
+
+def parquet_metadata(path: Path) -> dict[str, str]:
+    """The key-value pairs of a Parquet file's schema (only its footer is read)."""
+    import pyarrow.parquet as pq
+
+    found = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in found.items()}
 
 
 def write_values(path: Path, frame: pd.DataFrame) -> list[str]:

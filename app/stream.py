@@ -38,6 +38,7 @@ PLOT_ROWS = 1_000  # the beeswarm and waterfall show the first rows; the bar cha
 PROGRESS_SECONDS = 5.0  # at most one progress line this often (plus the first and the last)
 VALUES_PARTS = "shap_values.parts"
 ERRORS_PARTS = "shap_standard_errors.parts"
+_EXACT, _COALITIONS = "shapcluster.exact", "shapcluster.coalitions"  # a part's plan, in its metadata
 
 
 def streams(n_rows: int) -> bool:
@@ -210,9 +211,17 @@ def explain_part(
     path = out_dir / VALUES_PARTS / part_name(start, stop)
     if path.exists():
         frame = pd.read_parquet(path)
-        exact = not (out_dir / ERRORS_PARTS / part_name(start, stop)).exists()
+        meta = results.parquet_metadata(path)
         return part_stats(
-            frame, spec.player_names, len(spec.class_names), False, 0.0, start=start, stop=stop, exact=exact
+            frame,
+            spec.player_names,
+            len(spec.class_names),
+            False,
+            0.0,
+            start=start,
+            stop=stop,
+            exact=meta.get(_EXACT, "true") == "true",
+            n_coalitions=int(meta.get(_COALITIONS, "0")),
         )
     block = source.read(start, stop)
     explanation, outputs = explainer.explain(predict, block.codes, dtype)
@@ -223,7 +232,8 @@ def explain_part(
             results.values_frame(explanation.standard_errors, rows, spec.player_names),
         )
     frame = results.values_frame(explanation.values, rows, spec.player_names)
-    results.write_parquet(path, frame)
+    plan = {_EXACT: str(explanation.exact).lower(), _COALITIONS: str(explanation.n_coalitions)}
+    results.write_parquet(path, frame, plan)
     return part_stats(
         frame,
         spec.player_names,
