@@ -652,7 +652,7 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
         reporter.info(f"Explaining on {len(nodes)} Ray nodes with {cpus} CPUs.")
     if prepared.stream is not None:
         names = list(prepared.info["features"]) if player_spec is None else list(player_spec.names)
-        spec = stream.KernelSpec(
+        spec = stream.BlockSpec(
             prepared.data.background,
             prepared.data.background_weights,
             budget,
@@ -1211,6 +1211,18 @@ def _run_tree_dag(
     workers = config.max_tasks or cpus
     nodes = _alive_nodes()
     reporter.info(f"Algorithm: {algorithm} ({reason}).")
+    if prepared.stream is not None:
+        spec = stream.BlockSpec(
+            data.background,
+            data.background_weights,
+            None,
+            config.link,
+            config.seed,
+            None,
+            tuple(prepared.info["features"]),
+            tuple(prepared.outputs["classes"]),
+        )
+        return _run_stream_dag(config, prepared, spec, None, reporter, timings, nodes, reason, algorithm)
     checked = np.sort(
         np.random.default_rng(config.seed).choice(n_rows, size=min(TREE_CHECK_ROWS, n_rows), replace=False)
     )
@@ -1355,7 +1367,7 @@ def read_rows_step(
 def _plan_stream(config: JobConfig, info: dict[str, Any], split_ref: Ref) -> _StreamPlan | None:
     """The stream plan when the run explains more than stream.STREAM_MIN_ROWS rows with
     KernelSHAP (from a local --explain file or the data's test split), else None (in memory)."""
-    if config.algorithm != Algorithm.KERNEL or config.tol is not None:
+    if config.algorithm not in (Algorithm.KERNEL, Algorithm.TREE) or config.tol is not None:
         return None
     names = tuple(str(n) for n in info["features"])
     box: list[Ref] | None = None
@@ -1412,12 +1424,21 @@ class _ExplainParts:
     rows) and the coalition plans are loaded once per worker process; each call explains one
     row range and writes its part (or reads back the part an earlier run wrote)."""
 
-    def __init__(self, model_box: list[Ref], plan: _StreamPlan, spec: stream.KernelSpec, out_dir: str):
+    def __init__(
+        self,
+        model_box: list[Ref],
+        plan: _StreamPlan,
+        spec: stream.BlockSpec,
+        out_dir: str,
+        tree_box: list[Ref] | None = None,
+    ):
         fitted = ray.get(model_box[0])
         split = None if plan.split_box is None else ray.get(plan.split_box[0])
         self.source = plan.source if split is None else replace(plan.source, split=split)
         self.predict, self.dtype = fitted.predict_proba, model.input_dtype(fitted)
-        self.explainer = stream.BlockExplainer(spec)
+        self.explainer: stream.BlockExplainer | stream.TreeBlockExplainer = stream.BlockExplainer(spec)
+        if tree_box is not None:  # the exact tree path: trees and background statistics, once
+            self.explainer = stream.TreeBlockExplainer(spec, *ray.get(tree_box))
         self.out_dir = Path(out_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -1462,10 +1483,11 @@ def _job_error(err: BaseException) -> JobError | None:
 def run_stream(
     model_box: list[Ref],
     plan: _StreamPlan,
-    spec: stream.KernelSpec,
+    spec: stream.BlockSpec,
     out_dir: Path,
     workers: int,
     report: Callable[[str], None] = lambda line: None,
+    tree_box: list[Ref] | None = None,
 ) -> list[stream.PartStats]:
     """Explain the plan's parts with Ray Data (an actor pool of ``workers`` processes, one part a
     call) and return each part's sums, in the order they finished; the driver holds no values.
@@ -1479,7 +1501,7 @@ def run_stream(
     items = [{"start": a, "stop": b} for a, b in plan.parts]
     parts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _ExplainParts,
-        fn_constructor_args=(model_box, plan, spec, str(out_dir)),
+        fn_constructor_args=(model_box, plan, spec, str(out_dir), tree_box),
         batch_size=1,
         concurrency=max(1, min(workers, len(items))),
         num_cpus=1,
@@ -1522,16 +1544,19 @@ def run_stream(
 def _run_stream_dag(
     config: JobConfig,
     prepared: _Prepared,
-    spec: stream.KernelSpec,
+    spec: stream.BlockSpec,
     player_spec: Any,
     reporter: Reporter,
     timings: _Timings,
     nodes: list[dict[str, Any]],
     reason: str,
+    algorithm: str = "kernel",
 ) -> dict[str, Any]:
-    """KernelSHAP over more rows than stream.STREAM_MIN_ROWS: parts streamed through Ray Data, then
-    shap's comparison on the first rows (read back from the parts), the plots of the first
-    stream.PLOT_ROWS rows and the mean |SHAP value| of all, summary.json. No CSV, no explanation.npz."""
+    """KernelSHAP (or the exact tree path) over more rows than stream.STREAM_MIN_ROWS: parts
+    streamed through Ray Data, then shap's comparison on the first rows (the tree path: exact
+    KernelSHAP on a seeded sample of them), read back from the parts, the plots of the first
+    stream.PLOT_ROWS rows and the mean |SHAP value| of all, summary.json. No CSV, no
+    explanation.npz."""
     plan = prepared.stream
     assert plan is not None
     groups = None if player_spec is None else [list(c) for c in player_spec.columns]
@@ -1541,26 +1566,32 @@ def _run_stream_dag(
     names, classes = list(spec.player_names), list(spec.class_names)
     n_classes = len(classes)
     t0 = time.perf_counter()
-    stats = run_stream(prepared.model_box, plan, spec, out_dir, workers, reporter.info)
+    tree_box = None
+    if algorithm == "tree":
+        tree_box = list(tree_prepare_step.remote(prepared.model_box, prepared.background_ref))
+    stats = run_stream(prepared.model_box, plan, spec, out_dir, workers, reporter.info, tree_box)
     sums = stream.totals(stats)
     reused = sums.parts - sums.parts_computed
     note = (
         f"{sums.seconds:.2f} CPU s in {sums.parts} parts ({sums.parts_computed} computed, {reused} read back)"
     )
-    timings.rows.append((OURS, time.perf_counter() - t0, note))
-
-    first = stream.read_first_rows(out_dir, plan.parts, len(prepared.data.rows), n_classes)
-    errors = None
-    if not sums.exact:
-        first_errors = stream.read_first_rows(
-            out_dir, plan.parts, len(prepared.data.rows), n_classes, stream.ERRORS_PARTS
-        )
-        errors = stream.values_of(first_errors, names, n_classes)
-    expected = first["expected_value"].to_numpy()[:n_classes]
-    explanation = kernel_shap.Explanation(
-        stream.values_of(first, names, n_classes), expected, sums.exact, sums.n_coalitions, errors
-    )
+    timings.rows.append((TREE if algorithm == "tree" else OURS, time.perf_counter() - t0, note))
+    first, explanation = _first_rows(out_dir, plan, len(prepared.data.rows), names, n_classes, sums)
     branches: list[_Branch] = []
+    if algorithm == "tree":
+        return _finish_stream_tree(
+            config,
+            prepared,
+            plan,
+            spec,
+            sums,
+            first,
+            explanation,
+            out_dir,
+            reporter,
+            timings,
+            (cpus, nodes, workers, reason),
+        )
     if config.reference:
         reference = _reference_branch(
             prepared.model_box,
@@ -1592,6 +1623,11 @@ def _run_stream_dag(
         config, out_dir.name, cluster, prepared, explanation, comparison, timings, [ours, *branches]
     )
     sample_ids = summary.pop("row_ids")
+    compared = (
+        f"shap.KernelExplainer on the first {len(sample_ids)} rows only"
+        if config.reference
+        else "skipped (--no-reference); additivity checked on every row"
+    )
     summary |= {
         "rows": sums.rows,
         "row_ids": None,  # too many to list: see streamed.row_range
@@ -1605,20 +1641,8 @@ def _run_stream_dag(
         "mean_abs_shap": {name: sums.mean_abs[g].tolist() for g, name in enumerate(names)},
         "additivity_error_all_rows": sums.additivity,
         "streamed": {
-            "rule": f"more than {stream.STREAM_MIN_ROWS:,} rows to explain",
-            "row_range": [plan.start, plan.stop],
-            "parts": sums.parts,
-            "parts_computed": sums.parts_computed,
-            "parts_read_back": reused,
-            "rows_per_part": plan.parts[0][1] - plan.parts[0][0],
-            "values": stream.VALUES_PARTS,
-            "mean_abs_shap": "over every row, from per-part sums",
-            "comparison": f"shap.KernelExplainer on the first {len(sample_ids)} rows only"
-            if config.reference
-            else "skipped (--no-reference); additivity checked on every row",
+            **_stream_fields(config, plan, sums, compared),
             "comparison_row_ids": sample_ids,
-            "plots": f"bar chart over every row; beeswarm and waterfall of the first "
-            f"{min(stream.PLOT_ROWS, sums.rows):,} rows",
         },
     }
     _write_stream_results(out_dir, summary, prepared, plan, sums, names)
@@ -1663,3 +1687,107 @@ def _write_stream_results(
         summary["standard_errors"] = stream.ERRORS_PARTS
     summary["wall_seconds"]["write_results"] = time.perf_counter() - t0
     results.write_summary(out_dir / "summary.json", summary)
+
+
+def _stream_fields(
+    config: JobConfig, plan: _StreamPlan, sums: stream.StreamTotals, compared: str
+) -> dict[str, Any]:
+    return {
+        "rule": f"more than {stream.STREAM_MIN_ROWS:,} rows to explain",
+        "row_range": [plan.start, plan.stop],
+        "parts": sums.parts,
+        "parts_computed": sums.parts_computed,
+        "parts_read_back": sums.parts - sums.parts_computed,
+        "rows_per_part": plan.parts[0][1] - plan.parts[0][0],
+        "values": stream.VALUES_PARTS,
+        "mean_abs_shap": "over every row, from per-part sums",
+        "comparison": compared,
+        "plots": f"bar chart over every row; beeswarm and waterfall of the first "
+        f"{min(stream.PLOT_ROWS, sums.rows):,} rows",
+    }
+
+
+def _finish_stream_tree(
+    config: JobConfig,
+    prepared: _Prepared,
+    plan: _StreamPlan,
+    spec: stream.BlockSpec,
+    sums: stream.StreamTotals,
+    first: Any,
+    explanation: kernel_shap.Explanation,
+    out_dir: Path,
+    reporter: Reporter,
+    timings: _Timings,
+    run: tuple[int, list[dict[str, Any]], int, str],
+) -> dict[str, Any]:
+    """The streamed tree path's check (exact KernelSHAP on a seeded sample of the first rows, as
+    the in-memory tree path does over all rows), additivity over every row, summary, plots."""
+    cpus, nodes, workers, reason = run
+    n_first, n_features = prepared.data.rows.shape
+    outputs = first["model_output"].to_numpy().reshape(n_first, -1)
+    checked = np.sort(
+        np.random.default_rng(config.seed).choice(n_first, size=min(TREE_CHECK_ROWS, n_first), replace=False)
+    )
+    check: dict[str, Any]
+    if n_features <= TREE_CHECK_MAX_FEATURES:
+        t_check = time.perf_counter()
+        ref_values, ref_expected, check_seconds = ray.get(
+            tree_check_step.remote(prepared.model_box, prepared.data.rows[checked], prepared.background_ref)
+        )
+        timings.rows.append((TREE_CHECK, time.perf_counter() - t_check, f"{check_seconds:.2f} CPU s, 1 task"))
+        comparison = compare.compare_results(
+            explanation.values[checked], explanation.expected_value, ref_values, ref_expected,
+            outputs[checked], config.tolerance,
+        )  # fmt: skip
+        check = {**comparison.to_dict(), "against": "exact KernelSHAP"}
+        check["checked_rows"] = prepared.data.row_ids[checked].tolist()
+    else:
+        alone = compare.check_ours(explanation.values, explanation.expected_value, outputs, config.tolerance)
+        why = f"{n_features} features: exact KernelSHAP needs 2^{n_features} - 2 coalitions a row"
+        check = {**alone.to_dict(), "reason": f"not checked against KernelSHAP: {why}"}
+    check["additivity_error_all_rows"] = sums.additivity
+    check["match"] = bool(check["match"]) and sums.additivity <= config.tolerance
+    names = list(spec.player_names)
+    values, expected = explanation.values, explanation.expected_value
+    summary = _tree_summary(config, out_dir.name, prepared, cpus, nodes, workers, values, expected, timings)
+    sample_ids = summary.pop("row_ids")
+    compared = f"exact KernelSHAP on {len(checked)} seeded rows of the first {len(sample_ids)}"
+    summary |= {
+        "rows": sums.rows,
+        "row_ids": None,  # too many to list: see streamed.row_range
+        "algorithm": "tree",
+        "algorithm_reason": reason,
+        "explains": tree_shap.model_output(ray.get(prepared.model_box[0]))[1],
+        "check": check,
+        "comparison": check,
+        "mean_abs_shap": {name: sums.mean_abs[g].tolist() for g, name in enumerate(names)},
+        "additivity_error_all_rows": sums.additivity,
+        "streamed": _stream_fields(config, plan, sums, compared),
+    }
+    _write_stream_results(out_dir, summary, prepared, plan, sums, names)
+    verdict = _tree_verdict(check, "tree", len(checked) if "against" in check else 0)
+    reporter.summary(timings.rows, verdict, check["match"], str(out_dir), reference=False)
+    if not check["match"]:
+        raise ExplanationsDisagreeError(f"{verdict}; see {out_dir / 'summary.json'}")
+    return summary
+
+
+def _first_rows(
+    out_dir: Path,
+    plan: _StreamPlan,
+    n_first: int,
+    names: list[str],
+    n_classes: int,
+    sums: stream.StreamTotals,
+) -> tuple[Any, kernel_shap.Explanation]:
+    """The values table of the first ``n_first`` rows, read back from the parts, and their Explanation."""
+    first = stream.read_first_rows(out_dir, plan.parts, n_first, n_classes)
+    errors = None
+    if not sums.exact:
+        first_errors = stream.read_first_rows(out_dir, plan.parts, n_first, n_classes, stream.ERRORS_PARTS)
+        errors = stream.values_of(first_errors, names, n_classes)
+    expected = first["expected_value"].to_numpy()[:n_classes]
+    explanation = kernel_shap.Explanation(
+        stream.values_of(first, names, n_classes), expected, sums.exact, sums.n_coalitions, errors
+    )
+    return first, explanation

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from app import etl, kernel_shap, results
+from app import etl, kernel_shap, results, tree_shap
 from app.contract import Link
 from app.tabular import ColumnCodec
 
@@ -86,9 +86,10 @@ class RowSource:
 
 
 @dataclass(frozen=True)
-class KernelSpec:
-    """What every block's KernelSHAP needs; the same for every block, so a row's values do not
-    depend on its block. ``nsamples``: the budget resolved once for the run."""
+class BlockSpec:
+    """What every block's explanation needs; the same for every block, so a row's values do not
+    depend on its block. ``nsamples``: KernelSHAP's budget, resolved once for the run (the tree
+    path uses only the names)."""
 
     background: npt.NDArray[np.float64]  # (N, M), as sampled (merged into weights per block)
     background_weights: npt.NDArray[np.float64] | None
@@ -104,7 +105,7 @@ class KernelSpec:
 class BlockExplainer:
     """KernelSHAP of blocks of rows in one process, with each varying set's plan built once."""
 
-    spec: KernelSpec
+    spec: BlockSpec
     _plans: dict[tuple[int, ...], kernel_shap.CoalitionPlan] = field(default_factory=dict)
 
     def explain(
@@ -139,6 +140,24 @@ class BlockExplainer:
             values, spec.link.apply(fnull), exact, n_coalitions, None if exact else errors
         )
         return explanation, np.asarray(spec.link.apply(fx), dtype=np.float64)
+
+
+@dataclass
+class TreeBlockExplainer:
+    """The exact tree path (app.tree_shap) on blocks of rows, with the trees and the background's
+    per-leaf statistics prepared once."""
+
+    spec: BlockSpec
+    tree_model: tree_shap.TreeModel
+    stats: tree_shap.BackgroundStats
+
+    def explain(
+        self, predict: kernel_shap.Predict, rows: npt.NDArray[np.float64], dtype: Any
+    ) -> tuple[kernel_shap.Explanation, npt.NDArray[np.float64]]:
+        """(Explanation with values (R, M, K), outputs (R, K)); ``predict``/``dtype`` unused."""
+        values, outputs = tree_shap.explain_rows(self.tree_model, self.stats, rows)
+        expected = np.asarray(self.stats.expected_value, dtype=np.float64)
+        return kernel_shap.Explanation(values, expected, True, 0), outputs
 
 
 @dataclass(frozen=True)
@@ -196,7 +215,7 @@ def part_stats(
 def explain_part(
     out_dir: Path,
     source: RowSource,
-    explainer: BlockExplainer,
+    explainer: BlockExplainer | TreeBlockExplainer,
     predict: kernel_shap.Predict,
     dtype: Any,
     start: int,
