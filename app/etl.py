@@ -346,7 +346,6 @@ def read_row_range(
 
 
 def _parquet_range(path: str, names: list[str], start: int, stop: int) -> pd.DataFrame:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
@@ -358,7 +357,11 @@ def _parquet_range(path: str, names: list[str], start: int, stop: int) -> pd.Dat
             first = offset if first is None else first
         offset += count
     columns = [c for c in names if c in parquet.schema_arrow.names]
-    table = parquet.read_row_groups(groups, columns=columns) if groups else pa.table({})
+    table = (
+        parquet.read_row_groups(groups, columns=columns)
+        if groups
+        else parquet.schema_arrow.empty_table().select(columns)
+    )
     lo = start - (first or 0)
     frame: pd.DataFrame = table.slice(lo, stop - start).to_pandas()
     return frame

@@ -1,11 +1,14 @@
 """Streaming at scale: 10k, 100k and 1M rows of a cheap model through the job on local Ray.
 
-The workload: a numeric table of ``--features`` (default 4) standard-normal columns, a
-scikit-learn ``LogisticRegression`` fitted on 2,000 rows of it and saved with skops, explained
-with our exact KernelSHAP (2^4 - 2 = 14 coalitions, background 10: 140 model rows a row) on
-``--explain`` Parquet files of each size (row groups of 50,000). Every size streams (the
-benchmark lowers the job's switch, stream.STREAM_MIN_ROWS, to 0, so 10k streams too) and shap's
-reference is off (``--no-reference``): the figures are ours alone.
+The workload: a numeric table of ``--features`` (default 4) standard-normal columns and a model
+fitted on 2,000 rows of it, saved with skops, explained on ``--explain`` Parquet files of each
+size (row groups of 50,000), background 10. ``--workload tree`` (default): a shallow
+``RandomForestClassifier`` (20 trees, depth 4) on the exact tree path (``--algorithm tree``).
+``--workload kernel``: a ``LogisticRegression`` with our exact KernelSHAP (2^4 - 2 = 14
+coalitions: 140 model rows a row); the kernel calls the model once per explained row, so a cheap
+model's per-call overhead (scikit-learn's input checks, ~4 ms) sets its speed, about 150 rows/s
+per CPU. Every size streams (the benchmark lowers the job's switch, stream.STREAM_MIN_ROWS, to 0,
+so 10k streams too) and shap's reference is off (``--no-reference``): the figures are ours alone.
 
 Each size runs the job in a fresh Python process (``--one``), in-process there: that process is
 the Ray driver, so its peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``,
@@ -36,20 +39,28 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = Path("/var/cache/shapcluster-bench")
 OURS_STEP = "distributed KernelSHAP"  # app.dag.OURS (importing app.dag imports Ray)
+TREE_STEP = "exact tree SHAP"  # app.dag.TREE
 TRAIN_ROWS = 2_000
 ROW_GROUP = 50_000
 
 
-def recipe(features: int, seed: int) -> dict[str, Any]:
-    return {"features": features, "seed": seed, "train_rows": TRAIN_ROWS, "row_group": ROW_GROUP, "v": 1}
+def recipe(features: int, seed: int, workload: str) -> dict[str, Any]:
+    return {
+        "features": features,
+        "seed": seed,
+        "train_rows": TRAIN_ROWS,
+        "row_group": ROW_GROUP,
+        "workload": workload,
+        "v": 1,
+    }
 
 
-def cache_dir(cache: Path, features: int, seed: int) -> Path:
-    key = json.dumps(recipe(features, seed), sort_keys=True)
+def cache_dir(cache: Path, features: int, seed: int, workload: str) -> Path:
+    key = json.dumps(recipe(features, seed, workload), sort_keys=True)
     return cache / f"scale-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def make_data(where: Path, sizes: list[int], features: int, seed: int) -> None:
+def make_data(where: Path, sizes: list[int], features: int, seed: int, workload: str) -> None:
     """The table, the model and an explain file per size (only what is missing)."""
     import numpy as np
     import pandas as pd
@@ -59,6 +70,7 @@ def make_data(where: Path, sizes: list[int], features: int, seed: int) -> None:
     table, model = where / "train.csv", where / "model.skops"
     if not table.exists() or not model.exists():
         import skops.io as sio
+        from sklearn.ensemble import RandomForestClassifier
         from sklearn.linear_model import LogisticRegression
 
         rng = np.random.default_rng(seed)
@@ -67,7 +79,12 @@ def make_data(where: Path, sizes: list[int], features: int, seed: int) -> None:
         frame = pd.DataFrame(x, columns=names)
         frame["y"] = y
         frame.to_csv(table, index=False)
-        sio.dump(LogisticRegression().fit(frame[names], frame["y"]), model)
+        estimator = (
+            RandomForestClassifier(n_estimators=20, max_depth=4, random_state=seed, n_jobs=1)
+            if workload == "tree"
+            else LogisticRegression()
+        )
+        sio.dump(estimator.fit(frame[names], frame["y"]), model)
     for n in sizes:
         path = where / f"explain-{n}.parquet"
         if path.exists():
@@ -84,7 +101,7 @@ def make_data(where: Path, sizes: list[int], features: int, seed: int) -> None:
         os.replace(tmp, path)
 
 
-def run_one(where: Path, n: int, cpus: int, block_rows: int) -> dict[str, Any]:
+def run_one(where: Path, n: int, cpus: int, block_rows: int, workload: str) -> dict[str, Any]:
     """One size in this process (the Ray driver); returns its figures."""
     from app import stream
     from app.config import parse_args
@@ -96,13 +113,14 @@ def run_one(where: Path, n: int, cpus: int, block_rows: int) -> dict[str, Any]:
         argv = ["--data", str(where / "train.csv"), "--label", "y", "--model", str(where / "model.skops")]
         argv += ["--explain", str(where / f"explain-{n}.parquet"), "--rows", "all", "--background", "10"]
         argv += ["--no-reference", "--cpus", str(cpus), "--batch-size", str(block_rows)]
+        argv += ["--algorithm", "tree" if workload == "tree" else "kernel"]
         argv += ["--output-dir", out, "--run-id", "scale"]
         from rich.console import Console
 
         start = time.perf_counter()
         summary = run_job(parse_args(argv), Reporter(Console(file=sys.stderr, highlight=False)))
         total = time.perf_counter() - start
-    seconds = summary["wall_seconds"][OURS_STEP]
+    seconds = summary["wall_seconds"][TREE_STEP if workload == "tree" else OURS_STEP]
     return {
         "rows": n,
         "cpus": cpus,
@@ -114,6 +132,7 @@ def run_one(where: Path, n: int, cpus: int, block_rows: int) -> dict[str, Any]:
         "rows_per_second_per_cpu": n / seconds / cpus,
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "additivity_error": summary["additivity_error_all_rows"],
+        "check_max_abs_diff": summary["comparison"].get("max_abs_diff"),
         "exact": summary["exact"],
     }
 
@@ -125,19 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--block-rows", type=int, default=5_000, help="rows per part (the job's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workload", choices=("tree", "kernel"), default="tree")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one size in this process
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    where = cache_dir(args.cache_dir, args.features, args.seed)
+    where = cache_dir(args.cache_dir, args.features, args.seed, args.workload)
     if args.one is not None:
-        print(json.dumps(run_one(where, args.one, args.cpus, args.block_rows)))
+        print(json.dumps(run_one(where, args.one, args.cpus, args.block_rows, args.workload)))
         return 0
-    make_data(where, sizes, args.features, args.seed)
+    make_data(where, sizes, args.features, args.seed, args.workload)
     runs = []
     for n in sizes:
         command = [sys.executable, __file__, "--one", str(n), "--cpus", str(args.cpus)]
-        command += ["--features", str(args.features), "--seed", str(args.seed)]
+        command += ["--features", str(args.features), "--seed", str(args.seed), "--workload", args.workload]
         command += ["--block-rows", str(args.block_rows), "--cache-dir", str(args.cache_dir)]
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -147,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(runs[-1]), file=sys.stderr)
     smallest = runs[0]["driver_peak_rss_mb"]
     result = {
-        "workload": f"LogisticRegression, {args.features} features, exact KernelSHAP, background 10",
+        "workload": (
+            f"RandomForestClassifier (20 trees, depth 4), {args.features} features, exact tree path"
+            if args.workload == "tree"
+            else f"LogisticRegression, {args.features} features, exact KernelSHAP"
+        )
+        + ", background 10, every size streamed",
         "data": str(where),
         "cpus": args.cpus,
         "runs": runs,
