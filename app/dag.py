@@ -861,6 +861,7 @@ def _write_results(
         outputs=np.asarray(outputs, dtype=np.float64),
         expected_value=np.asarray(explanation.expected_value, dtype=np.float64).reshape(-1),
         class_names=prepared.outputs["classes"],
+        codec=prepared.info["codec"],
     )
     tables = {"shap_values.csv": explanation.values}
     if explanation.standard_errors is not None:
@@ -1388,7 +1389,8 @@ def _plan_stream(config: JobConfig, info: dict[str, Any], split_ref: Ref) -> _St
             start, stop = row_range(config.rows, n_test)
         except OptionError:
             return None
-        source, box = stream.RowSource(names, None, bool(info["csv_lines"])), [split_ref]
+        # the split's rows are codes already; the codec decodes them for the value: columns
+        source, box = stream.RowSource(names, info["codec"], bool(info["csv_lines"])), [split_ref]
     if not stream.streams(stop - start):
         return None
     return _StreamPlan(source, box, start, stop, stream.blocks(start, stop, config.batch_size))
@@ -1676,9 +1678,8 @@ def _write_stream_results(
         read_rows_step.remote(plan.source, plan.split_box, plan.start, plan.start + n_plot)
     )
     outputs = frame["model_output"].to_numpy().reshape(n_plot, len(classes))
-    rows = block.explained(
-        prepared.info["features"], outputs, frame["expected_value"].to_numpy()[: len(classes)], classes
-    )
+    expected = frame["expected_value"].to_numpy()[: len(classes)]
+    rows = block.explained(prepared.info["features"], outputs, expected, classes, prepared.info["codec"])
     values = stream.values_of(frame, names, len(classes))
     plots = results.write_plots(out_dir, values, rows, names, mean_abs=sums.mean_abs, all_rows=sums.rows)
     parts = [stream.VALUES_PARTS + "/"] + ([] if sums.exact else [stream.ERRORS_PARTS + "/"])

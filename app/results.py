@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from app.tabular import ColumnCodec
+
 
 @dataclass(frozen=True)
 class ExplainedRows:
@@ -44,6 +46,15 @@ class ExplainedRows:
     outputs: npt.NDArray[np.float64]  # (R, K): the model's output, in the explanation's link space
     expected_value: npt.NDArray[np.float64]  # (K,): the expected (base) value, same space
     class_names: Sequence[str]  # (K,): in the model's order (scikit-learn's sorted classes_)
+    # How the features' codes decode to the user's values (text, booleans, integers); None: floats
+    codec: ColumnCodec | None = None
+
+    def user_values(self) -> pd.DataFrame | None:
+        """(R, M) the rows' values as the user wrote them (text, not its code), or None when the
+        features are plain floats (their codes are their values)."""
+        if self.codec is None or self.codec.all_float or list(self.codec.names) != list(self.feature_names):
+            return None
+        return self.codec.decode(np.asarray(self.features))
 
     def __post_init__(self) -> None:
         n_rows = len(self.row_ids)
@@ -74,6 +85,7 @@ class BlockRows:
         outputs: npt.NDArray[np.float64],
         expected_value: npt.NDArray[np.float64],
         class_names: Sequence[str],
+        codec: ColumnCodec | None = None,
     ) -> ExplainedRows:
         """These rows as ExplainedRows, with the model's ``outputs`` (R, K) and expected value (K,)."""
         return ExplainedRows(
@@ -85,6 +97,7 @@ class BlockRows:
             outputs=np.asarray(outputs, dtype=np.float64),
             expected_value=np.asarray(expected_value, dtype=np.float64).reshape(-1),
             class_names=list(class_names),
+            codec=codec,
         )
 
 
@@ -126,10 +139,13 @@ def values_frame(
             "model_output": rows.outputs.reshape(-1),
         }
     )
-    feature_values = pd.DataFrame(
-        np.repeat(rows.features, n_classes, axis=0),
-        columns=[VALUE_PREFIX + str(name) for name in rows.feature_names],
-    )
+    value_names = [VALUE_PREFIX + str(name) for name in rows.feature_names]
+    user = rows.user_values()  # text columns as their text, not their codes
+    if user is None:
+        feature_values = pd.DataFrame(np.repeat(rows.features, n_classes, axis=0), columns=value_names)
+    else:
+        feature_values = user.loc[user.index.repeat(n_classes)].reset_index(drop=True)
+        feature_values.columns = value_names
     return pd.concat([head, frame, feature_values], axis=1)
 
 
@@ -145,8 +161,10 @@ def write_explanation(
         explanation = shap.Explanation(**np.load(path))
 
     ``values`` (R, G, K), ``base_values`` (R, K), ``feature_names`` (G,), ``output_names`` (K,),
-    ``data`` (R, M) when the players are the features (absent with --groups), ``error_std``
-    (R, G, K) in sampling mode. Slice one class for shap's single-output plots:
+    ``data`` (R, M) when the players are the features (absent with --groups; numbers: a text
+    column's code, which shap's plots colour by), ``display_data`` (R, M) strings of the values as
+    the user wrote them when some column is text, boolean or integer, ``error_std`` (R, G, K) in
+    sampling mode. Slice one class for shap's single-output plots:
     ``explanation[:, :, k]``.
     """
     arrays: dict[str, npt.NDArray[Any]] = {
@@ -159,6 +177,9 @@ def write_explanation(
     }
     if len(player_names) == len(rows.feature_names):
         arrays["data"] = np.asarray(rows.features, dtype=np.float64)
+        user = rows.user_values()
+        if user is not None:
+            arrays["display_data"] = user.astype(str).to_numpy(dtype=str)
     if standard_errors is not None:
         arrays["error_std"] = np.asarray(standard_errors, dtype=np.float64)
     buffer = io.BytesIO()

@@ -244,7 +244,7 @@ def explain_part(
         )
     block = source.read(start, stop)
     explanation, outputs = explainer.explain(predict, block.codes, dtype)
-    rows = block.explained(source.names, outputs, explanation.expected_value, spec.class_names)
+    rows = block.explained(source.names, outputs, explanation.expected_value, spec.class_names, source.codec)
     if explanation.standard_errors is not None:  # first: the values part marks the block done
         results.write_parquet(
             out_dir / ERRORS_PARTS / part_name(start, stop),

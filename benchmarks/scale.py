@@ -1,7 +1,8 @@
 """Streaming at scale: 10k, 100k and 1M rows of a cheap model through the job on local Ray.
 
 The workload: a numeric table of ``--features`` (default 4) standard-normal columns and a model
-fitted on 2,000 rows of it, saved with skops, explained on ``--explain`` Parquet files of each
+fitted on 2,000 rows of it, saved with skops, explained (``--trust-model``: skops does not trust
+scikit-learn's Tree type) on ``--explain`` Parquet files of each
 size (row groups of 50,000), background 10. ``--workload tree`` (default): a shallow
 ``RandomForestClassifier`` (20 trees, depth 4) on the exact tree path (``--algorithm tree``).
 ``--workload kernel``: a ``LogisticRegression`` with our exact KernelSHAP (2^4 - 2 = 14
@@ -112,7 +113,7 @@ def run_one(where: Path, n: int, cpus: int, block_rows: int, workload: str) -> d
     with tempfile.TemporaryDirectory() as out:
         argv = ["--data", str(where / "train.csv"), "--label", "y", "--model", str(where / "model.skops")]
         argv += ["--explain", str(where / f"explain-{n}.parquet"), "--rows", "all", "--background", "10"]
-        argv += ["--no-reference", "--cpus", str(cpus), "--batch-size", str(block_rows)]
+        argv += ["--no-reference", "--cpus", str(cpus), "--batch-size", str(block_rows), "--trust-model"]
         argv += ["--algorithm", "tree" if workload == "tree" else "kernel"]
         argv += ["--output-dir", out, "--run-id", "scale"]
         from rich.console import Console

@@ -133,3 +133,19 @@ def test_a_bad_cell_in_a_later_block_names_its_line(local_ray, table, tmp_path, 
     err = capsys.readouterr().err
     assert f"{explain}: column 'c' is not numeric: 'n/a?' on line 502" in err
     assert "Traceback" not in err
+
+
+def test_parquet_rows_have_no_data_line_and_text_values_show_as_text(local_ray, tmp_path):
+    """Issue 10, noticed: data_line was filled for Parquet input (it has no lines) and value:colour
+    held the code of the text, not the text."""
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"colour": rng.choice(["red", "blue", "green"], 200), "w": rng.normal(size=200)})
+    frame["grade"] = np.where((frame["colour"] == "red") ^ (frame["w"] > 0), "good", "bad")
+    frame.to_parquet(tmp_path / "shop.parquet")
+    argv = ["--data", str(tmp_path / "shop.parquet"), "--label", "grade", "--trees", "5", "--rows", "3"]
+    argv += ["--background", "10", "--no-reference", "--output-dir", str(tmp_path), "--run-id", "pq"]
+    assert main(argv) == 0
+    values = pd.read_parquet(tmp_path / "pq" / "shap_values.parquet")
+    assert values["data_line"].isna().all()
+    rows = values["row"].to_numpy()
+    assert values["value:colour"].tolist() == frame["colour"].to_numpy()[rows].tolist()

@@ -112,3 +112,21 @@ def test_progress_line_has_rate_and_time_left():
     line = stream.progress_line(250_000, 1_000_000, 250_000, 100.0)
     assert line.strip() == "streamed 250,000/1,000,000 rows (25%), 2,500 rows/s, 5 min 00 s left"
     assert "unknown left" in stream.progress_line(0, 10, 0, 0.0)
+
+
+def test_value_columns_and_display_data_hold_the_users_text_not_its_codes(tmp_path, typed):
+    """Issue 10, noticed: value:<feature> held a text column's float code; now its text (and the
+    explanation file gets shap's display_data of the user's values beside the numeric data)."""
+    frame, codec = typed
+    codes = codec.encode(frame.iloc[:3])
+    rows = results.BlockRows(codes, np.arange(3), None, None).explained(
+        list(frame.columns), np.zeros((3, 2)), np.zeros(2), ["x", "y"], codec
+    )
+    table = results.values_frame(np.zeros((3, 3, 2)), rows, list(frame.columns))
+    assert table["value:colour"].tolist() == np.repeat(frame["colour"][:3].to_numpy(), 2).tolist()
+    assert table["value:size"].tolist() == np.repeat(frame["size"][:3].to_numpy(), 2).tolist()
+    assert table["value:w"].tolist() == np.repeat(frame["w"][:3].to_numpy(), 2).tolist()  # bit for bit
+    results.write_explanation(tmp_path / "e.npz", np.zeros((3, 3, 2)), rows, list(frame.columns))
+    saved = np.load(tmp_path / "e.npz")
+    assert saved["display_data"][:, 0].tolist() == frame["colour"][:3].tolist()
+    np.testing.assert_array_equal(saved["data"], codes)
