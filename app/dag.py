@@ -1105,7 +1105,7 @@ TREE_CHECK_MAX_FEATURES = 16  # exact KernelSHAP needs 2^M - 2 coalitions: beyon
 
 def _choose_algorithm(config: JobConfig, prepared: _Prepared) -> tuple[str, str]:
     """The algorithm that runs and why; raises UnsupportedModelError for tree on other models."""
-    fitted = ray.get(prepared.model_box[0])
+    fitted = _trees_of(ray.get(prepared.model_box[0]))
     if config.algorithm == Algorithm.AUTO and config.link is not Link.IDENTITY:
         return (
             "kernel",
@@ -1116,11 +1116,19 @@ def _choose_algorithm(config: JobConfig, prepared: _Prepared) -> tuple[str, str]
     return tree_shap.choose_algorithm(str(config.algorithm), fitted)
 
 
+def _trees_of(fitted: Any) -> Any:
+    """The estimator inside the user's --model when its columns are all floats (their codes are
+    their values, so the trees see exactly what the model does); else the model as it is."""
+    if isinstance(fitted, ModelFunction) and (fitted.codec is None or fitted.codec.all_float):
+        return fitted.estimator
+    return fitted
+
+
 @ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False)
 def tree_prepare_step(
     model_box: list[Ref], background: np.ndarray
 ) -> tuple[tree_shap.TreeModel, tree_shap.BackgroundStats]:
-    tree_model = tree_shap.prepare_model(_resolve(model_box), background)
+    tree_model = tree_shap.prepare_model(_trees_of(_resolve(model_box)), background)
     return tree_model, tree_shap.background_stats(tree_model, background)
 
 
@@ -1139,7 +1147,7 @@ def tree_path_dependent_step(model_box: list[Ref], rows: np.ndarray) -> tuple[np
     import shap
 
     start = time.perf_counter()
-    fitted = _resolve(model_box)
+    fitted = _trees_of(_resolve(model_box))
     with _single_threaded():
         explainer = shap.TreeExplainer(fitted, feature_perturbation="tree_path_dependent")
         x = rows.astype(model.input_dtype(fitted))  # the model's own input dtype
@@ -1155,7 +1163,7 @@ def tree_check_step(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Exact KernelSHAP (all 2^M - 2 coalitions) of the sampled rows, the tree path's reference."""
     start = time.perf_counter()
-    fitted = _resolve(model_box)
+    fitted = _trees_of(_resolve(model_box))
     predict, _ = tree_shap.model_output(fitted)
     with _single_threaded():
         check = kernel_shap.explain(
@@ -1758,7 +1766,7 @@ def _finish_stream_tree(
         "row_ids": None,  # too many to list: see streamed.row_range
         "algorithm": "tree",
         "algorithm_reason": reason,
-        "explains": tree_shap.model_output(ray.get(prepared.model_box[0]))[1],
+        "explains": tree_shap.model_output(_trees_of(ray.get(prepared.model_box[0])))[1],
         "check": check,
         "comparison": check,
         "mean_abs_shap": {name: sums.mean_abs[g].tolist() for g, name in enumerate(names)},
