@@ -409,7 +409,8 @@ def build_dataset(
     missing = [c for c in names if c not in frame.columns]
     if missing:
         raise DataError(
-            f"{source}: --features names columns it does not have: {', '.join(missing)}; "
+            f"{source}: --features (default: the columns the --model was fitted on) names columns it "
+            f"does not have: {', '.join(missing)}; "
             f"the columns are {', '.join(frame.columns)}."
         )
     if label in names:

@@ -4,6 +4,7 @@ columns, and the explanation's plan sized against kernel_shap.PLAN_MEMORY_BUDGET
 
 from __future__ import annotations
 
+import functools
 import math
 
 from app import etl, kernel_shap, stream
@@ -39,11 +40,36 @@ def label_required(config: JobConfig) -> bool:
 
 
 def read_columns(config: JobConfig) -> tuple[str, ...]:
-    """The columns to read: --features, plus the --background-weights column (not a feature)."""
+    """The columns to read: --features (default: the columns a local --model was fitted on, when
+    it records them), plus the --background-weights column (not a feature)."""
     weights = config.background_weights
-    if not config.features or weights is None or weights in config.features:
-        return config.features
-    return (*config.features, weights)
+    features = config.features or model_columns(config)
+    if not features or weights is None or weights in features:
+        return features
+    return (*features, weights)
+
+
+def model_columns(config: JobConfig) -> tuple[str, ...]:
+    """The columns a local --model was fitted on (scikit-learn's ``feature_names_in_``, in its
+    order), or () when --features is given, the model is remote or records no names. Raises
+    DataError for a model file that cannot be loaded."""
+    if config.features or config.model is None or "://" in config.model:
+        return ()
+    from pathlib import Path
+
+    path = Path(config.model)
+    if not path.is_file():
+        return ()  # model_file names the missing file, in its place in the checks
+    return _fitted_columns(str(path), config.trust_model, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _fitted_columns(path: str, trust: bool, mtime_ns: int) -> tuple[str, ...]:
+    from app import model_file  # scikit-learn: only when a model is given
+
+    del mtime_ns  # part of the cache key: a file written anew is read anew
+    names = getattr(model_file.load_model(path, trust), "feature_names_in_", None)
+    return () if names is None else tuple(str(n) for n in names)
 
 
 def explain_rows(config: JobConfig) -> int | None:

@@ -130,3 +130,28 @@ def test_value_columns_and_display_data_hold_the_users_text_not_its_codes(tmp_pa
     saved = np.load(tmp_path / "e.npz")
     assert saved["display_data"][:, 0].tolist() == frame["colour"][:3].tolist()
     np.testing.assert_array_equal(saved["data"], codes)
+
+
+def test_features_default_to_the_columns_the_model_was_fitted_on(tmp_path):
+    """Issue 10, noticed: with --model and no --features every other column was a feature, so a
+    data file with an id column was refused; now the model's feature_names_in_ are the default."""
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    from app import precheck
+    from app.config import parse_args
+
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"id": np.arange(60), "b": rng.normal(size=60), "a": rng.normal(size=60)})
+    frame["y"] = np.where(frame["a"] > frame["b"], "up", "down")
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    sio.dump(LogisticRegression().fit(frame[["a", "b"]], frame["y"]), tmp_path / "m.skops")
+    config = parse_args(
+        ["--data", str(tmp_path / "d.csv"), "--model", str(tmp_path / "m.skops"), "--label", "y"]
+    )
+    assert precheck.read_columns(config) == ("a", "b")  # the model's order, not the file's
+    precheck.check_job(config)  # was: "the model expects ... extra id"
+    given = parse_args(
+        [*["--data", str(tmp_path / "d.csv"), "--model", str(tmp_path / "m.skops")], "--features", "b"]
+    )
+    assert precheck.read_columns(given) == ("b",)
