@@ -86,6 +86,22 @@ def test_streamed_parts_equal_the_in_memory_run_bit_for_bit(
     assert "streamed 750/750 rows (100%)" in lines[-1]
 
 
+def test_the_tree_path_streams_too_and_equals_its_in_memory_run(
+    local_ray, table, tmp_path, monkeypatch, small_stream
+):
+    assert run(table, tmp_path, "tree", "--rows", "0:500", "--algorithm", "tree") == 0
+    monkeypatch.setattr(stream, "STREAM_MIN_ROWS", 100_000)
+    assert run(table, tmp_path, "tree-memory", "--rows", "0:500", "--algorithm", "tree") == 0
+    pd.testing.assert_frame_equal(
+        parts_of(tmp_path / "tree"),
+        pd.read_parquet(tmp_path / "tree-memory" / "shap_values.parquet"),
+        check_exact=True,
+    )
+    summary = json.loads((tmp_path / "tree" / "summary.json").read_text())
+    assert summary["algorithm"] == "tree" and summary["streamed"]["parts"] == 3
+    assert summary["check"]["against"] == "exact KernelSHAP" and summary["check"]["max_abs_diff"] <= 1e-12
+
+
 def test_rerun_with_the_same_run_id_computes_only_the_missing_parts(local_ray, table, tmp_path, small_stream):
     explain = tmp_path / "explain.parquet"
     pd.read_csv(table)[FEATURES].iloc[:700].to_parquet(explain, row_group_size=128)
