@@ -21,15 +21,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from app import etl, kernel_shap, results, tree_shap
+from app import etl, kernel_shap, results
 from app.contract import Link
 from app.tabular import ColumnCodec
+
+if TYPE_CHECKING:  # numba loads with it: precheck, which imports this module, must stay fast
+    from app import tree_shap
 
 STREAM_MIN_ROWS = 20_000  # a run explaining more rows than this streams (at most 20,000 x K CSV lines)
 BLOCK_ROWS = 5_000  # rows per part, unless --batch-size says otherwise
@@ -155,6 +158,8 @@ class TreeBlockExplainer:
         self, predict: kernel_shap.Predict, rows: npt.NDArray[np.float64], dtype: Any
     ) -> tuple[kernel_shap.Explanation, npt.NDArray[np.float64]]:
         """(Explanation with values (R, M, K), outputs (R, K)); ``predict``/``dtype`` unused."""
+        from app import tree_shap
+
         values, outputs = tree_shap.explain_rows(self.tree_model, self.stats, rows)
         expected = np.asarray(self.stats.expected_value, dtype=np.float64)
         return kernel_shap.Explanation(values, expected, True, 0), outputs
