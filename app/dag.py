@@ -1579,6 +1579,7 @@ def _run_stream_dag(
     tree_box = None
     if algorithm == "tree":
         tree_box = list(tree_prepare_step.remote(prepared.model_box, prepared.background_ref))
+    _claim_parts(out_dir, config)
     stats = run_stream(prepared.model_box, plan, spec, out_dir, workers, reporter.info, tree_box)
     sums = stream.totals(stats)
     reused = sums.parts - sums.parts_computed
@@ -1800,3 +1801,30 @@ def _first_rows(
         stream.values_of(first, names, n_classes), expected, sums.exact, sums.n_coalitions, errors
     )
     return first, explanation
+
+
+# Options that do not change a part's values: a rerun may change them and keep the parts.
+_NOT_IN_VALUES = ("run_id", "output_dir", "cpus", "max_tasks", "ray_address", "reference", "tolerance")
+
+
+def _claim_parts(out_dir: Path, config: JobConfig) -> None:
+    """Record the settings the parts are computed with (``shap_values.parts/_settings.json``;
+    Parquet readers skip names starting with "_"), or check that a rerun's are the same: parts of
+    other settings would be read back as if they were this run's. Raises DataError if they differ."""
+    import dataclasses
+    import json
+
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IN_VALUES}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    path = out_dir / stream.VALUES_PARTS / "_settings.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != json.loads(text).get(k))
+        if changed:
+            raise DataError(
+                f"{out_dir}: its parts were computed with other settings ({', '.join(changed)} differ); "
+                "pass a new --run-id, or delete that folder to start again."
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")

@@ -102,7 +102,9 @@ def test_the_tree_path_streams_too_and_equals_its_in_memory_run(
     assert summary["check"]["against"] == "exact KernelSHAP" and summary["check"]["max_abs_diff"] <= 1e-12
 
 
-def test_rerun_with_the_same_run_id_computes_only_the_missing_parts(local_ray, table, tmp_path, small_stream):
+def test_rerun_with_the_same_run_id_computes_only_the_missing_parts(
+    local_ray, table, tmp_path, capsys, small_stream
+):
     explain = tmp_path / "explain.parquet"
     pd.read_csv(table)[FEATURES].iloc[:700].to_parquet(explain, row_group_size=128)
     extra = ("--explain", str(explain), "--rows", "50:650", "--no-reference")
@@ -121,6 +123,9 @@ def test_rerun_with_the_same_run_id_computes_only_the_missing_parts(local_ray, t
     assert summary["streamed"]["parts_computed"] == 1 and summary["streamed"]["parts_read_back"] == 2
     assert all((parts / name).stat().st_mtime_ns == mtime for name, mtime in kept.items())  # not rewritten
     pd.testing.assert_frame_equal(parts_of(run_dir), first, check_exact=True)
+    # the parts of other settings are not taken for this run's
+    assert run(table, tmp_path, "again", *extra, "--seed", "7") == 3
+    assert "its parts were computed with other settings (seed differ)" in capsys.readouterr().err
 
 
 def test_the_driver_reads_back_only_the_first_rows(local_ray, table, tmp_path, monkeypatch, small_stream):
