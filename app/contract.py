@@ -154,7 +154,11 @@ class JobConfig:
         "shap's 2M+2048 with standard errors).",
         metavar="<int|exact>",
     )
-    batch_size: int | None = option(None, "Rows per Ray task (default: balanced).", metavar="N")
+    batch_size: int | None = option(
+        None,
+        "Rows per Ray task (default: balanced; 5000 per part when more than 20000 rows stream).",
+        metavar="N",
+    )
     max_tasks: int | None = option(
         None, "Ray tasks at once (default: all CPUs).", metavar="N", aliases=("--workers",)
     )
@@ -233,7 +237,10 @@ class JobConfig:
         metavar="PATH",
     )
     features: tuple[str, ...] = option(
-        (), "Columns to use, comma-separated (default: every column but the label).", metavar="A,B,..."
+        (),
+        "Columns to use, comma-separated (default: the columns a local --model was fitted on, else every "
+        "column but the label).",
+        metavar="A,B,...",
     )
     task: Task | None = option(
         None, "What to train: classification or regression (default: inferred from the label and printed)."

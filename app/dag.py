@@ -25,7 +25,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeAlias, cast
 
@@ -34,7 +34,7 @@ import ray
 from ray import ObjectRef
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from app import compare, etl, kernel_shap, model, model_file, precheck, results, tree_shap
+from app import compare, etl, kernel_shap, model, model_file, precheck, results, stream, tree_shap
 from app.config import EXACT, Algorithm, JobConfig
 from app.contract import DEFAULT_LABEL, Link, OptionError, Task, new_run_id, row_range
 from app.errors import DataError, ExplanationsDisagreeError, JobError
@@ -171,6 +171,8 @@ def etl_step(
         "features": list(dataset.features.columns),
         "label": None if dataset.labels is None else dataset.label,  # None: the data has no label
         "bundled": dataset.bundled,
+        "csv_lines": dataset.from_csv,  # data_line = row + 2 (False: Parquet, the bundled data)
+        "codec": dataset.codec,
         "notice": dataset.notice,
         "seconds": time.perf_counter() - start,
     }
@@ -613,6 +615,7 @@ class _Prepared:
     outputs: dict[str, Any]  # fx, fnull, classes; fnull over the weighted, merged background
     nsamples: int | str | None
     background: Background  # duplicates merged into weights: what the explainers use
+    stream: _StreamPlan | None = None  # streamed runs: data holds only the first rows (the sample)
 
 
 def _warm_up(
@@ -639,12 +642,27 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     cpus = _cluster_cpus()
     workers = config.max_tasks or cpus
     n_outputs = prepared.outputs["fx"].shape[1]
+    # Streamed: each block is its own plan, so the memory budget is a block's
+    plan_rows = n_rows if prepared.stream is None else max(b - a for a, b in prepared.stream.parts)
     budget = precheck.resolve_budget(
-        config, prepared.nsamples, n_players, n_rows, len(prepared.background.rows), n_outputs
+        config, prepared.nsamples, n_players, plan_rows, len(prepared.background.rows), n_outputs
     )
     nodes = _alive_nodes()
     if len(nodes) > 1:
         reporter.info(f"Explaining on {len(nodes)} Ray nodes with {cpus} CPUs.")
+    if prepared.stream is not None:
+        names = list(prepared.info["features"]) if player_spec is None else list(player_spec.names)
+        spec = stream.BlockSpec(
+            prepared.data.background,
+            prepared.data.background_weights,
+            budget,
+            config.link,
+            config.seed,
+            players,
+            tuple(names),
+            tuple(prepared.outputs["classes"]),
+        )
+        return _run_stream_dag(config, prepared, spec, player_spec, reporter, timings, nodes, reason)
     _warm_up(prepared, workers, config.reference, reporter, timings)
     ours, plans, budget = _ours_rounds(config, prepared, budget, workers, players, reporter)
     if not all(plan.exact for plan, _ in plans.values()):
@@ -836,13 +854,14 @@ def _write_results(
     names = names or list(prepared.info["features"])
     rows = results.ExplainedRows(
         row_ids=prepared.data.row_ids,
-        data_lines=results.data_lines_of(prepared.data.row_ids, from_file=not prepared.info["bundled"]),
+        data_lines=results.data_lines_of(prepared.data.row_ids, from_file=prepared.info["csv_lines"]),
         features=prepared.data.rows,
         feature_names=list(prepared.info["features"]),
         labels=prepared.data.labels,
         outputs=np.asarray(outputs, dtype=np.float64),
         expected_value=np.asarray(explanation.expected_value, dtype=np.float64).reshape(-1),
         class_names=prepared.outputs["classes"],
+        codec=prepared.info["codec"],
     )
     tables = {"shap_values.csv": explanation.values}
     if explanation.standard_errors is not None:
@@ -933,10 +952,17 @@ def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings:
     timings.add("create_model", t0, f"{model_info['trees']} trees" if model_info["trees"] else "loaded")
 
     t0 = time.perf_counter()
-    data_ref = get_data_to_explain_step.remote(split_ref, config.rows, config.background, config.seed)
-    data: model.ExplainData = ray.get(data_ref)
-    if config.explain or config.background_data:
-        data = rows_from_files(config, ray.get(dataset_ref), data)
+    plan = _plan_stream(config, info, split_ref)
+    if plan is None:
+        data_ref = get_data_to_explain_step.remote(split_ref, config.rows, config.background, config.seed)
+        data: model.ExplainData = ray.get(data_ref)
+        if config.explain:  # the rows' data_line is their line in that file, when it is a CSV
+            info["csv_lines"] = "://" in config.explain or not etl.is_local_parquet(config.explain)
+        if config.explain or config.background_data:
+            data = rows_from_files(config, ray.get(dataset_ref), data)
+    else:
+        data = _stream_sample(config, plan, split_ref, dataset_ref)
+        info["csv_lines"] = plan.source.csv_lines
     background_ref = ray.put(data.background)
     background = Background.put(data.background, data.background_weights)
     model_box = [model_ref]
@@ -944,11 +970,16 @@ def _prepare(config: JobConfig, source: str | None, reporter: Reporter, timings:
         outputs_step.remote(model_box, data.rows, background.ref, background.weights)
     )
     detail = f"{len(data.rows)} test rows, {len(data.background)} background rows"
+    if plan is not None:
+        detail = (
+            f"{plan.stop - plan.start:,} rows to stream in {len(plan.parts)} parts of up to "
+            f"{plan.parts[0][1] - plan.parts[0][0]:,}, {len(data.background)} background rows"
+        )
     if len(background.rows) < len(data.background):
         detail += f" ({len(background.rows)} distinct, duplicates merged into weights)"
     reporter.step("get_data_to_explain", detail, time.perf_counter() - t0)
     timings.add("get_data_to_explain", t0)
-    return _Prepared(info, model_box, model_info, data, background_ref, outputs, nsamples, background)
+    return _Prepared(info, model_box, model_info, data, background_ref, outputs, nsamples, background, plan)
 
 
 def _summary(
@@ -1074,7 +1105,7 @@ TREE_CHECK_MAX_FEATURES = 16  # exact KernelSHAP needs 2^M - 2 coalitions: beyon
 
 def _choose_algorithm(config: JobConfig, prepared: _Prepared) -> tuple[str, str]:
     """The algorithm that runs and why; raises UnsupportedModelError for tree on other models."""
-    fitted = ray.get(prepared.model_box[0])
+    fitted = _trees_of(ray.get(prepared.model_box[0]))
     if config.algorithm == Algorithm.AUTO and config.link is not Link.IDENTITY:
         return (
             "kernel",
@@ -1085,11 +1116,19 @@ def _choose_algorithm(config: JobConfig, prepared: _Prepared) -> tuple[str, str]
     return tree_shap.choose_algorithm(str(config.algorithm), fitted)
 
 
+def _trees_of(fitted: Any) -> Any:
+    """The estimator inside the user's --model when its columns are all floats (their codes are
+    their values, so the trees see exactly what the model does); else the model as it is."""
+    if isinstance(fitted, ModelFunction) and (fitted.codec is None or fitted.codec.all_float):
+        return fitted.estimator
+    return fitted
+
+
 @ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False)
 def tree_prepare_step(
     model_box: list[Ref], background: np.ndarray
 ) -> tuple[tree_shap.TreeModel, tree_shap.BackgroundStats]:
-    tree_model = tree_shap.prepare_model(_resolve(model_box), background)
+    tree_model = tree_shap.prepare_model(_trees_of(_resolve(model_box)), background)
     return tree_model, tree_shap.background_stats(tree_model, background)
 
 
@@ -1108,7 +1147,7 @@ def tree_path_dependent_step(model_box: list[Ref], rows: np.ndarray) -> tuple[np
     import shap
 
     start = time.perf_counter()
-    fitted = _resolve(model_box)
+    fitted = _trees_of(_resolve(model_box))
     with _single_threaded():
         explainer = shap.TreeExplainer(fitted, feature_perturbation="tree_path_dependent")
         x = rows.astype(model.input_dtype(fitted))  # the model's own input dtype
@@ -1124,7 +1163,7 @@ def tree_check_step(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Exact KernelSHAP (all 2^M - 2 coalitions) of the sampled rows, the tree path's reference."""
     start = time.perf_counter()
-    fitted = _resolve(model_box)
+    fitted = _trees_of(_resolve(model_box))
     predict, _ = tree_shap.model_output(fitted)
     with _single_threaded():
         check = kernel_shap.explain(
@@ -1181,6 +1220,18 @@ def _run_tree_dag(
     workers = config.max_tasks or cpus
     nodes = _alive_nodes()
     reporter.info(f"Algorithm: {algorithm} ({reason}).")
+    if prepared.stream is not None:
+        spec = stream.BlockSpec(
+            data.background,
+            data.background_weights,
+            None,
+            config.link,
+            config.seed,
+            None,
+            tuple(prepared.info["features"]),
+            tuple(prepared.outputs["classes"]),
+        )
+        return _run_stream_dag(config, prepared, spec, None, reporter, timings, nodes, reason, algorithm)
     checked = np.sort(
         np.random.default_rng(config.seed).choice(n_rows, size=min(TREE_CHECK_ROWS, n_rows), replace=False)
     )
@@ -1293,3 +1344,487 @@ def _tree_summary(
         "nodes_lost": _lost_nodes(nodes),
         "workers": workers,
     }
+
+
+# ------------------------------------------------------------------ streaming (issue 10)
+@dataclass(frozen=True)
+class _StreamPlan:
+    """A streamed run's rows: [start, stop) of ``source`` in ``parts`` (row ranges, one part each).
+    ``split_box``: the data's split in the object store when the rows are its test rows."""
+
+    source: stream.RowSource
+    split_box: list[Ref] | None
+    start: int
+    stop: int
+    parts: list[tuple[int, int]]
+
+
+@ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)
+def test_rows_step(split: model.Split) -> int:
+    return len(split.x_test)
+
+
+@ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)
+def read_rows_step(
+    source: stream.RowSource, split_box: list[Ref] | None, start: int, stop: int
+) -> results.BlockRows:
+    if split_box is not None:
+        source = replace(source, split=ray.get(split_box[0]))
+    return source.read(start, stop)
+
+
+def _plan_stream(config: JobConfig, info: dict[str, Any], split_ref: Ref) -> _StreamPlan | None:
+    """The stream plan when the run explains more than stream.STREAM_MIN_ROWS rows with
+    KernelSHAP (from a local --explain file or the data's test split), else None (in memory)."""
+    if config.algorithm not in (Algorithm.KERNEL, Algorithm.TREE) or config.tol is not None:
+        return None
+    names = tuple(str(n) for n in info["features"])
+    box: list[Ref] | None = None
+    if config.explain:
+        if "://" in config.explain:
+            return None
+        try:
+            start, stop = row_range(config.rows, etl.count_rows(config.explain))
+        except OptionError as err:
+            raise DataError(f"{config.explain}: --rows {err}.") from None
+        csv_lines = not etl.is_local_parquet(config.explain)
+        source = stream.RowSource(names, info["codec"], csv_lines, path=config.explain)
+    else:
+        n_test = int(ray.get(test_rows_step.remote(split_ref)))
+        if isinstance(config.rows, int) and config.rows > n_test:
+            return None  # get_data_to_explain says why
+        try:
+            start, stop = row_range(config.rows, n_test)
+        except OptionError:
+            return None
+        # the split's rows are codes already; the codec decodes them for the value: columns
+        source, box = stream.RowSource(names, info["codec"], bool(info["csv_lines"])), [split_ref]
+    if not stream.streams(stop - start):
+        return None
+    return _StreamPlan(source, box, start, stop, stream.blocks(start, stop, config.batch_size))
+
+
+def _stream_sample(
+    config: JobConfig, plan: _StreamPlan, split_ref: Ref, dataset_ref: Ref
+) -> model.ExplainData:
+    """The first stream.REFERENCE_ROWS rows (shap's comparison runs on them) and the background."""
+    k = min(stream.REFERENCE_ROWS, plan.stop - plan.start)
+    block: results.BlockRows = ray.get(
+        read_rows_step.remote(plan.source, plan.split_box, plan.start, plan.start + k)
+    )
+    chosen: model.ExplainData = ray.get(
+        get_data_to_explain_step.remote(split_ref, 1, config.background, config.seed)
+    )
+    data = model.ExplainData(
+        block.codes,
+        block.row_ids,
+        chosen.background,
+        background_weights=chosen.background_weights,
+        labels=block.labels,
+    )
+    if config.background_data:
+        data = replace(
+            rows_from_files(replace(config, explain=None), ray.get(dataset_ref), data), labels=block.labels
+        )
+    return data
+
+
+class _ExplainParts:
+    """Ray Data's actor for streamed KernelSHAP: the model, the split (when the rows are its test
+    rows) and the coalition plans are loaded once per worker process; each call explains one
+    row range and writes its part (or reads back the part an earlier run wrote)."""
+
+    def __init__(
+        self,
+        model_box: list[Ref],
+        plan: _StreamPlan,
+        spec: stream.BlockSpec,
+        out_dir: str,
+        tree_box: list[Ref] | None = None,
+    ):
+        fitted = ray.get(model_box[0])
+        split = None if plan.split_box is None else ray.get(plan.split_box[0])
+        self.source = plan.source if split is None else replace(plan.source, split=split)
+        self.predict, self.dtype = fitted.predict_proba, model.input_dtype(fitted)
+        self.explainer: stream.BlockExplainer | stream.TreeBlockExplainer = stream.BlockExplainer(spec)
+        if tree_box is not None:  # the exact tree path: trees and background statistics, once
+            self.explainer = stream.TreeBlockExplainer(spec, *ray.get(tree_box))
+        self.out_dir = Path(out_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = []
+        with _single_threaded():
+            for a, b in zip(batch["start"].tolist(), batch["stop"].tolist(), strict=True):
+                try:
+                    part = stream.explain_part(
+                        self.out_dir, self.source, self.explainer, self.predict, self.dtype, a, b
+                    )
+                except JobError as err:  # the user's message (a bad line), not Ray Data's wrapping
+                    rows.append({"start": a, "stop": b, "error": f"{type(err).__name__}: {err}"})
+                    continue
+                rows.append({**part.to_row(), "error": ""})
+        if any(row["error"] for row in rows):
+            rows = [{"start": row["start"], "stop": row["stop"], "error": row["error"]} for row in rows]
+        return {key: np.asarray([row[key] for row in rows]) for key in rows[0]}
+
+
+def _raised_in_worker(text: str) -> JobError:
+    """The JobError a worker reported as "<class name>: <message>"."""
+    from app import errors
+
+    name, _, message = text.partition(": ")
+    kind = getattr(errors, name, JobError)
+    return kind(message) if isinstance(kind, type) and issubclass(kind, JobError) else JobError(message)
+
+
+def _job_error(err: BaseException) -> JobError | None:
+    """The JobError (e.g. a DataError naming a bad line) that Ray Data wrapped, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, JobError):
+            return current
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else (current.__cause__ or current.__context__)
+    return None
+
+
+def run_stream(
+    model_box: list[Ref],
+    plan: _StreamPlan,
+    spec: stream.BlockSpec,
+    out_dir: Path,
+    workers: int,
+    report: Callable[[str], None] = lambda line: None,
+    tree_box: list[Ref] | None = None,
+) -> list[stream.PartStats]:
+    """Explain the plan's parts with Ray Data (an actor pool of ``workers`` processes, one part a
+    call) and return each part's sums, in the order they finished; the driver holds no values.
+    ``report`` gets a progress line (rows done, rows/s, time left) as parts finish, at most one per
+    stream.PROGRESS_SECONDS besides the first and the last. Raises the JobError of a bad block."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    items = [{"start": a, "stop": b} for a, b in plan.parts]
+    parts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _ExplainParts,
+        fn_constructor_args=(model_box, plan, spec, str(out_dir), tree_box),
+        batch_size=1,
+        concurrency=max(1, min(workers, len(items))),
+        num_cpus=1,
+        batch_format="numpy",
+    )
+    n_classes, n_players = len(spec.class_names), len(spec.player_names)
+    total, done, computed = plan.stop - plan.start, 0, 0
+    stats: list[stream.PartStats] = []
+    began = last = time.perf_counter()
+    try:
+        for batch in parts.iter_batches(batch_size=None, batch_format="numpy"):
+            for i in range(len(batch["start"])):
+                if batch["error"][i]:
+                    raise _raised_in_worker(str(batch["error"][i]))
+                part = stream.PartStats(
+                    start=int(batch["start"][i]),
+                    stop=int(batch["stop"][i]),
+                    computed=bool(batch["computed"][i]),
+                    seconds=float(batch["seconds"][i]),
+                    abs_sum=np.asarray(batch["abs_sum"][i], dtype=np.float64).reshape(n_classes, n_players),
+                    additivity=float(batch["additivity"][i]),
+                    exact=bool(batch["exact"][i]),
+                    n_coalitions=int(batch["n_coalitions"][i]),
+                )
+                stats.append(part)
+                done += part.stop - part.start
+                computed += (part.stop - part.start) if part.computed else 0
+            now = time.perf_counter()
+            if len(stats) == 1 or done == total or now - last >= stream.PROGRESS_SECONDS:
+                report(stream.progress_line(done, total, computed, now - began))
+                last = now
+    except Exception as err:
+        cause = _job_error(err)
+        if cause is not None:
+            raise cause from None
+        raise
+    return stats
+
+
+def _run_stream_dag(
+    config: JobConfig,
+    prepared: _Prepared,
+    spec: stream.BlockSpec,
+    player_spec: Any,
+    reporter: Reporter,
+    timings: _Timings,
+    nodes: list[dict[str, Any]],
+    reason: str,
+    algorithm: str = "kernel",
+) -> dict[str, Any]:
+    """KernelSHAP (or the exact tree path) over more rows than stream.STREAM_MIN_ROWS: parts
+    streamed through Ray Data, then shap's comparison on the first rows (the tree path: exact
+    KernelSHAP on a seeded sample of them), read back from the parts, the plots of the first
+    stream.PLOT_ROWS rows and the mean |SHAP value| of all, summary.json. No CSV, no
+    explanation.npz."""
+    plan = prepared.stream
+    assert plan is not None
+    groups = None if player_spec is None else [list(c) for c in player_spec.columns]
+    cpus = _cluster_cpus()
+    workers = config.max_tasks or cpus
+    out_dir = Path(config.output_dir) / (config.run_id or new_run_id())
+    names, classes = list(spec.player_names), list(spec.class_names)
+    n_classes = len(classes)
+    t0 = time.perf_counter()
+    tree_box = None
+    if algorithm == "tree":
+        tree_box = list(tree_prepare_step.remote(prepared.model_box, prepared.background_ref))
+    _claim_parts(out_dir, config)
+    stats = run_stream(prepared.model_box, plan, spec, out_dir, workers, reporter.info, tree_box)
+    sums = stream.totals(stats)
+    reused = sums.parts - sums.parts_computed
+    note = (
+        f"{sums.seconds:.2f} CPU s in {sums.parts} parts ({sums.parts_computed} computed, {reused} read back)"
+    )
+    timings.rows.append((TREE if algorithm == "tree" else OURS, time.perf_counter() - t0, note))
+    first, explanation = _first_rows(out_dir, plan, len(prepared.data.rows), names, n_classes, sums)
+    branches: list[_Branch] = []
+    if algorithm == "tree":
+        return _finish_stream_tree(
+            config,
+            prepared,
+            plan,
+            spec,
+            sums,
+            first,
+            explanation,
+            out_dir,
+            reporter,
+            timings,
+            (cpus, nodes, workers, reason),
+        )
+    if config.reference:
+        reference = _reference_branch(
+            prepared.model_box,
+            prepared.data,
+            prepared.background,
+            spec.nsamples,
+            config.link,
+            workers,
+            config.seed,
+            groups,
+        )
+        t_ref = time.perf_counter()
+        with reporter.progress({REFERENCE: len(prepared.data.rows)}) as advance:
+            _drive([reference], advance)
+        n_first = len(prepared.data.rows)
+        note = f"{reference.cpu_seconds:.2f} CPU s in {_tasks(len(reference.done))}, first {n_first} rows"
+        timings.rows.append((REFERENCE, time.perf_counter() - t_ref, note))
+        branches.append(reference)
+    nodes_lost = _lost_nodes(nodes)
+    t0 = time.perf_counter()
+    comparison, ref_values = _compare(config, prepared, explanation, branches, spec.players, names)
+    timings.add("compare_results", t0)
+
+    ours = _Branch(OURS, [], workers)
+    ours.done = dict.fromkeys(plan.parts)
+    ours.cpu_seconds = sums.seconds
+    cluster = {"cpus": cpus, "nodes": nodes, "nodes_lost": nodes_lost}
+    summary = _summary(
+        config, out_dir.name, cluster, prepared, explanation, comparison, timings, [ours, *branches]
+    )
+    sample_ids = summary.pop("row_ids")
+    compared = (
+        f"shap.KernelExplainer on the first {len(sample_ids)} rows only"
+        if config.reference
+        else "skipped (--no-reference); additivity checked on every row"
+    )
+    summary |= {
+        "rows": sums.rows,
+        "row_ids": None,  # too many to list: see streamed.row_range
+        "players": names,
+        "groups": None if player_spec is None else player_spec.groups,
+        "tol": config.tol,
+        "background_weights": config.background_weights,
+        "background_distinct": len(prepared.background.rows),
+        "algorithm": "kernel",
+        "algorithm_reason": reason,
+        "mean_abs_shap": {name: sums.mean_abs[g].tolist() for g, name in enumerate(names)},
+        "additivity_error_all_rows": sums.additivity,
+        "streamed": {
+            **_stream_fields(config, plan, sums, compared),
+            "comparison_row_ids": sample_ids,
+        },
+    }
+    _write_stream_results(out_dir, summary, prepared, plan, sums, names)
+    reporter.summary(
+        timings.rows,
+        _verdict(comparison),
+        comparison.match,
+        str(out_dir),
+        nodes_lost=[node["ip"] for node in nodes_lost],
+        reference=False,  # not side by side here: shap ran after ours, on the first rows only
+    )
+    if not comparison.match:
+        raise ExplanationsDisagreeError(_disagreement(comparison, out_dir / "summary.json"))
+    del ref_values
+    return summary
+
+
+def _write_stream_results(
+    out_dir: Path,
+    summary: dict[str, Any],
+    prepared: _Prepared,
+    plan: _StreamPlan,
+    sums: stream.StreamTotals,
+    names: list[str],
+) -> None:
+    t0 = time.perf_counter()
+    classes = list(prepared.outputs["classes"])
+    n_plot = min(stream.PLOT_ROWS, sums.rows)
+    frame = stream.read_first_rows(out_dir, plan.parts, n_plot, len(classes))
+    block: results.BlockRows = ray.get(
+        read_rows_step.remote(plan.source, plan.split_box, plan.start, plan.start + n_plot)
+    )
+    outputs = frame["model_output"].to_numpy().reshape(n_plot, len(classes))
+    expected = frame["expected_value"].to_numpy()[: len(classes)]
+    rows = block.explained(prepared.info["features"], outputs, expected, classes, prepared.info["codec"])
+    values = stream.values_of(frame, names, len(classes))
+    plots = results.write_plots(out_dir, values, rows, names, mean_abs=sums.mean_abs, all_rows=sums.rows)
+    parts = [stream.VALUES_PARTS + "/"] + ([] if sums.exact else [stream.ERRORS_PARTS + "/"])
+    summary["files"] = sorted([*parts, *plots])
+    if not sums.exact:
+        summary["standard_errors"] = stream.ERRORS_PARTS
+    summary["wall_seconds"]["write_results"] = time.perf_counter() - t0
+    results.write_summary(out_dir / "summary.json", summary)
+
+
+def _stream_fields(
+    config: JobConfig, plan: _StreamPlan, sums: stream.StreamTotals, compared: str
+) -> dict[str, Any]:
+    return {
+        "rule": f"more than {stream.STREAM_MIN_ROWS:,} rows to explain",
+        "row_range": [plan.start, plan.stop],
+        "parts": sums.parts,
+        "parts_computed": sums.parts_computed,
+        "parts_read_back": sums.parts - sums.parts_computed,
+        "rows_per_part": plan.parts[0][1] - plan.parts[0][0],
+        "values": stream.VALUES_PARTS,
+        "mean_abs_shap": "over every row, from per-part sums",
+        "comparison": compared,
+        "plots": f"bar chart over every row; beeswarm and waterfall of the first "
+        f"{min(stream.PLOT_ROWS, sums.rows):,} rows",
+    }
+
+
+def _finish_stream_tree(
+    config: JobConfig,
+    prepared: _Prepared,
+    plan: _StreamPlan,
+    spec: stream.BlockSpec,
+    sums: stream.StreamTotals,
+    first: Any,
+    explanation: kernel_shap.Explanation,
+    out_dir: Path,
+    reporter: Reporter,
+    timings: _Timings,
+    run: tuple[int, list[dict[str, Any]], int, str],
+) -> dict[str, Any]:
+    """The streamed tree path's check (exact KernelSHAP on a seeded sample of the first rows, as
+    the in-memory tree path does over all rows), additivity over every row, summary, plots."""
+    cpus, nodes, workers, reason = run
+    n_first, n_features = prepared.data.rows.shape
+    outputs = first["model_output"].to_numpy().reshape(n_first, -1)
+    checked = np.sort(
+        np.random.default_rng(config.seed).choice(n_first, size=min(TREE_CHECK_ROWS, n_first), replace=False)
+    )
+    check: dict[str, Any]
+    if n_features <= TREE_CHECK_MAX_FEATURES:
+        t_check = time.perf_counter()
+        ref_values, ref_expected, check_seconds = ray.get(
+            tree_check_step.remote(prepared.model_box, prepared.data.rows[checked], prepared.background_ref)
+        )
+        timings.rows.append((TREE_CHECK, time.perf_counter() - t_check, f"{check_seconds:.2f} CPU s, 1 task"))
+        comparison = compare.compare_results(
+            explanation.values[checked], explanation.expected_value, ref_values, ref_expected,
+            outputs[checked], config.tolerance,
+        )  # fmt: skip
+        check = {**comparison.to_dict(), "against": "exact KernelSHAP"}
+        check["checked_rows"] = prepared.data.row_ids[checked].tolist()
+    else:
+        alone = compare.check_ours(explanation.values, explanation.expected_value, outputs, config.tolerance)
+        why = f"{n_features} features: exact KernelSHAP needs 2^{n_features} - 2 coalitions a row"
+        check = {**alone.to_dict(), "reason": f"not checked against KernelSHAP: {why}"}
+    check["additivity_error_all_rows"] = sums.additivity
+    check["match"] = bool(check["match"]) and sums.additivity <= config.tolerance
+    names = list(spec.player_names)
+    values, expected = explanation.values, explanation.expected_value
+    summary = _tree_summary(config, out_dir.name, prepared, cpus, nodes, workers, values, expected, timings)
+    sample_ids = summary.pop("row_ids")
+    compared = f"exact KernelSHAP on {len(checked)} seeded rows of the first {len(sample_ids)}"
+    summary |= {
+        "rows": sums.rows,
+        "row_ids": None,  # too many to list: see streamed.row_range
+        "algorithm": "tree",
+        "algorithm_reason": reason,
+        "explains": tree_shap.model_output(_trees_of(ray.get(prepared.model_box[0])))[1],
+        "check": check,
+        "comparison": check,
+        "mean_abs_shap": {name: sums.mean_abs[g].tolist() for g, name in enumerate(names)},
+        "additivity_error_all_rows": sums.additivity,
+        "streamed": _stream_fields(config, plan, sums, compared),
+    }
+    _write_stream_results(out_dir, summary, prepared, plan, sums, names)
+    verdict = _tree_verdict(check, "tree", len(checked) if "against" in check else 0)
+    reporter.summary(timings.rows, verdict, check["match"], str(out_dir), reference=False)
+    if not check["match"]:
+        raise ExplanationsDisagreeError(f"{verdict}; see {out_dir / 'summary.json'}")
+    return summary
+
+
+def _first_rows(
+    out_dir: Path,
+    plan: _StreamPlan,
+    n_first: int,
+    names: list[str],
+    n_classes: int,
+    sums: stream.StreamTotals,
+) -> tuple[Any, kernel_shap.Explanation]:
+    """The values table of the first ``n_first`` rows, read back from the parts, and their Explanation."""
+    first = stream.read_first_rows(out_dir, plan.parts, n_first, n_classes)
+    errors = None
+    if not sums.exact:
+        first_errors = stream.read_first_rows(out_dir, plan.parts, n_first, n_classes, stream.ERRORS_PARTS)
+        errors = stream.values_of(first_errors, names, n_classes)
+    expected = first["expected_value"].to_numpy()[:n_classes]
+    explanation = kernel_shap.Explanation(
+        stream.values_of(first, names, n_classes), expected, sums.exact, sums.n_coalitions, errors
+    )
+    return first, explanation
+
+
+# Options that do not change a part's values: a rerun may change them and keep the parts.
+_NOT_IN_VALUES = ("run_id", "output_dir", "cpus", "max_tasks", "ray_address", "reference", "tolerance")
+
+
+def _claim_parts(out_dir: Path, config: JobConfig) -> None:
+    """Record the settings the parts are computed with (``shap_values.parts/_settings.json``;
+    Parquet readers skip names starting with "_"), or check that a rerun's are the same: parts of
+    other settings would be read back as if they were this run's. Raises DataError if they differ."""
+    import dataclasses
+    import json
+
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IN_VALUES}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    path = out_dir / stream.VALUES_PARTS / "_settings.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != json.loads(text).get(k))
+        if changed:
+            raise DataError(
+                f"{out_dir}: its parts were computed with other settings ({', '.join(changed)} differ); "
+                "pass a new --run-id, or delete that folder to start again."
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")

@@ -40,6 +40,7 @@ class Dataset:
     notice: str | None = None
     weights: pd.Series | None = None  # --background-weights: each row's weight, not a feature
     codec: ColumnCodec | None = None  # None: every column is a float (the codes are the values)
+    from_csv: bool = False  # True: rows have CSV lines (data_line = row + 2); False: Parquet, bundled
 
 
 def with_weights(dataset: Dataset, column: str | None) -> Dataset:
@@ -260,17 +261,110 @@ def load_rows(source: str, like: Dataset, option: str) -> npt.NDArray[np.float64
     missing = [c for c in names if c not in frame.columns]
     if missing:
         raise DataError(f"{source}: {option} lacks the data's columns {', '.join(missing)}.")
-    table = frame[names].copy()
-    where = _row_of if parquet else _line_of
+    return encode_rows(frame[names].copy(), like.codec, source, option, _row_of if parquet else _line_of)
+
+
+def encode_rows(
+    table: pd.DataFrame, codec: ColumnCodec | None, source: str, option: str, where: Any = None
+) -> npt.NDArray[np.float64]:
+    """(R, M) float64 codes of ``table`` (the data's columns, in order) after the bad-cell checks;
+    ``where`` names a row from its index (default: a CSV line; or a Parquet row). Raises DataError."""
+    where = where or _line_of
     _check_numeric(table, source, where)
     _check_complete(table, source, where)
     _check_finite(table, source, where)
     try:
-        if like.codec is None:
+        if codec is None:
             return table.to_numpy(dtype=np.float64)
-        return like.codec.encode(table)
+        return codec.encode(table)
     except (DataError, ValueError, TypeError) as err:
         raise DataError(f"{source}: {option} does not fit the data's column types: {err}.") from None
+
+
+def is_local_parquet(path: str) -> bool:
+    """A local file named .parquet/.pq or starting with Parquet's magic bytes."""
+    if path.lower().endswith((".parquet", ".pq")):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PAR1"
+
+
+def count_rows(path: str, option: str = "--explain") -> int:
+    """Data rows of a local CSV or Parquet file without holding it: Parquet's footer, or the CSV's
+    non-blank lines after the header, counted in 1 MiB chunks. Raises DataError."""
+    if not Path(path).is_file():
+        raise DataError(f"{Path(path).absolute()}: no such file. Pass {option} with the path of your file.")
+    if is_local_parquet(path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{path}: not a readable Parquet file ({err}).") from None
+    lines = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                lines += 1
+    return max(lines - 1, 0)
+
+
+def read_row_range(
+    path: str, names: list[str], codec: ColumnCodec | None, start: int, stop: int, option: str = "--explain"
+) -> npt.NDArray[np.float64]:
+    """(stop - start, M) codes of data rows [start, stop) (0-based) of a local CSV or Parquet file,
+    read without the rest of it: Parquet reads only the row groups covering the range; a CSV skips
+    the lines before it. Errors name the file and the CSV line (or Parquet row) of a bad cell."""
+    if is_local_parquet(path):
+        frame = _parquet_range(path, names, start, stop)
+        where: Any = _row_of
+    else:
+        with open(path, encoding="utf-8-sig", errors="replace") as handle:
+            header = handle.readline()
+        sep = _guess_separator(header, path)
+        try:
+            frame = pd.read_csv(
+                path,
+                sep=sep,
+                skiprows=range(1, start + 1),
+                nrows=stop - start,
+                index_col=False,  # a separator at the end of every line is an empty last field
+                encoding="utf-8-sig",
+            )
+        except (pd.errors.ParserError, ValueError) as err:
+            raise DataError(f"{path}: not a well-formed CSV with separator {sep!r} ({err}).") from None
+        frame.columns = [str(c).strip() for c in frame.columns]
+        where = _line_of
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: {option} lacks the data's columns {', '.join(missing)}.")
+    if len(frame) != stop - start:
+        raise DataError(f"{path}: has fewer than {stop} rows (rows {start}:{stop} were asked for).")
+    frame.index = pd.RangeIndex(start, stop)  # line/row numbers of the file in error messages
+    return encode_rows(frame[names].copy(), codec, path, option, where)
+
+
+def _parquet_range(path: str, names: list[str], start: int, stop: int) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    groups, first, offset = [], None, 0
+    for i in range(parquet.metadata.num_row_groups):
+        count = parquet.metadata.row_group(i).num_rows
+        if offset < stop and offset + count > start:
+            groups.append(i)
+            first = offset if first is None else first
+        offset += count
+    columns = [c for c in names if c in parquet.schema_arrow.names]
+    table = (
+        parquet.read_row_groups(groups, columns=columns)
+        if groups
+        else parquet.schema_arrow.empty_table().select(columns)
+    )
+    lo = start - (first or 0)
+    frame: pd.DataFrame = table.slice(lo, stop - start).to_pandas()
+    return frame
 
 
 def _check_field_counts(text: str, sep: str, source: str) -> bool:
@@ -315,7 +409,8 @@ def build_dataset(
     missing = [c for c in names if c not in frame.columns]
     if missing:
         raise DataError(
-            f"{source}: --features names columns it does not have: {', '.join(missing)}; "
+            f"{source}: --features (default: the columns the --model was fitted on) names columns it "
+            f"does not have: {', '.join(missing)}; "
             f"the columns are {', '.join(frame.columns)}."
         )
     if label in names:
@@ -329,7 +424,7 @@ def build_dataset(
     labels = table.pop(label) if has_label else None
     codec = ColumnCodec.fit(table, source)
     coded = pd.DataFrame(codec.encode(table), columns=list(codec.names), index=table.index)
-    return Dataset(coded, labels, label, source, codec=None if codec.all_float else codec)
+    return Dataset(coded, labels, label, source, codec=None if codec.all_float else codec, from_csv=csv_lines)
 
 
 def _line_of(index: object) -> str:

@@ -4,9 +4,10 @@ columns, and the explanation's plan sized against kernel_shap.PLAN_MEMORY_BUDGET
 
 from __future__ import annotations
 
+import functools
 import math
 
-from app import etl, kernel_shap
+from app import etl, kernel_shap, stream
 from app import groups as groups_file
 from app.config import Algorithm, JobConfig
 from app.contract import DEFAULT_LABEL, Task, row_range
@@ -39,11 +40,43 @@ def label_required(config: JobConfig) -> bool:
 
 
 def read_columns(config: JobConfig) -> tuple[str, ...]:
-    """The columns to read: --features, plus the --background-weights column (not a feature)."""
+    """The columns to read: --features (default: the columns a local --model was fitted on, when
+    it records them), plus the --background-weights column (not a feature)."""
     weights = config.background_weights
-    if not config.features or weights is None or weights in config.features:
-        return config.features
-    return (*config.features, weights)
+    features = config.features or model_columns(config)
+    if not features or weights is None or weights in features:
+        return features
+    return (*features, weights)
+
+
+def model_columns(config: JobConfig) -> tuple[str, ...]:
+    """The columns a local --model was fitted on (scikit-learn's ``feature_names_in_``, in its
+    order), or () when --features is given, the model is remote or records no names. Raises
+    DataError for a model file that cannot be loaded."""
+    if config.features or config.model is None or "://" in config.model:
+        return ()
+    from pathlib import Path
+
+    path = Path(config.model)
+    if not path.is_file():
+        return ()  # model_file names the missing file, in its place in the checks
+    return _fitted_columns(str(path), config.trust_model, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _fitted_columns(path: str, trust: bool, mtime_ns: int) -> tuple[str, ...]:
+    from app import model_file  # scikit-learn: only when a model is given
+
+    del mtime_ns  # part of the cache key: a file written anew is read anew
+    names = getattr(model_file.load_model(path, trust), "feature_names_in_", None)
+    return () if names is None else tuple(str(n) for n in names)
+
+
+def explain_rows(config: JobConfig) -> int | None:
+    """The data rows of a local --explain file (counted without holding it), else None."""
+    if config.explain is None or "://" in config.explain:
+        return None
+    return etl.count_rows(config.explain)
 
 
 def check_job(config: JobConfig) -> None:
@@ -65,12 +98,22 @@ def check_job(config: JobConfig) -> None:
         n_classes = 1 if dataset.labels is None or regression else max(int(dataset.labels.nunique()), 1)
         n_rows, n_test = len(dataset.features), math.ceil(len(dataset.features) * config.test_size)
         start, stop = row_range(config.rows, None)  # syntax only; the split's bounds come later
-        available = n_test if config.explain is None else n_rows  # an upper bound for --explain
+        available = n_test if config.explain is None else explain_rows(config) or n_rows
         stop = available if stop < 0 else min(stop, available)  # stop < 0: --rows all
         background = min(config.background, n_rows - n_test)  # as train_test_split rounds
-        resolve_budget(config, config.nsamples, n_players, max(stop - start, 1), background, n_classes)
+        plan_rows = max(stop - start, 1)
+        if stream.streams(plan_rows) and config.algorithm == Algorithm.KERNEL and config.tol is None:
+            plan_rows = min(plan_rows, config.batch_size or stream.BLOCK_ROWS)  # one plan per block
+        resolve_budget(config, config.nsamples, n_players, plan_rows, background, n_classes)
     for option, path in (("--explain", config.explain), ("--background-data", config.background_data)):
-        if path is not None and "://" not in path:
+        if path is None or "://" in path:
+            continue
+        if option == "--explain" and stream.streams(explain_rows(config) or 0):
+            # a streamed file is checked block by block where it is read; here its first block
+            names = [str(c) for c in dataset.features.columns]
+            stop = min(stream.BLOCK_ROWS, explain_rows(config) or 0)
+            etl.read_row_range(path, names, dataset.codec, 0, stop)
+        else:
             etl.load_rows(path, dataset, option)
     if config.model is not None and "://" not in config.model:
         from app import model, model_file  # scikit-learn: only once the plan is known to fit

@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from app.tabular import ColumnCodec
+
 
 @dataclass(frozen=True)
 class ExplainedRows:
@@ -44,6 +46,15 @@ class ExplainedRows:
     outputs: npt.NDArray[np.float64]  # (R, K): the model's output, in the explanation's link space
     expected_value: npt.NDArray[np.float64]  # (K,): the expected (base) value, same space
     class_names: Sequence[str]  # (K,): in the model's order (scikit-learn's sorted classes_)
+    # How the features' codes decode to the user's values (text, booleans, integers); None: floats
+    codec: ColumnCodec | None = None
+
+    def user_values(self) -> pd.DataFrame | None:
+        """(R, M) the rows' values as the user wrote them (text, not its code), or None when the
+        features are plain floats (their codes are their values)."""
+        if self.codec is None or self.codec.all_float or list(self.codec.names) != list(self.feature_names):
+            return None
+        return self.codec.decode(np.asarray(self.features))
 
     def __post_init__(self) -> None:
         n_rows = len(self.row_ids)
@@ -56,6 +67,38 @@ class ExplainedRows:
         for name in ("features", "outputs", "expected_value"):
             if not np.all(np.isfinite(getattr(self, name))):
                 raise ValueError(f"{name} holds a non-finite number")
+
+
+@dataclass(frozen=True)
+class BlockRows:
+    """A block of rows read to be explained: codes (R, M), row ids (R,), 1-based CSV lines (R,)
+    or None, true labels (R,) or None."""
+
+    codes: npt.NDArray[np.float64]
+    row_ids: npt.NDArray[np.int64]
+    data_lines: npt.NDArray[np.int64] | None
+    labels: npt.NDArray[Any] | None
+
+    def explained(
+        self,
+        feature_names: Sequence[str],
+        outputs: npt.NDArray[np.float64],
+        expected_value: npt.NDArray[np.float64],
+        class_names: Sequence[str],
+        codec: ColumnCodec | None = None,
+    ) -> ExplainedRows:
+        """These rows as ExplainedRows, with the model's ``outputs`` (R, K) and expected value (K,)."""
+        return ExplainedRows(
+            row_ids=self.row_ids,
+            data_lines=self.data_lines,
+            features=self.codes,
+            feature_names=list(feature_names),
+            labels=self.labels,
+            outputs=np.asarray(outputs, dtype=np.float64),
+            expected_value=np.asarray(expected_value, dtype=np.float64).reshape(-1),
+            class_names=list(class_names),
+            codec=codec,
+        )
 
 
 def data_lines_of(row_ids: npt.ArrayLike, from_file: bool) -> npt.NDArray[np.int64] | None:
@@ -96,10 +139,13 @@ def values_frame(
             "model_output": rows.outputs.reshape(-1),
         }
     )
-    feature_values = pd.DataFrame(
-        np.repeat(rows.features, n_classes, axis=0),
-        columns=[VALUE_PREFIX + str(name) for name in rows.feature_names],
-    )
+    value_names = [VALUE_PREFIX + str(name) for name in rows.feature_names]
+    user = rows.user_values()  # text columns as their text, not their codes
+    if user is None:
+        feature_values = pd.DataFrame(np.repeat(rows.features, n_classes, axis=0), columns=value_names)
+    else:
+        feature_values = user.loc[user.index.repeat(n_classes)].reset_index(drop=True)
+        feature_values.columns = value_names
     return pd.concat([head, frame, feature_values], axis=1)
 
 
@@ -115,8 +161,10 @@ def write_explanation(
         explanation = shap.Explanation(**np.load(path))
 
     ``values`` (R, G, K), ``base_values`` (R, K), ``feature_names`` (G,), ``output_names`` (K,),
-    ``data`` (R, M) when the players are the features (absent with --groups), ``error_std``
-    (R, G, K) in sampling mode. Slice one class for shap's single-output plots:
+    ``data`` (R, M) when the players are the features (absent with --groups; numbers: a text
+    column's code, which shap's plots colour by), ``display_data`` (R, M) strings of the values as
+    the user wrote them when some column is text, boolean or integer, ``error_std`` (R, G, K) in
+    sampling mode. Slice one class for shap's single-output plots:
     ``explanation[:, :, k]``.
     """
     arrays: dict[str, npt.NDArray[Any]] = {
@@ -129,6 +177,9 @@ def write_explanation(
     }
     if len(player_names) == len(rows.feature_names):
         arrays["data"] = np.asarray(rows.features, dtype=np.float64)
+        user = rows.user_values()
+        if user is not None:
+            arrays["display_data"] = user.astype(str).to_numpy(dtype=str)
     if standard_errors is not None:
         arrays["error_std"] = np.asarray(standard_errors, dtype=np.float64)
     buffer = io.BytesIO()
@@ -156,14 +207,27 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 CSV_MAX_LINES = 100_000  # larger values tables are written as Parquet only
 
 
-def write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    """The table ``write_csv`` writes, as Parquet: float64 values kept to the last bit."""
+def write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[str, str] | None = None) -> None:
+    """The table ``write_csv`` writes, as Parquet: float64 values kept to the last bit.
+    ``metadata``: extra key-value pairs of the file's schema (read back with parquet_metadata)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if metadata:
+        extra = {k.encode(): v.encode() for k, v in metadata.items()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+    pq.write_table(table, sink)
     _write_atomic(path, sink.getvalue().to_pybytes())
+
+
+def parquet_metadata(path: Path) -> dict[str, str]:
+    """The key-value pairs of a Parquet file's schema (only its footer is read)."""
+    import pyarrow.parquet as pq
+
+    found = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in found.items()}
 
 
 def write_values(path: Path, frame: pd.DataFrame) -> list[str]:
@@ -199,7 +263,13 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
 
 
 def write_plots(
-    out_dir: Path, values: npt.NDArray[np.float64], rows: ExplainedRows, player_names: Sequence[str]
+    out_dir: Path,
+    values: npt.NDArray[np.float64],
+    rows: ExplainedRows,
+    player_names: Sequence[str],
+    *,
+    mean_abs: npt.NDArray[np.float64] | None = None,
+    all_rows: int | None = None,
 ) -> list[str]:
     """The PNGs; returns their file names. ``values`` (R, G, K).
 
@@ -210,6 +280,8 @@ def write_plots(
     - ``waterfall_row_<row>.png``: shap's waterfall of the first explained row, for the class the
       model gives the highest output.
     Every title says how many rows it shows; figures are saved with tight bounds so labels fit.
+    A streamed run passes ``mean_abs`` (G, K) over all of its ``all_rows`` rows for the bar chart,
+    and the first rows' values for the others.
     """
     import matplotlib
 
@@ -219,6 +291,10 @@ def write_plots(
 
     n_rows = values.shape[0]
     rows_text = f"{n_rows} explained row{'s' if n_rows != 1 else ''}"
+    bar_text = rows_text
+    if all_rows is not None:
+        bar_text = f"{all_rows:,} explained row{'s' if all_rows != 1 else ''}"
+        rows_text = f"the first {n_rows:,} of {bar_text}"
     names: list[str] = []
 
     def save(name: str, title: str, pad: float = 6.0) -> None:
@@ -229,8 +305,10 @@ def write_plots(
         names.append(name)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    _mean_abs_bar(values, player_names, rows.class_names)
-    save("shap_summary.png", f"Mean |SHAP value| per feature over {rows_text}")
+    _mean_abs_bar(
+        np.abs(values).mean(axis=0) if mean_abs is None else mean_abs, player_names, rows.class_names
+    )
+    save("shap_summary.png", f"Mean |SHAP value| per feature over {bar_text}")
     data = rows.features if len(player_names) == len(rows.feature_names) else None
     explanation = shap.Explanation(
         values=values,
@@ -255,12 +333,11 @@ def write_plots(
 
 
 def _mean_abs_bar(
-    values: npt.NDArray[np.float64], player_names: Sequence[str], class_names: Sequence[str]
+    mean_abs: npt.NDArray[np.float64], player_names: Sequence[str], class_names: Sequence[str]
 ) -> None:
     """Stacked horizontal bars of mean |SHAP| (G, K); the largest total on top, classes in order."""
     import matplotlib.pyplot as plt
 
-    mean_abs = np.abs(values).mean(axis=0)  # (G, K)
     order = np.argsort(mean_abs.sum(axis=1))  # ascending: barh draws bottom-up
     figure, axis = plt.subplots(figsize=(8, 0.4 * len(player_names) + 1.6))
     left = np.zeros(len(order))
