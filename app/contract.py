@@ -403,3 +403,158 @@ def check_config(config: JobConfig) -> None:
         )
     if config.trust_model and config.model is None:
         raise ConfigError("--trust-model", "--trust-model only applies with --model PATH")
+
+
+# ------------------------------------------------------------------ serving (issue 13)
+# `shapcluster serve up` deploys app/serve.py's application with these settings. The toolkit
+# imports them from here (stdlib only), app/serve.py reads them back from Serve's `args`.
+SERVE_APP_NAME: Final = "shapcluster"  # the Serve application's name (serve status/down use it)
+SERVE_IMPORT_PATH: Final = "app.serve:build_app"  # Serve's import_path of the application builder
+SERVE_ROUTE_PREFIX: Final = "/"  # the application's HTTP route prefix
+SERVE_EXPLAIN_ROUTE: Final = "/explain"  # POST {"rows": [{column: value, ...}, ...]}
+SERVE_HEALTH_ROUTE: Final = "/healthz"  # GET, never needs the token
+SERVE_INFO_ROUTE: Final = "/info"  # GET: model, features, classes, background, versions, image ID
+SERVE_STATS_ROUTE: Final = "/stats"  # GET: every replica's counters and latency percentiles
+SERVE_TOKEN_HEADER: Final = "Authorization"  # the token comes as "Authorization: Bearer <token>"
+SERVE_TOKEN_SCHEME: Final = "Bearer"
+SERVE_TOKEN_ENV: Final = "SHAPCLUSTER_SERVE_TOKEN"  # the token itself, in the replicas' environment
+RAY_TOKEN_PATH_ENV: Final = "RAY_AUTH_TOKEN_PATH"  # Ray's own token file (the cluster's containers set it)
+IMAGE_ID_ENV: Final = "SHAPCLUSTER_IMAGE_ID"  # the cluster image's ID, shown by GET /info
+
+
+def _as_job(name: str, default: Any = MISSING) -> Any:
+    """A ServeOptions field with JobConfig's field ``name``'s description (and default)."""
+    job_field = {f.name: f for f in fields(JobConfig)}[name]
+    return field(default=job_field.default if default is MISSING else default, metadata=job_field.metadata)
+
+
+# The job's options that matter for serving, in the order of ServeOptions' fields.
+SERVE_JOB_OPTIONS: Final = (
+    "model",
+    "trust_model",
+    "data",
+    "label",
+    "features",
+    "background_data",
+    "background",
+    "test_size",
+    "seed",
+    "algorithm",
+    "nsamples",
+    "link",
+    "groups",
+)
+_SERVE_AT_LEAST_ONE = ("replicas", "max_batch_size", "max_rows_per_request")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``serve up`` deploys: the explainer (the job's own options, same names, help and
+    checks) and how it is served. Built from ``to_args()``'s dict inside the application.
+
+    The background: a seeded sample (``seed``) of ``background`` rows of ``background_data``
+    when given (all of them when it has fewer), else of ``data``'s training split (``test_size``,
+    ``seed``), exactly as the job draws it. ``data`` (else ``background_data``) also defines the
+    columns and their types a request's rows must have. Paths are read where the replicas run.
+    Raises OptionError (a ConfigError for two options that cannot go together) on a bad value.
+    """
+
+    model: str | None = _as_job("model")
+    trust_model: bool = _as_job("trust_model")
+    data: str | None = _as_job("data")
+    label: str | None = _as_job("label")
+    features: tuple[str, ...] = _as_job("features")
+    background_data: str | None = _as_job("background_data")
+    background: int = _as_job("background")
+    test_size: float = _as_job("test_size")
+    seed: int = _as_job("seed")
+    algorithm: Algorithm = _as_job("algorithm")
+    nsamples: int | str | None = _as_job("nsamples")
+    link: Link = _as_job("link")
+    groups: str | None = _as_job("groups")
+    replicas: int = option(1, "Serve replicas (each loads the model and background once).", metavar="N")
+    max_batch_size: int = option(
+        64, "Rows one replica explains in one explainer call (concurrent requests merged).", metavar="N"
+    )
+    batch_wait_ms: float = option(
+        10.0, "Milliseconds a replica waits for more rows before explaining a partial batch.", metavar="MS"
+    )
+    max_rows_per_request: int = option(
+        1000, "Largest number of rows one request may send (more: HTTP 413).", metavar="N"
+    )
+    token_file: str | None = option(
+        None,
+        "File holding the bearer token every route but /healthz requires (a path on the replicas' "
+        f"hosts; default: ${SERVE_TOKEN_ENV}, else Ray's own token at ${RAY_TOKEN_PATH_ENV} when Ray "
+        "runs with token auth, else no token).",
+        metavar="PATH",
+    )
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or isinstance(value, bool):
+                continue
+            try:
+                if f.name in _SERVE_AT_LEAST_ONE and value < 1:
+                    raise OptionError(f"must be at least 1, got {value}")
+                if f.name == "batch_wait_ms" and not (math.isfinite(value) and value >= 0):
+                    raise OptionError(f"must be a finite number >= 0, got {value}")
+                if f.name in SERVE_JOB_OPTIONS:
+                    _check_value(f.name, value)
+            except ValueError as err:
+                raise OptionError(f"{flag(f.name)} {err}") from None
+            if f.name in _ENUMS:
+                object.__setattr__(self, f.name, _ENUMS[f.name](value))
+        if self.model is None:
+            raise ConfigError("--model", "serving needs --model PATH: a fitted model saved with skops")
+        if self.data is None and self.background_data is None:
+            raise ConfigError(
+                "--data",
+                "serving needs --data or --background-data: the background and the columns come from it",
+            )
+        if self.algorithm == Algorithm.TREE_PATH_DEPENDENT:
+            raise ConfigError(
+                "--algorithm",
+                "serving explains with --algorithm kernel, tree or auto (tree-path-dependent is "
+                "shap's, a different quantity the job does not check); choose one of those",
+            )
+        self.job_config()  # the job's own checks across options (e.g. --algorithm tree with --link logit)
+
+    def job_config(self) -> JobConfig:
+        """The job's options of this service (what a batch job with the same explainer takes)."""
+        return JobConfig(**{name: getattr(self, name) for name in SERVE_JOB_OPTIONS})
+
+    @property
+    def batch_wait_s(self) -> float:
+        return self.batch_wait_ms / 1000.0
+
+    def to_args(self) -> dict[str, Any]:
+        """Serve's ``args`` for ``build_app``: JSON-plain (str, int, float, bool, list, None)."""
+        args: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, enum.Enum):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = list(value)
+            args[f.name] = value
+        return args
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> ServeOptions:
+        """The options of ``to_args()``'s dict (missing keys take their defaults). Raises
+        OptionError naming unknown keys or a bad value."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise OptionError(
+                f"unknown serve option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+        return cls(**values)
+
+
+def serve_options() -> tuple[Field[Any], ...]:
+    """ServeOptions' fields in declaration order (the CLI can generate ``serve up``'s options)."""
+    return fields(ServeOptions)
