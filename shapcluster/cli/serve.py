@@ -138,7 +138,7 @@ def up(
     Exit status: 0 running, 2 a bad option value, 3 bad input (a file outside the synced data
     folder, a model or data the replicas refuse), 6 a host is unreachable, Ray rejected the token
     or the replicas failed to start, 9 no cluster is up."""
-    from shapcluster.serve import lifecycle
+    from shapcluster.serve import lifecycle, service
 
     serve_options = build_options(options)
     if local:
@@ -175,7 +175,7 @@ def up(
         return
     _say_running(deployed)
     console.say(f"Reach it through an SSH tunnel: {deployed.reach}")
-    _print_reach(f"http://127.0.0.1:{lifecycle.service.SERVE_PORT}", deployed.token_file)
+    _print_reach(f"http://127.0.0.1:{service.SERVE_PORT}", deployed.token_file)
 
 
 def _say_running(deployed: Deployed) -> None:
@@ -244,10 +244,9 @@ up.__annotations__ = {p.name: p.annotation for p in _PARAMETERS}
 app.command("up")(up)
 
 
-def _stat(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
+def _seconds_ms(stats: Any, key: str) -> str:
+    value = (stats.get("latency_seconds") or {}).get(key)
+    return "-" if value is None else f"{value * 1000:.1f}"
 
 
 def _print_status(found: ServiceStatus, where: str) -> None:
@@ -256,22 +255,29 @@ def _print_status(found: ServiceStatus, where: str) -> None:
     if state.message:
         console.say(f"  {state.message.splitlines()[0]}")
     console.print_table(
-        "Replicas",
+        "Replicas per state and node",
         ("state", "node", "replicas"),
         ((s, node, n) for (s, node), n in sorted(state.replicas.items())),
     )
-    if found.stats is None:
-        console.warn(f"the service's counters could not be read: {found.stats_error}")
+    if found.stats_error is not None:
+        console.warn(f"the replicas' counters could not be read: {found.stats_error}")
         return
-    scalars = {k: v for k, v in found.stats.items() if not isinstance(v, dict | list)}
-    for key, value in scalars.items():
-        console.say(f"{key}: {_stat(value)}")
-    for key, value in found.stats.items():
-        if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
-            columns = list(dict.fromkeys(c for row in value for c in row))
-            console.print_table(key, columns, ([_stat(row.get(c)) for c in columns] for row in value))
-        elif isinstance(value, dict):
-            console.say(f"{key}: " + ", ".join(f"{k} {_stat(v)}" for k, v in value.items()))
+    console.print_table(
+        "Served, per replica (latency over its last requests)",
+        ("replica", "requests", "rows", "batches", "refused", "p50 ms", "p99 ms"),
+        (
+            (
+                s.get("replica"), s.get("requests"), s.get("rows"), s.get("batches"),
+                sum((s.get("refused") or {}).values()), _seconds_ms(s, "p50"), _seconds_ms(s, "p99"),
+            )
+            for s in found.replica_stats
+        ),
+    )  # fmt: skip
+    totals = found.totals()
+    console.say(
+        f"Total: {totals['requests']} requests, {totals['rows']} rows in {totals['batches']} explainer calls "
+        f"({len(found.replica_stats)} of {state.running} running replicas answered)"
+    )
 
 
 @app.command()
@@ -301,7 +307,8 @@ def status(
                     {"state": s, "node": node, "count": n}
                     for (s, node), n in sorted(found.state.replicas.items())
                 ],
-                "stats": found.stats,
+                "replica_stats": list(found.replica_stats),
+                "totals": found.totals(),
                 "stats_error": found.stats_error,
             }
         )

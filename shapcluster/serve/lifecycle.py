@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app import contract
 from shapcluster import cluster
@@ -53,7 +54,7 @@ def cluster_options(options: contract.ServeOptions, config: ClusterConfig) -> co
     """The options with every local file mapped to its synced copy in the containers; InputError
     (before any host is contacted) for a file outside the synced data folder."""
     folder, where = config.sync.data_dir, config.path
-    mapped = {
+    mapped: dict[str, Any] = {
         name: map_data_path(getattr(options, name), folder, where, contract.flag(name))
         for name in PATH_OPTIONS
     }
@@ -62,7 +63,7 @@ def cluster_options(options: contract.ServeOptions, config: ClusterConfig) -> co
 
 def local_options(options: contract.ServeOptions, head: local_head.LocalHead) -> contract.ServeOptions:
     """The options with every local file as an absolute path (replicas run in another folder)."""
-    mapped = {}
+    mapped: dict[str, Any] = {}
     for name in PATH_OPTIONS:
         value = getattr(options, name)
         if value is not None and not value.startswith(URL_SCHEMES):
