@@ -3,23 +3,28 @@ in its own session), kept running between commands, stopped by `serve down --loc
 
 Its state lives in one folder (``SHAPCLUSTER_LOCAL_RAY_DIR``, default
 ``~/.cache/shapcluster/local-ray``): ``head.json`` (process id and ports), ``token`` (0600, the
-head's Ray token: it runs with token auth like a cluster), ``ray-start.log`` and the head's own
-``--temp-dir``. Its own temp dir keeps other Ray users of this machine away from it: a plain
-``ray.init()`` elsewhere looks for ``/tmp/ray/ray_current_cluster``, not there. Every port is
+head's Ray token: it runs with token auth like a cluster) and ``ray-start.log``. Its own
+``--temp-dir`` (``/tmp/shapcluster-ray-<uid>-<hash of the folder>``) keeps other Ray users of
+this machine away from it: a plain ``ray.init()`` elsewhere looks for
+``/tmp/ray/ray_current_cluster``, not there. Every port is
 picked free (the dashboard and Serve prefer 8265 and 8000), all on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -52,13 +57,11 @@ class LocalHead:
     serve_port: int
     temp_dir: str
 
-    @property
-    def folder(self) -> Path:
-        return Path(self.temp_dir).parent
+    folder: str  # the state folder (head.json, token, log)
 
     @property
     def token_file(self) -> Path:
-        return self.folder / "token"
+        return Path(self.folder) / "token"
 
     def token(self) -> str:
         token = self.token_file.read_text(encoding="utf-8").strip()
@@ -91,6 +94,13 @@ def _free_port(preferred: int | None = None) -> int:
                 continue
             return int(probe.getsockname()[1])
     raise RemoteError("no free TCP port on 127.0.0.1 for the local Ray head")
+
+
+def ray_temp_dir(folder: Path) -> Path:
+    """The head's own --temp-dir: short (Ray's socket paths must stay under 107 characters) and
+    one per state folder."""
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"shapcluster-ray-{os.getuid()}-{digest}"
 
 
 def running_head(folder: Path | None = None) -> LocalHead | None:
@@ -136,8 +146,8 @@ def ensure_head(
     if not token_file.exists():
         save_atomically(token_file, 0o600, lambda path: path.write_text(secrets.token_hex(32)))
     ports = {"client": _free_port(), "agent": _free_port()}
-    temp_dir = folder / "ray"
-    planned = LocalHead(0, _free_port(), _free_port(8265), _free_port(8000), str(temp_dir))
+    temp_dir = ray_temp_dir(folder)
+    planned = LocalHead(0, _free_port(), _free_port(8265), _free_port(8000), str(temp_dir), str(folder))
     log_file = folder / "ray-start.log"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
     env.pop("RAY_ADDRESS", None)
@@ -151,7 +161,7 @@ def ensure_head(
             start_command(planned, cpus, ports),
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
-    head = LocalHead(process.pid, planned.gcs_port, planned.dashboard_port, planned.serve_port, str(temp_dir))
+    head = dataclasses.replace(planned, pid=process.pid)
     save_atomically(folder / "head.json", 0o600, lambda path: path.write_text(json.dumps(asdict(head))))
     deadline = time.monotonic() + timeout
     dashboard = head.dashboard()
@@ -177,7 +187,7 @@ def ensure_head(
 
 def stop_head(head: LocalHead, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
     """SIGTERM to the head's ``ray start --block`` (it stops the processes it started), then
-    SIGKILL to its process group if it is still there after ``timeout`` s; its state is removed."""
+    SIGKILL to what is left of its process group; its state and temp dir are removed."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(head.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -189,7 +199,8 @@ def stop_head(head: LocalHead, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the rest of its process group
         os.killpg(head.pid, signal.SIGKILL)
     _reap(head.pid)
-    (head.folder / "head.json").unlink(missing_ok=True)
+    (Path(head.folder) / "head.json").unlink(missing_ok=True)
+    shutil.rmtree(head.temp_dir, ignore_errors=True)  # its session logs; ray-start.log stays
 
 
 def _reap(pid: int) -> None:
