@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +30,7 @@ from shapcluster.cli.root import app as cli_app
 from shapcluster.config import ClusterConfig, load_cluster_config
 from shapcluster.errors import ExitStatus, InputError, NoClusterError, RemoteError
 from shapcluster.remote.fake import FakeRunner
-from shapcluster.serve import lifecycle, service
+from shapcluster.serve import lifecycle, local_head, service
 from shapcluster.serve.dashboard import Endpoint
 from tests.http_util import serve
 
@@ -373,3 +381,71 @@ def test_serve_status_and_down_on_a_running_service(
     assert down.exit_code == 0, down.output
     assert "shapcluster removed on cluster lab; no Serve actor is left" in down.output
     assert TOKEN not in shown.output + down.output
+
+
+# ---------------------------------------------------------------- a real local Ray head
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shapcluster", *args],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+
+
+def _call(url: str, token: str | None, body: Any = None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = None if body is None else json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, data=data, headers=headers), timeout=120
+        ) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.mark.ray
+def test_serve_up_status_down_on_a_local_ray_head(wine_csv: Path, tmp_path: Path) -> None:
+    import pandas as pd
+    import skops.io as sio
+    from sklearn.ensemble import RandomForestClassifier
+
+    frame = pd.read_csv(wine_csv, sep=";")
+    features = frame.drop(columns=["quality"])
+    model = RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0)
+    sio.dump(model.fit(features, frame["quality"]), tmp_path / "wine.skops")
+    state = Path(tempfile.mkdtemp(prefix="sc-serve-test-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHAPCLUSTER_", "RAY_"))}
+    env.update(SHAPCLUSTER_LOCAL_RAY_DIR=str(state), COLUMNS="200")
+    try:
+        up = _cli(env, "serve", "up", "--local", "--cpus", "1", "--model", str(tmp_path / "wine.skops"),
+                  "--trust-model", "--data", str(wine_csv), "--background", "10",
+                  "--algorithm", "tree")  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "Starting a local Ray head" in up.stdout and "RUNNING: 1/1 replicas running" in up.stdout
+        token = (state / "token").read_text().strip()
+        assert token not in up.stdout + up.stderr
+        url = re.search(r"^URL: (http://127\.0\.0\.1:\d+)$", up.stdout, re.MULTILINE)
+        assert url, up.stdout
+        rows = {"rows": features.head(2).to_dict(orient="records")}
+        assert _call(url[1] + contract.SERVE_EXPLAIN_ROUTE, token, rows) == 200
+        assert _call(url[1] + contract.SERVE_EXPLAIN_ROUTE, None, rows) == 401
+
+        shown = _cli(env, "serve", "status", "--local")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert "RUNNING: 1/1 replicas running" in shown.stdout
+        assert "Total: 1 requests, 2 rows" in shown.stdout
+
+        head = local_head.running_head(state)
+        assert head is not None
+        down = _cli(env, "serve", "down", "--local")
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert local_head.running_head(state) is None and not local_head._alive(head.pid)
+        gone = _cli(env, "serve", "status", "--local")
+        assert gone.returncode == ExitStatus.NO_CLUSTER, gone.stdout + gone.stderr
+    finally:
+        left = local_head.running_head(state)
+        if left is not None:
+            local_head.stop_head(left)
+        shutil.rmtree(state, ignore_errors=True)
