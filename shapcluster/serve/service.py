@@ -69,6 +69,7 @@ class AppState:
     target: int  # replicas wanted, over all deployments
     replicas: Mapping[tuple[str, str], int]
     deployment_messages: tuple[str, ...] = ()
+    args: Mapping[str, Any] | None = None  # the args of the config Serve is applying
 
     @property
     def running(self) -> int:
@@ -105,6 +106,7 @@ def app_state(details: Mapping[str, Any]) -> AppState | None:
         target=target,
         replicas=dict(replicas),
         deployment_messages=tuple(messages),
+        args=(app.get("deployed_app_config") or {}).get("args"),
     )
 
 
@@ -171,10 +173,13 @@ def deploy(
             raise
         line, _ = failure_line(err.body)
         raise InputError(f"{dashboard.where}: Serve refused the application: {line}") from None
+    wanted = [app.get("args") for app in config.get("applications", [])]
     deadline = clock() + timeout
     last = ""
     while True:
         state = app_state(read_details(dashboard))
+        if state is not None and state.args is not None and state.args not in wanted:
+            state = None  # still the application deployed before this one
         seen = state.describe() if state else "waiting for Serve to take the application"
         if seen != last:
             progress(seen)

@@ -47,12 +47,15 @@ def replica(state: str, node: str) -> dict[str, Any]:
     return {"replica_id": f"r-{node}-{state}", "state": state, "node_ip": node}
 
 
-def application(status: str, replicas: list[dict[str, Any]], message: str = "") -> dict[str, Any]:
+def application(
+    status: str, replicas: list[dict[str, Any]], message: str = "", args: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "applications": {
             contract.SERVE_APP_NAME: {
                 "status": status,
                 "message": message,
+                "deployed_app_config": None if args is None else {"args": args},
                 "deployments": {
                     "Explainer": {
                         "status": "HEALTHY",
@@ -220,6 +223,26 @@ def test_deploy_puts_the_config_with_the_token_and_waits_until_running(
     assert seen == [
         "DEPLOYING: 0/2 replicas running (STARTING 2)",
         "DEPLOYING: 1/2 replicas running (RUNNING 1, STARTING 1)",
+        "RUNNING: 2/2 replicas running (RUNNING 2)",
+    ]
+
+
+def test_deploy_waits_for_its_own_config_not_the_one_running_before(
+    dashboard: tuple[FakeDashboard, int],
+) -> None:
+    fake, port = dashboard
+    both = [replica("RUNNING", "10.9.0.2"), replica("RUNNING", "10.9.0.3")]
+    fake.states = [
+        application("RUNNING", both, args={"replicas": 2, "seed": 1}),  # the service deployed before
+        application("DEPLOYING", [replica("STARTING", "10.9.0.2")], args={"replicas": 2, "seed": 2}),
+        application("RUNNING", both, args={"replicas": 2, "seed": 2}),
+    ]
+    seen: list[str] = []
+    body = service.deploy_config({"replicas": 2, "seed": 2}, env_vars={})
+    service.deploy(endpoint(port), body, progress=seen.append, sleep=no_sleep)
+    assert seen == [
+        "waiting for Serve to take the application",
+        "DEPLOYING: 0/2 replicas running (STARTING 1)",
         "RUNNING: 2/2 replicas running (RUNNING 2)",
     ]
 
