@@ -256,8 +256,8 @@ def _print_status(found: ServiceStatus, where: str) -> None:
         console.say(f"  {state.message.splitlines()[0]}")
     console.print_table(
         "Replicas per state and node",
-        ("state", "node", "replicas"),
-        ((s, node, n) for (s, node), n in sorted(state.replicas.items())),
+        ("deployment", "state", "node", "replicas"),
+        ((d, s, node, n) for (d, s, node), n in sorted(state.replicas.items())),
     )
     if found.stats_error is not None:
         console.warn(f"the replicas' counters could not be read: {found.stats_error}")
@@ -304,8 +304,8 @@ def status(
                 "message": found.state.message,
                 "target_replicas": found.state.target,
                 "replicas": [
-                    {"state": s, "node": node, "count": n}
-                    for (s, node), n in sorted(found.state.replicas.items())
+                    {"deployment": d, "state": s, "node": node, "count": n}
+                    for (d, s, node), n in sorted(found.state.replicas.items())
                 ],
                 "replica_stats": list(found.replica_stats),
                 "totals": found.totals(),

@@ -62,22 +62,22 @@ def deploy_config(
 
 @dataclass(frozen=True)
 class AppState:
-    """The application as Serve reports it. ``replicas``: (state, node IP) -> count."""
+    """The application as Serve reports it. ``replicas``: (deployment, state, node IP) -> count."""
 
     status: str  # NOT_STARTED, DEPLOYING, DEPLOY_FAILED, RUNNING, UNHEALTHY, DELETING
     message: str
     target: int  # replicas wanted, over all deployments
-    replicas: Mapping[tuple[str, str], int]
+    replicas: Mapping[tuple[str, str, str], int]
     deployment_messages: tuple[str, ...] = ()
     args: Mapping[str, Any] | None = None  # the args of the config Serve is applying
 
     @property
     def running(self) -> int:
-        return sum(n for (state, _), n in self.replicas.items() if state == "RUNNING")
+        return sum(n for (_, state, _), n in self.replicas.items() if state == "RUNNING")
 
     def describe(self) -> str:
         states = Counter[str]()
-        for (state, _), count in self.replicas.items():
+        for (_, state, _), count in self.replicas.items():
             states[state] += count
         parts = ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
         return f"{self.status}: {self.running}/{self.target} replicas running" + (
@@ -91,15 +91,15 @@ def app_state(details: Mapping[str, Any]) -> AppState | None:
     app = (details.get("applications") or {}).get(contract.SERVE_APP_NAME)
     if not app:
         return None
-    replicas: Counter[tuple[str, str]] = Counter()
+    replicas: Counter[tuple[str, str, str]] = Counter()
     target = 0
     messages = []
-    for deployment in (app.get("deployments") or {}).values():
+    for name, deployment in (app.get("deployments") or {}).items():
         target += int(deployment.get("target_num_replicas") or 0)
         if deployment.get("message"):
             messages.append(str(deployment["message"]))
         for replica in deployment.get("replicas") or []:
-            replicas[(str(replica.get("state")), str(replica.get("node_ip") or "-"))] += 1
+            replicas[(str(name), str(replica.get("state")), str(replica.get("node_ip") or "-"))] += 1
     return AppState(
         status=str(app.get("status")),
         message=str(app.get("message") or ""),
