@@ -10,6 +10,8 @@ the model and data paths must be readable there.
 1. Locally, or from a driver connected to the cluster (``serve.run``)::
 
        from ray import serve
+from ray.exceptions import NodeDiedError, RayActorError
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
        from app.contract import SERVE_APP_NAME, SERVE_ROUTE_PREFIX, ServeOptions
        from app.serve import build_app
 
@@ -55,8 +57,6 @@ requests waiting at once in ONE call of the job's explainer (in a worker thread,
 BLAS, so the replica keeps answering /healthz); ``max_batch_size`` therefore counts rows.
 """
 
-from __future__ import annotations
-
 import asyncio
 import hmac
 import json
@@ -74,6 +74,8 @@ import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import NodeDiedError, RayActorError
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 
 from app import service
 from app.contract import (
@@ -92,6 +94,8 @@ logger = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 10_000  # the last requests whose latency the percentiles are over
 RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"  # Ray's token itself, when given in the environment
+ATTEMPTS = 3  # tries of one request when its replica is lost (then 503)
+HEAD_RESOURCE = "node:__internal_head__"  # Ray's resource of the head node: the gateway lives there
 
 
 def resolve_token(options: ServeOptions, environ: dict[str, str] | None = None) -> tuple[str | None, str]:
@@ -127,61 +131,54 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-api = FastAPI(title="shapcluster", docs_url=None, redoc_url=None, openapi_url=None)
+UNAUTHORISED = "missing or wrong token: send 'Authorization: Bearer <token>'"
+# What a lost replica raises at the gateway: the request is retried on another replica.
+REPLICA_LOST = (RayActorError, NodeDiedError, DeploymentUnavailableError, ReplicaUnavailableError)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
-@serve.ingress(api)
 class Explainer:
-    """One replica: the model and background loaded once (``service.load_explainer``), the
-    token, and counters of what it served."""
+    """One explaining replica (one CPU): the model and background loaded once
+    (``service.load_explainer``), each request checked whole before its rows join a batch, and
+    counters of what it explained."""
 
     def __init__(self, args: dict[str, Any]) -> None:
         self.options = ServeOptions.from_args(args)
         started = time.perf_counter()
         self.explainer = service.load_explainer(self.options)
         self.load_seconds = time.perf_counter() - started
-        self._token, token_source = resolve_token(self.options)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.requests = 0
         self.rows = 0
         self.batches = 0
         self.batch_sizes: Counter[int] = Counter()  # rows per explainer call -> calls
         self.refused: Counter[int] = Counter()  # HTTP status -> requests refused
-        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)  # seconds per served request
         batched: Any = self._explain_batch  # serve.batch's setters: sizes from the options
         batched.set_max_batch_size(self.options.max_batch_size)
         batched.set_batch_wait_timeout_s(self.options.batch_wait_s)
         logger.info(
-            "replica %s: %s ready in %.2f s (%d background rows, %d columns); token: %s",
+            "replica %s: %s explainer ready in %.2f s (%d background rows, %d columns)",
             self.replica,
             self.explainer.algorithm,
             self.load_seconds,
             len(self.explainer.background),
             len(self.explainer.names),
-            token_source,
         )
 
-    def _authorised(self, request: Request) -> bool:
-        if self._token is None:
-            return True
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != SERVE_TOKEN_SCHEME.lower():
-            return False
-        return hmac.compare_digest(given.strip().encode(), self._token.encode())
+    def counters(self) -> dict[str, Any]:
+        """This replica's counters: requests and rows explained, explainer calls (batches) and
+        their sizes in rows, requests refused by HTTP status."""
+        return {
+            "replica": self.replica,
+            "requests": self.requests,
+            "rows": self.rows,
+            "batches": self.batches,
+            "batch_sizes": {str(size): n for size, n in sorted(self.batch_sizes.items())},
+            "refused": {str(status): n for status, n in sorted(self.refused.items())},
+            "load_seconds": self.load_seconds,
+        }
 
-    def _refuse(self, status: int, message: str) -> JSONResponse:
-        self.refused[status] += 1
-        return _error(status, message)
-
-    @api.get(SERVE_HEALTH_ROUTE)
-    def healthz(self) -> dict[str, str]:
-        return {"status": "ok"}
-
-    @api.get(SERVE_INFO_ROUTE)
-    def info(self, request: Request) -> Any:
-        if not self._authorised(request):
-            return self._refuse(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
+    def describe(self) -> dict[str, Any]:
         e = self.explainer
         return {
             "model": self.options.model,
@@ -208,52 +205,21 @@ class Explainer:
                 "numpy": np.__version__,
                 "app": _version("shapcluster"),
             },
-            "stats": self.stats_now(),
         }
 
-    def stats_now(self) -> dict[str, Any]:
-        """This replica's counters: requests and rows served, explainer calls (batches) and
-        their sizes in rows, refused requests by status, latency percentiles in seconds."""
-        latencies = np.asarray(self.latencies, dtype=np.float64)
-        percentiles = (
-            {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 90, 99)} if len(latencies) else {}
-        )
-        return {
-            "replica": self.replica,
-            "requests": self.requests,
-            "rows": self.rows,
-            "batches": self.batches,
-            "batch_sizes": {str(size): n for size, n in sorted(self.batch_sizes.items())},
-            "refused": {str(status): n for status, n in sorted(self.refused.items())},
-            "latency_seconds": percentiles,
-            "load_seconds": self.load_seconds,
-        }
-
-    @api.get(SERVE_STATS_ROUTE)
-    def stats(self, request: Request) -> Any:
-        if not self._authorised(request):
-            return self._refuse(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
-        return self.stats_now()
-
-    @api.post(SERVE_EXPLAIN_ROUTE)
-    async def explain(self, request: Request) -> Any:
-        started = time.perf_counter()
-        if not self._authorised(request):
-            return self._refuse(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
-        try:
-            payload = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as err:
-            return self._refuse(400, f"the body is not JSON: {err}")
+    async def explain(self, payload: Any) -> dict[str, Any]:
+        """A request's JSON -> {"status": 200, "body": explanations} or {"status": 4xx, "body":
+        {"error": message}}; its rows join the replica's batch only once all of them are valid."""
         try:
             codes = service.parse_rows(payload, self.explainer, self.options.max_rows_per_request)
         except service.RequestError as err:
-            return self._refuse(err.status, str(err))
+            self.refused[err.status] += 1
+            return {"status": err.status, "body": {"error": str(err)}, "counters": self.counters()}
         rows = await asyncio.gather(*(self._explain_batch(row) for row in codes))
         self.requests += 1
         self.rows += len(rows)
-        self.latencies.append(time.perf_counter() - started)
         e = self.explainer
-        return {
+        body = {
             "algorithm": e.algorithm,
             "explains": e.explains,
             "link": self.options.link.value,
@@ -262,11 +228,12 @@ class Explainer:
             "nsamples": e.nsamples,  # kernel: coalitions per plan (exact when >= 2^G - 2); None: 2G + 2048
             "explanations": rows,
         }
+        return {"status": 200, "body": body, "counters": self.counters()}
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01)
     async def _explain_batch(self, rows: list[np.ndarray]) -> list[dict[str, Any]]:
-        """One explainer call for the rows of every request waiting (M,) each -> one JSON
-        explanation per row; the sizes are set from the options in __init__."""
+        """One explainer call for the rows (M,) of every request waiting -> one JSON explanation
+        per row; the sizes are set from the options in __init__."""
         codes = np.stack(rows)
         self.batches += 1
         self.batch_sizes[len(rows)] += 1
@@ -280,14 +247,119 @@ class Explainer:
             return service.explain_codes(self.explainer, codes)
 
 
+api = FastAPI(title="shapcluster", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+@serve.ingress(api)
+class Gateway:
+    """The HTTP ingress (no CPU, next to the proxy): checks the token, hands each request to an
+    Explainer replica, retries it on another one when its replica is lost, and keeps the
+    latencies and the latest counters of every Explainer replica it heard from."""
+
+    def __init__(self, explainer: Any, args: dict[str, Any]) -> None:
+        self.explainer = explainer
+        self.options = ServeOptions.from_args(args)
+        self._token, token_source = resolve_token(self.options)
+        self.requests = 0
+        self.retries = 0
+        self.lost = 0  # requests answered 503: every attempt's replica was lost
+        self.refused: Counter[int] = Counter()
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)  # seconds per served request
+        self.replicas: dict[str, dict[str, Any]] = {}  # Explainer replica -> its latest counters
+        logger.info("gateway ready; token: %s", token_source)
+
+    def _authorised(self, request: Request) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != SERVE_TOKEN_SCHEME.lower():
+            return False
+        return hmac.compare_digest(given.strip().encode(), self._token.encode())
+
+    def _refuse(self, status: int, message: str) -> JSONResponse:
+        self.refused[status] += 1
+        return _error(status, message)
+
+    @api.get(SERVE_HEALTH_ROUTE)
+    def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get(SERVE_INFO_ROUTE)
+    async def info(self, request: Request) -> Any:
+        if not self._authorised(request):
+            return self._refuse(401, UNAUTHORISED)
+        described: dict[str, Any] = await self.explainer.describe.remote()
+        return described | {"replicas": self.options.replicas, "stats": self.stats_now()}
+
+    @api.get(SERVE_STATS_ROUTE)
+    def stats(self, request: Request) -> Any:
+        if not self._authorised(request):
+            return self._refuse(401, UNAUTHORISED)
+        return self.stats_now()
+
+    def stats_now(self) -> dict[str, Any]:
+        """Requests answered, retried and lost, refusals by status, latency percentiles in
+        seconds (the last LATENCY_WINDOW requests), and each Explainer replica's counters."""
+        latencies = np.asarray(self.latencies, dtype=np.float64)
+        percentiles = (
+            {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 90, 99)} if len(latencies) else {}
+        )
+        replicas = list(self.replicas.values())
+        return {
+            "requests": self.requests,
+            "rows": sum(r["rows"] for r in replicas),
+            "batches": sum(r["batches"] for r in replicas),
+            "retried": self.retries,
+            "lost": self.lost,
+            "refused": {str(status): n for status, n in sorted(self.refused.items())},
+            "latency_seconds": percentiles,
+            "replicas": replicas,
+        }
+
+    @api.post(SERVE_EXPLAIN_ROUTE)
+    async def explain(self, request: Request) -> Any:
+        started = time.perf_counter()
+        if not self._authorised(request):
+            return self._refuse(401, UNAUTHORISED)
+        try:
+            payload = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as err:
+            return self._refuse(400, f"the body is not JSON: {err}")
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                answer: dict[str, Any] = await self.explainer.explain.remote(payload)
+                break
+            except REPLICA_LOST as err:
+                logger.warning("attempt %d of %d: replica lost (%s)", attempt, ATTEMPTS, type(err).__name__)
+                if attempt == ATTEMPTS:
+                    self.lost += 1
+                    return _error(
+                        503,
+                        f"the replica explaining this request was lost {ATTEMPTS} times in a row; Serve is "
+                        "replacing it: send the request again in a few seconds",
+                    )
+                self.retries += 1
+        counters = answer["counters"]
+        self.replicas[counters["replica"]] = counters
+        if answer["status"] != 200:
+            self.refused[answer["status"]] += 1
+            return JSONResponse(answer["body"], status_code=answer["status"])
+        self.requests += 1
+        self.latencies.append(time.perf_counter() - started)
+        return answer["body"]
+
+
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """The application of ``ServeOptions.to_args()``'s dict: ``replicas`` replicas of one CPU
-    each, up to ``max_batch_size`` rows in flight per replica. Raises OptionError on bad args
-    (before anything deploys)."""
+    """The application of ``ServeOptions.to_args()``'s dict: one Gateway (the HTTP ingress, no
+    CPU, on the head node) and ``replicas`` Explainer replicas of one CPU each, each taking up to
+    ``max_batch_size`` requests at once. Raises OptionError on bad args (before anything deploys)."""
     options = ServeOptions.from_args(args)
-    deployment: Any = cast(Any, Explainer).options(
-        num_replicas=options.replicas,
-        max_ongoing_requests=max(options.max_batch_size, 8),
+    explainer: Any = cast(Any, Explainer).options(
+        num_replicas=options.replicas, max_ongoing_requests=max(options.max_batch_size, 8)
     )
-    application: serve.Application = deployment.bind(options.to_args())
+    gateway: Any = cast(Any, Gateway).options(
+        ray_actor_options={"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}}
+    )
+    application: serve.Application = gateway.bind(explainer.bind(options.to_args()), options.to_args())
     return application

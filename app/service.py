@@ -25,6 +25,7 @@ values never depend on its batch either.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -155,7 +156,9 @@ def load_explainer(options: ServeOptions) -> Explainer:
         "algorithm_reason": reason,
     }
     if algorithm == "tree":
-        tree_model = tree_shap.prepare_model(_tree_target(fitted), background)
+        with warnings.catch_warnings():  # the trees read the codes as a matrix, named or not
+            warnings.filterwarnings("ignore", "X does not have valid feature names", UserWarning)
+            tree_model = tree_shap.prepare_model(_tree_target(fitted), background)
         stats = tree_shap.background_stats(tree_model, background)
         return Explainer(
             **common,

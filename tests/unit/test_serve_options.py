@@ -34,7 +34,7 @@ def test_to_args_is_json_plain_and_round_trips() -> None:
 def test_missing_keys_take_defaults_and_unknown_keys_are_named() -> None:
     options = ServeOptions.from_args({"model": "m.skops", "background_data": "bg.csv"})
     assert options.replicas == 1 and options.background == 100
-    with pytest.raises(OptionError, match="unknown serve option.*replica_count"):
+    with pytest.raises(OptionError, match=r"unknown serve option.*replica_count"):
         ServeOptions.from_args({"model": "m.skops", "data": "d.csv", "replica_count": 2})
 
 
