@@ -259,24 +259,28 @@ def _print_status(found: ServiceStatus, where: str) -> None:
         ("deployment", "state", "node", "replicas"),
         ((d, s, node, n) for (d, s, node), n in sorted(state.replicas.items())),
     )
-    if found.stats_error is not None:
-        console.warn(f"the replicas' counters could not be read: {found.stats_error}")
+    if found.stats is None:
+        console.warn(f"the service's counters could not be read: {found.stats_error}")
         return
+    stats = found.stats
     console.print_table(
-        "Served, per replica (latency over its last requests)",
-        ("replica", "requests", "rows", "batches", "refused", "p50 ms", "p99 ms"),
+        "Explaining replicas (their own counters, as last reported to the gateway)",
+        ("replica", "requests", "rows", "explainer calls", "refused"),
         (
-            (
-                s.get("replica"), s.get("requests"), s.get("rows"), s.get("batches"),
-                sum((s.get("refused") or {}).values()), _seconds_ms(s, "p50"), _seconds_ms(s, "p99"),
-            )
-            for s in found.replica_stats
+            (r.get("replica"), r.get("requests"), r.get("rows"), r.get("batches"),
+             sum((r.get("refused") or {}).values()))
+            for r in found.replica_stats
         ),
     )  # fmt: skip
-    totals = found.totals()
+    refused = ", ".join(f"{n} x HTTP {code}" for code, n in (stats.get("refused") or {}).items()) or "none"
     console.say(
-        f"Total: {totals['requests']} requests, {totals['rows']} rows in {totals['batches']} explainer calls "
-        f"({len(found.replica_stats)} of {state.running} running replicas answered)"
+        f"Served: {stats.get('requests', 0)} requests, {stats.get('rows', 0)} rows in "
+        f"{stats.get('batches', 0)} explainer calls; retried {stats.get('retried', 0)}, lost (503) "
+        f"{stats.get('lost', 0)}; refused: {refused}"
+    )
+    console.say(
+        f"Latency over the last requests: p50 {_seconds_ms(stats, 'p50')} ms, "
+        f"p99 {_seconds_ms(stats, 'p99')} ms"
     )
 
 
@@ -307,8 +311,7 @@ def status(
                     {"deployment": d, "state": s, "node": node, "count": n}
                     for (d, s, node), n in sorted(found.state.replicas.items())
                 ],
-                "replica_stats": list(found.replica_stats),
-                "totals": found.totals(),
+                "stats": found.stats,
                 "stats_error": found.stats_error,
             }
         )

@@ -243,39 +243,23 @@ def remove(
 
 @dataclass(frozen=True)
 class ServiceStatus:
-    """What `serve status` shows: Serve's view and each replica's own counters (the app's /stats
-    route; empty with ``stats_error`` saying why when they could not be read)."""
+    """What `serve status` shows: Serve's view and the application's own counters (its /stats
+    route: requests, rows, explainer calls, retries, refusals, latency percentiles and each
+    explaining replica's counters); None with ``stats_error`` saying why when unreadable."""
 
     state: AppState
-    replica_stats: tuple[Mapping[str, Any], ...]
+    stats: Mapping[str, Any] | None
     stats_error: str | None = None
 
-    def totals(self) -> dict[str, int]:
-        """Requests, rows and explainer calls (batches) of the replicas whose counters were read."""
-        return {
-            key: sum(int(stats.get(key) or 0) for stats in self.replica_stats)
-            for key in ("requests", "rows", "batches")
-        }
-
-
-def replica_stats(service: Endpoint, replicas: int, *, tries_per_replica: int = 4) -> list[dict[str, Any]]:
-    """Each replica's counters: /stats answers from whichever replica Serve routes it to, so ask
-    until every running replica has answered (at most ``tries_per_replica`` x ``replicas``
-    requests); keyed by the replica id it reports."""
-    seen: dict[str, dict[str, Any]] = {}
-    for _ in range(max(1, replicas) * tries_per_replica):
-        stats = service.get_json(contract.SERVE_STATS_ROUTE)
-        if isinstance(stats, dict):
-            seen[str(stats.get("replica"))] = stats
-        if len(seen) >= replicas:
-            break
-    return [seen[key] for key in sorted(seen)]
+    @property
+    def replica_stats(self) -> list[Mapping[str, Any]]:
+        replicas = (self.stats or {}).get("replicas") or []
+        return [r for r in replicas if isinstance(r, Mapping)]
 
 
 def status(dashboard: Endpoint, service: Endpoint) -> ServiceStatus:
-    """The service's state (from ``dashboard``) and every running replica's counters (the app's
-    /stats route on ``service``, Serve's HTTP proxy). NoClusterError (exit 9) when nothing is
-    served."""
+    """The service's state (from ``dashboard``) and counters (the app's /stats route on
+    ``service``, Serve's HTTP proxy). NoClusterError (exit 9) when nothing is served."""
     state = app_state(read_details(dashboard))
     if state is None:
         raise NoClusterError(
@@ -283,7 +267,11 @@ def status(dashboard: Endpoint, service: Endpoint) -> ServiceStatus:
             hint="Deploy it: shapcluster serve up --model PATH --data PATH",
         )
     try:
-        found = replica_stats(service, state.running)
+        stats = service.get_json(contract.SERVE_STATS_ROUTE)
     except ShapclusterError as err:
-        return ServiceStatus(state, (), err.message)
-    return ServiceStatus(state, tuple(found))
+        return ServiceStatus(state, None, err.message)
+    return ServiceStatus(
+        state,
+        stats if isinstance(stats, dict) else None,
+        None if isinstance(stats, dict) else "not a JSON object",
+    )

@@ -248,7 +248,7 @@ def test_status_shows_the_replicas_and_what_they_served(serve_cluster: ServeClus
     found = _status(serve_cluster)
     assert found["status"] == "RUNNING" and found["target_replicas"] >= 2
     assert sum(r["count"] for r in _running(found)) == found["target_replicas"]
-    assert found["totals"]["requests"] >= 1, found  # the explain request of the test before
+    assert found["stats"]["requests"] >= 1, found  # the explain request of the test before
 
 
 def test_a_killed_worker_container_gets_its_replica_back(serve_cluster: ServeCluster, served: Served) -> None:

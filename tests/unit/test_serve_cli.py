@@ -302,22 +302,18 @@ def test_remove_deletes_and_polls_until_no_serve_actor_is_left(dashboard: tuple[
     assert service.remove(endpoint(port), sleep=no_sleep) is False  # nothing left: not an error
 
 
-def test_status_reads_every_replicas_counters(dashboard: tuple[FakeDashboard, int]) -> None:
+def test_status_reads_the_services_counters(dashboard: tuple[FakeDashboard, int]) -> None:
     fake, port = dashboard
     fake.states = [application("RUNNING", [replica("RUNNING", "10.9.0.2"), replica("RUNNING", "10.9.0.3")])]
     fake.requests.append(("PUT", "/api/serve/applications/", None, None))
-    one = {
-        "replica": "a",
-        "requests": 3,
-        "rows": 7,
-        "batches": 2,
-        "latency_seconds": {"p50": 0.1, "p99": 0.2},
-    }
-    two = {"replica": "b", "requests": 1, "rows": 1, "batches": 1, "latency_seconds": {}}
-    fake.stats = [one, one, two]
+    one = {"replica": "a", "requests": 3, "rows": 7, "batches": 2}
+    fake.stats = [{"requests": 3, "rows": 7, "batches": 2, "replicas": [one, "not a replica"]}]
     found = service.status(endpoint(port), endpoint(port))
-    assert [s["replica"] for s in found.replica_stats] == ["a", "b"]
-    assert found.totals() == {"requests": 4, "rows": 8, "batches": 3}
+    assert found.stats is not None and found.stats["requests"] == 3
+    assert found.replica_stats == [one]
+    fake.stats = []  # the route answers 404
+    broken = service.status(endpoint(port), endpoint(port))
+    assert broken.stats is None and broken.stats_error is not None and "HTTP 404" in broken.stats_error
 
 
 # ---------------------------------------------------------------- the CLI on a fake cluster
@@ -393,13 +389,23 @@ def test_serve_status_and_down_on_a_running_service(
     fake, _ = fake_cluster
     fake.states = [application("RUNNING", [replica("RUNNING", "10.9.0.2"), replica("RUNNING", "10.9.0.3")])]
     fake.requests.append(("PUT", "/api/serve/applications/", None, None))
-    fake.stats = [{"replica": "a", "requests": 5, "rows": 9, "batches": 4, "latency_seconds": {"p50": 0.02}}]
+    fake.stats = [
+        {
+            "requests": 5, "rows": 9, "batches": 4, "retried": 1, "lost": 0, "refused": {"401": 2},
+            "latency_seconds": {"p50": 0.02, "p99": 0.5},
+            "replicas": [{"replica": "r1", "requests": 5, "rows": 9, "batches": 4, "refused": {}}],
+        }
+    ]  # fmt: skip
     shown = run_cli(config, "serve", "status")
     assert shown.exit_code == 0, shown.output
     assert "RUNNING: 2/2 replicas running" in shown.output and "10.9.0.3" in shown.output
-    assert "Total: 5 requests, 9 rows in 4 explainer calls" in shown.output
+    assert (
+        "Served: 5 requests, 9 rows in 4 explainer calls; retried 1, lost (503) 0; refused: 2 x HTTP 401"
+        in (shown.output)
+    )
+    assert "p50 20.0 ms, p99 500.0 ms" in shown.output and "r1" in shown.output
     as_json = json.loads(run_cli(config, "serve", "status", "--json").stdout)
-    assert as_json["totals"] == {"requests": 5, "rows": 9, "batches": 4}
+    assert as_json["stats"]["requests"] == 5 and as_json["replicas"][0]["deployment"] == "Explainer"
     down = run_cli(config, "serve", "down")
     assert down.exit_code == 0, down.output
     assert "shapcluster removed on cluster lab; no Serve actor is left" in down.output
@@ -458,7 +464,7 @@ def test_serve_up_status_down_on_a_local_ray_head(wine_csv: Path, tmp_path: Path
         shown = _cli(env, "serve", "status", "--local")
         assert shown.returncode == 0, shown.stdout + shown.stderr
         assert "RUNNING: 1/1 replicas running" in shown.stdout
-        assert "Total: 1 requests, 2 rows" in shown.stdout
+        assert "Served: 1 requests, 2 rows" in shown.stdout
 
         head = local_head.running_head(state)
         assert head is not None
