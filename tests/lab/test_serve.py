@@ -148,11 +148,15 @@ def served(serve_cluster: ServeCluster) -> Iterator[Served]:
     try:
         deadline = time.monotonic() + 480
         while url is None:
-            line = lines.get(timeout=max(1.0, deadline - time.monotonic()))
+            try:
+                line = lines.get(timeout=1.0)  # a poll interval: the process may have ended
+            except queue.Empty:
+                assert process.poll() is None, "\n".join(seen)  # `serve up` ended without a URL
+                assert time.monotonic() < deadline, "\n".join(seen)
+                continue
             seen.append(line)
             match = re.match(r"URL: (http://127\.0\.0\.1:\d+)$", line)
             url = match[1] if match else None
-            assert process.poll() is None or not lines.empty(), "\n".join(seen)
         yield Served(process, url, token_file, seen)
     finally:
         if process.poll() is None:

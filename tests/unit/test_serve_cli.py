@@ -452,7 +452,8 @@ def test_serve_up_status_down_on_a_local_ray_head(wine_csv: Path, tmp_path: Path
                   "--trust-model", "--data", str(wine_csv), "--background", "10",
                   "--algorithm", "tree")  # fmt: skip
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "Starting a local Ray head" in up.stdout and "RUNNING: 1/1 replicas running" in up.stdout
+        assert "Starting a local Ray head" in up.stdout
+        assert "RUNNING: 2/2 replicas running" in up.stdout  # the gateway and one explaining replica
         token = (state / "token").read_text().strip()
         assert token not in up.stdout + up.stderr
         url = re.search(r"^URL: (http://127\.0\.0\.1:\d+)$", up.stdout, re.MULTILINE)
@@ -463,7 +464,7 @@ def test_serve_up_status_down_on_a_local_ray_head(wine_csv: Path, tmp_path: Path
 
         shown = _cli(env, "serve", "status", "--local")
         assert shown.returncode == 0, shown.stdout + shown.stderr
-        assert "RUNNING: 1/1 replicas running" in shown.stdout
+        assert "RUNNING: 2/2 replicas running" in shown.stdout
         assert "Served: 1 requests, 2 rows" in shown.stdout
 
         head = local_head.running_head(state)
