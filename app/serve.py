@@ -10,8 +10,6 @@ the model and data paths must be readable there.
 1. Locally, or from a driver connected to the cluster (``serve.run``)::
 
        from ray import serve
-from ray.exceptions import NodeDiedError, RayActorError
-from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
        from app.contract import SERVE_APP_NAME, SERVE_ROUTE_PREFIX, ServeOptions
        from app.serve import build_app
 
@@ -23,38 +21,52 @@ from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableE
    with the cluster's token as ``Authorization: Bearer <ray token>`` for the dashboard)::
 
        PUT http://<head>:8265/api/serve/applications/
-       {"http_options": {"host": "0.0.0.0", "port": 8000},
+       {"http_options": {"host": "127.0.0.1", "port": 8000},
         "applications": [{"name": "shapcluster", "route_prefix": "/",
                           "import_path": "app.serve:build_app",
                           "args": <ServeOptions.to_args()>}]}
 
    ``DELETE /api/serve/applications/`` removes it (``serve down``); ``GET`` shows its status.
-   ``replicas`` in the args sets the replica count (spread over the nodes, one CPU each).
+   Host 127.0.0.1: the endpoint is reached only through the SSH tunnel to the head, as the Jobs
+   API is (with host networking, 0.0.0.0 would open it to the whole network, token or not).
+
+The application is two deployments: ``Gateway``, the HTTP ingress (one replica, no CPU, pinned
+to the head node next to the proxy the tunnel reaches), and ``Explainer``, ``replicas`` replicas
+of one CPU each (Serve spreads them over the nodes), each loading the model and background once.
 
 How the token is checked
 ------------------------
 Ray 2.60's token auth (``RAY_AUTH_MODE=token``) guards the dashboard (so the REST API above) and
 Ray's gRPC, but NOT Serve's HTTP proxy (``ray/serve/_private/proxy.py`` checks no token): the
-application checks it itself. Each replica takes its token, in this order, from: the file
-``token_file`` of the args (a path on the replicas' hosts); the environment variable
-``SHAPCLUSTER_SERVE_TOKEN`` (``contract.SERVE_TOKEN_ENV``); Ray's own token when Ray runs with
-token auth (``RAY_AUTH_TOKEN``, else the file at ``RAY_AUTH_TOKEN_PATH``, which the cluster's
-containers set), so on a cluster the service takes the cluster's Ray token without any option;
-else no token (a local test instance). With a token, every route but ``GET /healthz`` needs the
-header ``Authorization: Bearer <token>`` (``contract.SERVE_TOKEN_HEADER``): 401 otherwise,
+Gateway checks it itself. It takes the token, in this order, from: the file ``token_file`` of
+the args (a path on the head); the environment variable ``SHAPCLUSTER_SERVE_TOKEN``
+(``contract.SERVE_TOKEN_ENV``); Ray's own token when Ray runs with token auth
+(``RAY_AUTH_TOKEN``, else the file at ``RAY_AUTH_TOKEN_PATH``, which the cluster's containers
+set), so on a cluster the service takes the cluster's Ray token without any option; else no
+token (a local test instance; the log says so). With a token, every route but ``GET /healthz``
+needs ``Authorization: Bearer <token>`` (``contract.SERVE_TOKEN_HEADER``): 401 otherwise,
 compared in constant time; the token is never logged nor shown by ``/info``.
 
-Routes: ``POST /explain`` ({"rows": [{column: value, ...}, ...]} -> per row and class: values per
-player, expected value, model output, standard errors in sampling mode), ``GET /healthz``,
-``GET /info`` (model, features, classes, background, algorithm, versions, image ID from
-``SHAPCLUSTER_IMAGE_ID``, this replica's counters), ``GET /stats`` (this replica's counters and
-latency percentiles). A request is checked whole (``service.parse_rows``) before its rows join a
-batch, so a bad request gets its 4xx and never fails the other requests of a batch.
+Routes
+------
+``POST /explain`` ({"rows": [{column: value, ...}, ...]} -> per row and class: values per player,
+expected value, model output, standard errors in sampling mode), ``GET /healthz``, ``GET /info``
+(model, features, classes, background, algorithm, versions, image ID from ``SHAPCLUSTER_IMAGE_ID``
+in the replicas' environment, and the stats), ``GET /stats`` (requests, retries, refusals,
+latency percentiles, and the latest counters of every Explainer replica the Gateway heard from:
+requests, rows, batches, batch sizes). A request is checked whole (``service.parse_rows``) on an
+Explainer replica before its rows join a batch, so a bad request gets its 4xx (400, 413, 422 with
+the row and column, or the limit) and never fails the other requests of a batch.
 
 Batching: each row of a checked request goes to ``Explainer._explain_batch``
 (``@serve.batch(max_batch_size, batch_wait_timeout_s)``), which explains the rows of all
 requests waiting at once in ONE call of the job's explainer (in a worker thread, single-threaded
-BLAS, so the replica keeps answering /healthz); ``max_batch_size`` therefore counts rows.
+BLAS, so the replica keeps answering health checks); ``max_batch_size`` therefore counts rows.
+
+A replica lost mid-request (its node or container killed): the Gateway sees Ray's
+ActorDiedError and sends the request again (explaining is deterministic, so a retry is safe),
+to another replica or to the one Serve starts in its place; after 3 lost attempts it answers
+503 "send the request again in a few seconds". Serve's controller replaces the replica by itself.
 """
 
 import asyncio
@@ -340,6 +352,9 @@ class Gateway:
                         "replacing it: send the request again in a few seconds",
                     )
                 self.retries += 1
+            except Exception as err:  # a bug in the explainer: one line for the client, the trace in the log
+                logger.exception("the explainer failed")
+                return _error(500, f"the explainer failed ({type(err).__name__}); see the replica's log")
         counters = answer["counters"]
         self.replicas[counters["replica"]] = counters
         if answer["status"] != 200:
