@@ -147,7 +147,8 @@ def read_details(dashboard: Endpoint) -> dict[str, Any]:
         if err.status == 501:  # the dashboard's Serve module without ray[serve]
             raise RemoteError(
                 f"{dashboard.where}: Ray Serve is not installed where the dashboard runs.",
-                hint="The cluster image needs ray[serve] (docker/requirements.txt); run `shapcluster up`.",
+                hint="A cluster's image needs ray[serve] (docker/requirements.txt; then `shapcluster up`); "
+                "with --local, install it here: pip install 'ray[serve]==2.60.0'.",
             ) from None
         raise
     return details if isinstance(details, dict) else {}
