@@ -76,6 +76,8 @@ class AppState:
         return sum(n for (_, state, _), n in self.replicas.items() if state == "RUNNING")
 
     def describe(self) -> str:
+        if self.target == 0 and not self.replicas:
+            return f"{self.status}: building the application (importing {contract.SERVE_IMPORT_PATH})"
         states = Counter[str]()
         for (_, state, _), count in self.replicas.items():
             states[state] += count
