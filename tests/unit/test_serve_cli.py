@@ -210,6 +210,7 @@ def test_deploy_puts_the_config_with_the_token_and_waits_until_running(
 ) -> None:
     fake, port = dashboard
     fake.states = [
+        {"applications": {contract.SERVE_APP_NAME: {"status": "DEPLOYING", "deployments": {}}}},
         application("DEPLOYING", [replica("STARTING", "10.9.0.2"), replica("STARTING", "10.9.0.3")]),
         application("DEPLOYING", [replica("RUNNING", "10.9.0.2"), replica("STARTING", "10.9.0.3")]),
         application("RUNNING", [replica("RUNNING", "10.9.0.2"), replica("RUNNING", "10.9.0.3")]),
@@ -221,6 +222,7 @@ def test_deploy_puts_the_config_with_the_token_and_waits_until_running(
     puts = [r for r in fake.requests if r[0] == "PUT"]
     assert puts == [("PUT", "/api/serve/applications/", f"Bearer {TOKEN}", body)]
     assert seen == [
+        "DEPLOYING: building the application (importing app.serve:build_app)",
         "DEPLOYING: 0/2 replicas running (STARTING 2)",
         "DEPLOYING: 1/2 replicas running (RUNNING 1, STARTING 1)",
         "RUNNING: 2/2 replicas running (RUNNING 2)",
