@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from shapcluster import __version__, console
-from shapcluster.cli import cluster, creds, job
+from shapcluster.cli import cluster, creds, job, serve
 from shapcluster.cli._errors import set_debug
 from shapcluster.cli._help import fold_long_words, hide_flag_types
 
@@ -52,3 +52,4 @@ app.command("stop")(job.stop)
 for name, command in cluster.COMMANDS.items():
     app.command(name)(command)
 app.add_typer(creds.app, name="creds")
+app.add_typer(serve.app, name="serve")

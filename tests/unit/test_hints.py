@@ -19,7 +19,7 @@ from shapcluster.cli import app
 PACKAGE = Path(__file__).resolve().parents[2] / "shapcluster"
 # Programs other than ours whose flags a hint may name (`aws sso login --profile X`).
 FOREIGN = {"aws", "ssh", "ssh-keyscan", "ssh-keygen", "ssh-add", "docker", "pip", "git", "ray"}
-SUBCOMMANDS = {"creds": {"refresh"}}
+SUBCOMMANDS = {"creds": {"refresh"}, "serve": {"up", "status", "down"}}
 runner = CliRunner()
 
 
@@ -106,6 +106,9 @@ ALL_COMMANDS = [
     ("jobs",),
     ("logs",),
     ("creds", "refresh"),
+    ("serve", "up"),
+    ("serve", "status"),
+    ("serve", "down"),
 ]
 
 
