@@ -38,6 +38,7 @@ from app import compare, etl, kernel_shap, model, model_file, precheck, results,
 from app.config import EXACT, Algorithm, JobConfig
 from app.contract import DEFAULT_LABEL, Link, OptionError, Task, new_run_id, row_range
 from app.errors import DataError, ExplanationsDisagreeError, JobError
+from app.groups import Players
 from app.report import Reporter
 from app.tabular import ModelFunction
 
@@ -713,15 +714,7 @@ def _run_dag(config: JobConfig, source: str | None, reporter: Reporter) -> dict[
     out_dir = Path(config.output_dir) / (config.run_id or new_run_id())
     cluster = {"cpus": cpus, "nodes": nodes, "nodes_lost": nodes_lost}
     summary = _summary(config, out_dir.name, cluster, prepared, explanation, comparison, timings, branches)
-    summary |= {
-        "players": names,
-        "groups": None if player_spec is None else player_spec.groups,
-        "tol": config.tol,
-        "background_weights": config.background_weights,
-        "background_distinct": len(prepared.background.rows),
-        "algorithm": "kernel",
-        "algorithm_reason": reason,
-    }
+    summary |= _kernel_fields(config, prepared, player_spec, names, reason)
     linked = config.link.apply(prepared.outputs["fx"])
     _write_results(out_dir, summary, prepared, explanation, ref_values, linked, names)
     reporter.summary(
@@ -792,6 +785,21 @@ def _ours_rounds(
         n_next = min(2 * n_now, kernel_shap.MAX_TOL_NSAMPLES)
         precheck.resolve_budget(config, n_next, n_players, n_rows, len(prepared.background.rows), n_outputs)
         ours, plans = branch_for(n_next)
+
+
+def _kernel_fields(
+    config: JobConfig, prepared: _Prepared, player_spec: Players | None, names: list[str], reason: str
+) -> dict[str, Any]:
+    """The kernel path's own summary keys, the same for in-memory and streamed runs."""
+    return {
+        "players": names,
+        "groups": None if player_spec is None else player_spec.groups,
+        "tol": config.tol,
+        "background_weights": config.background_weights,
+        "background_distinct": len(prepared.background.rows),
+        "algorithm": "kernel",
+        "algorithm_reason": reason,
+    }
 
 
 def _reference_constant(prepared: _Prepared, players: np.ndarray | None, names: list[str]) -> dict[str, str]:
@@ -1555,7 +1563,7 @@ def _run_stream_dag(
     config: JobConfig,
     prepared: _Prepared,
     spec: stream.BlockSpec,
-    player_spec: Any,
+    player_spec: Players | None,
     reporter: Reporter,
     timings: _Timings,
     nodes: list[dict[str, Any]],
@@ -1642,13 +1650,7 @@ def _run_stream_dag(
     summary |= {
         "rows": sums.rows,
         "row_ids": None,  # too many to list: see streamed.row_range
-        "players": names,
-        "groups": None if player_spec is None else player_spec.groups,
-        "tol": config.tol,
-        "background_weights": config.background_weights,
-        "background_distinct": len(prepared.background.rows),
-        "algorithm": "kernel",
-        "algorithm_reason": reason,
+        **_kernel_fields(config, prepared, player_spec, names, reason),
         "mean_abs_shap": {name: sums.mean_abs[g].tolist() for g, name in enumerate(names)},
         "additivity_error_all_rows": sums.additivity,
         "streamed": {
