@@ -26,10 +26,11 @@ Conventions: ``M`` features (columns), ``G`` players (feature groups; ``G = M`` 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,10 +42,16 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 Predict = Callable[[npt.NDArray[np.floating]], npt.NDArray[np.floating]]
 
-# Upper bound on synthetic rows handed to the model in one call: big enough that per-call
-# overhead vanishes, small enough to keep a block's memory near 100 MB.
+# Synthetic rows handed to the model in one call: about BLOCK_BYTES of them, so that they are
+# built and read while still in the CPU's cache (Adult's 106 float64 columns, measured per
+# explained row: 4 MB blocks 1.6x faster than 256 MB ones, 1 MB ones slower again as the
+# model's per-call overhead grows), but never fewer than MIN_ROWS_PER_PREDICT (a model with a
+# costly call, e.g. a pandas pipeline) nor more than MAX_ROWS_PER_PREDICT.
+BLOCK_BYTES = 4 << 20
+MIN_ROWS_PER_PREDICT = 2048
 MAX_ROWS_PER_PREDICT = 1 << 20
-MAX_BLOCK_BYTES = 256 << 20  # synthetic rows of one model call, whatever the number of columns
+# Coalitions merged at once in evaluate_coalitions: bounds merge_outside's (S, N) keys.
+MERGE_ELEMENTS = 1 << 21
 # Memory one plan may take on the driver: masks, solver, regression temporaries and ey (R, S, K).
 PLAN_MEMORY_BUDGET = 2 << 30
 # "Affordable" exact enumeration: at most this many synthetic model rows (coalitions x
@@ -484,6 +491,113 @@ def expected_output(
     return np.asarray(w @ out)
 
 
+def _trusted_inputs() -> contextlib.AbstractContextManager[object]:
+    """scikit-learn without its finiteness scan of every input (a full pass over the rows)."""
+    import sklearn
+
+    context: contextlib.AbstractContextManager[object] = sklearn.config_context(assume_finite=True)
+    return context
+
+
+def column_runs(masks: BoolArray) -> list[tuple[int, int]]:
+    """Maximal runs [a, e) of adjacent columns that every coalition takes from the same side:
+    one run per player when groups are contiguous (one-hot columns), at most M."""
+    n_columns = masks.shape[1]
+    if n_columns == 0:
+        return []
+    change = np.flatnonzero((masks[:, 1:] != masks[:, :-1]).any(axis=0)) + 1
+    edges = [0, *change.tolist(), n_columns]
+    return list(itertools.pairwise(edges))
+
+
+def _row_ids(block: npt.NDArray[np.floating]) -> npt.NDArray[np.intp]:
+    """(N,) an id per row of an (N, C) block, equal iff the rows are equal byte for byte."""
+    contiguous = np.ascontiguousarray(block)
+    rows = contiguous.view(np.dtype((np.void, contiguous.dtype.itemsize * contiguous.shape[1]))).ravel()
+    _, ids = np.unique(rows, return_inverse=True)
+    return np.asarray(ids.reshape(-1), dtype=np.intp)
+
+
+def _sorted_groups(key: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.intp], BoolArray]:
+    """Per row of key (S, N): the stable sort order and where each run of equal keys starts."""
+    order = np.argsort(key, axis=1, kind="stable")
+    ordered = np.take_along_axis(key, order, axis=1)
+    first = np.ones(key.shape, dtype=bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return order, first
+
+
+def _dense_ranks(key: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """key (S, N) relabelled per row as 0..(distinct - 1), same equalities."""
+    order, first = _sorted_groups(key)
+    dense = np.empty_like(key)
+    np.put_along_axis(dense, order, np.cumsum(first, axis=1) - 1, axis=1)
+    return dense
+
+
+@dataclass(frozen=True)
+class CoalitionPairs:
+    """The (coalition, background row) pairs whose synthetic rows differ, grouped by coalition.
+
+    Conventions: T pairs, T <= S * N.
+    """
+
+    coalition: npt.NDArray[np.intp]  # (T,) ascending
+    background: npt.NDArray[np.intp]  # (T,) the first background row of each merged set
+    weight: FloatArray  # (T,) the summed weights of the merged background rows
+    starts: npt.NDArray[np.intp]  # (S + 1,) where each coalition's pairs start
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.starts[-1])
+
+    def chunks(self, per_call: int) -> Iterator[tuple[int, int]]:
+        """Coalition ranges [c0, c1) of at most ``per_call`` pairs (at least one coalition)."""
+        n_coalitions = len(self.starts) - 1
+        c0 = 0
+        while c0 < n_coalitions:
+            c1 = int(np.searchsorted(self.starts, self.starts[c0] + per_call, side="right")) - 1
+            c1 = min(max(c1, c0 + 1), n_coalitions)
+            yield c0, c1
+            c0 = c1
+
+
+def merge_outside(
+    masks: BoolArray, background: npt.NDArray[np.floating], weights: FloatArray
+) -> CoalitionPairs:
+    """Per coalition (masks (S, M)), the background rows (N, M) grouped by their values outside it.
+
+    Two background rows equal (byte for byte) on every column outside a coalition give the same
+    synthetic row for it, so one of them with the pair's summed weight ``weights`` (N,) gives the
+    same expectation with fewer model rows. Exact; for one-hot groups (Adult: 1.28x fewer rows)
+    and coalitions that leave few columns to the background. Memory: a few (S, N) int64 arrays.
+    """
+    n_coalitions, n_bg = masks.shape[0], background.shape[0]
+    key = np.zeros((n_coalitions, n_bg), dtype=np.int64)
+    span = 1  # every key is below span
+    for a, e in column_runs(masks):
+        ids = _row_ids(background[:, a:e])
+        card = int(ids.max()) + 1 if n_bg else 1
+        if card == 1:
+            continue  # every background row agrees on these columns
+        if span > (1 << 62) // card:
+            key, span = _dense_ranks(key), n_bg
+        key = key * card + np.where(masks[:, a, None], 0, ids[None, :])
+        span *= card
+    order, first = _sorted_groups(key)
+    counts = first.sum(axis=1)
+    starts = np.zeros(n_coalitions + 1, dtype=np.intp)
+    np.cumsum(counts, out=starts[1:])
+    heads = np.flatnonzero(first.ravel())
+    weight = np.add.reduceat(weights[order].ravel(), heads) if heads.size else np.zeros(0)
+    return CoalitionPairs(
+        np.repeat(np.arange(n_coalitions, dtype=np.intp), counts),
+        np.asarray(order.ravel()[heads], dtype=np.intp),
+        weight,
+        starts,
+    )
+
+
 def evaluate_coalitions(
     predict: Predict,
     rows: npt.ArrayLike,
@@ -496,28 +610,48 @@ def evaluate_coalitions(
 ) -> FloatArray:
     """E over the background of f(x with columns outside the coalition taken from background).
 
-    Returns ey of shape (R, S, K). This is where nearly all the time goes: R*S*N model rows.
-    ``weights`` (N,), summing to 1, weight the background rows (None: uniform).
+    Returns ey of shape (R, S, K). This is where nearly all the time goes: up to R*S*N model
+    rows. ``weights`` (N,), summing to 1, weight the background rows (None: uniform).
     ``dtype`` lets a caller build synthetic rows directly in the dtype the model converts to
     (float32 for scikit-learn trees), which saves a copy without changing any value.
+
+    Three things keep it fast, none changes a model input: background rows that coincide on
+    every column outside a coalition give identical synthetic rows, so each coalition evaluates
+    one of them with their summed weight (``merge_outside``); the rows go to the model in
+    blocks of about BLOCK_BYTES, built into one reused buffer (``predict`` must not write into
+    its input, as no scikit-learn estimator does), so they are written and read in the CPU's
+    cache; and scikit-learn's finiteness scan is skipped on them (their values come from rows
+    and background the model already accepted in ``model_outputs``).
     """
     x = np.asarray(rows, dtype=dtype)
     bg = np.asarray(background, dtype=dtype)
     n_rows, n_bg, n_coalitions = x.shape[0], bg.shape[0], masks.shape[0]
+    w = np.full(n_bg, 1.0 / max(n_bg, 1)) if weights is None else np.asarray(weights, dtype=np.float64)
     row_bytes = max(1, x.shape[1] * x.itemsize)
-    max_rows = max(1, min(max_rows_per_predict, MAX_BLOCK_BYTES // row_bytes))
-    chunk = max(1, max_rows // max(1, n_bg))  # (row, coalition) pairs per call
-    pairs = [(r, s) for r in range(n_rows) for s in range(0, n_coalitions, chunk)]
+    per_call = max(1, min(max_rows_per_predict, max(MIN_ROWS_PER_PREDICT, BLOCK_BYTES // row_bytes)))
+    segment = max(1, MERGE_ELEMENTS // max(n_bg, 1))
     ey: FloatArray | None = None
-    for r, start in pairs:
-        block = masks[start : start + chunk]
-        synth = np.where(block[:, None, :], x[r][None, None, :], bg[None, :, :])
-        out = model_outputs(predict, synth.reshape(-1, x.shape[1]))
-        per_bg = out.reshape(block.shape[0], n_bg, -1)
-        means = per_bg.mean(axis=1) if weights is None else np.einsum("snk,n->sk", per_bg, weights)
-        if ey is None:
-            ey = np.empty((n_rows, n_coalitions, means.shape[1]))
-        ey[r, start : start + block.shape[0]] = means
+    buffer = np.empty((0, x.shape[1]), dtype=x.dtype)
+    with _trusted_inputs():
+        for s0 in range(0, n_coalitions if n_rows else 0, segment):
+            pairs = merge_outside(masks[s0 : s0 + segment], bg, w)
+            for c0, c1 in pairs.chunks(per_call):
+                t0, t1 = int(pairs.starts[c0]), int(pairs.starts[c1])
+                if buffer.shape[0] < t1 - t0:
+                    buffer = np.empty((t1 - t0, x.shape[1]), dtype=x.dtype)
+                synth = buffer[: t1 - t0]
+                # The background side once per block: every explained row overwrites the same
+                # cells (the coalition's columns), so the rest stays valid from row to row.
+                np.take(bg, pairs.background[t0:t1], axis=0, out=synth)
+                inside = masks[s0 + pairs.coalition[t0:t1]]  # (T, M): the columns taken from the row
+                starts = pairs.starts[c0:c1] - t0
+                weight = pairs.weight[t0:t1, None]
+                for r in range(n_rows):
+                    np.copyto(synth, x[r], where=inside)
+                    out = model_outputs(predict, synth)
+                    if ey is None:
+                        ey = np.empty((n_rows, n_coalitions, out.shape[1]))
+                    ey[r, s0 + c0 : s0 + c1] = np.add.reduceat(out * weight, starts, axis=0)
     if ey is None:
         return np.zeros((n_rows, n_coalitions, 0))
     return ey
