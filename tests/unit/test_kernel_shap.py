@@ -174,6 +174,92 @@ def test_blocks_of_rows_and_coalitions_give_the_same_expectations():
     np.testing.assert_array_equal(whole, assembled)
 
 
+def naive_expectations(predict, rows, background, masks, weights) -> np.ndarray:
+    """ey (R, S, K) straight from the definition: every background row, one call per coalition."""
+    return np.stack(
+        [np.stack([weights @ predict(np.where(mask, x, background)) for mask in masks]) for x in rows]
+    )
+
+
+def one_hot_workload(n_rows: int = 4, n_background: int = 30):
+    """Rows and background of 2 numeric columns and two one-hot groups (3 and 4 columns) whose
+    background repeats values, so many background rows coincide outside a coalition."""
+    rng = np.random.default_rng(7)
+
+    def table(n: int) -> np.ndarray:
+        numeric = rng.choice([-1.0, 0.5, 2.0], size=(n, 2))
+        colour = np.eye(3)[rng.integers(0, 3, n)]
+        size = np.eye(4)[rng.integers(0, 4, n)]
+        return np.hstack([numeric, colour, size])
+
+    groups = [[0], [1], [2, 3, 4], [5, 6, 7, 8]]
+    return table(n_rows), table(n_background), groups
+
+
+def one_hot_model(x: np.ndarray) -> np.ndarray:
+    z = np.sin(x[:, 0]) * x[:, 3] + x[:, 1] * x[:, 6] - x[:, 8] + 0.2 * x[:, 2] * x[:, 0] ** 2
+    p = 1 / (1 + np.exp(-z))
+    return np.stack([1 - p, p], axis=1)
+
+
+def test_merged_background_per_coalition_equals_the_definition_with_fewer_model_rows():
+    rows, background, groups = one_hot_workload()
+    players = ks.player_matrix(groups, rows.shape[1])
+    plan = ks.build_plan(np.arange(4), rows.shape[1], players=players)
+    weights = np.random.default_rng(3).uniform(0.5, 2.0, len(background))
+    weights /= weights.sum()
+    seen: list[int] = []
+
+    def counting(x: np.ndarray) -> np.ndarray:
+        seen.append(len(x))
+        return one_hot_model(x)
+
+    ours = ks.evaluate_coalitions(counting, rows, background, plan.masks, weights=weights)
+    naive = naive_expectations(one_hot_model, rows, background, plan.masks, weights)
+    np.testing.assert_allclose(ours, naive, rtol=0, atol=1e-12)
+    pairs = ks.merge_outside(plan.masks, background, weights)
+    # Closed form of the merge: per coalition, the distinct background rows outside it.
+    distinct = [len({row[~mask].tobytes() for row in background}) for mask in plan.masks]
+    np.testing.assert_array_equal(np.diff(pairs.starts), distinct)
+    np.testing.assert_allclose(np.add.reduceat(pairs.weight, pairs.starts[:-1]), 1.0, rtol=0, atol=1e-15)
+    assert sum(seen) == len(rows) * pairs.n_pairs < len(rows) * plan.n_coalitions * len(background) / 2
+
+
+def test_rows_reusing_one_block_buffer_each_get_their_own_values():
+    """The background side of a block is written once and each row overwrites its coalition's
+    cells: a row must never see the previous row's values (several rows, several blocks)."""
+    background = RNG.normal(size=(40, 6))
+    rows = RNG.normal(size=(5, 6))
+    plan = ks.build_plan(np.arange(6), 6)
+    weights = np.full(40, 1 / 40)
+    naive = naive_expectations(nonlinear_model, rows, background, plan.masks, weights)
+    for per_call in (40, 100, 10_000):
+        ours = ks.evaluate_coalitions(
+            nonlinear_model, rows, background, plan.masks, max_rows_per_predict=per_call
+        )
+        np.testing.assert_allclose(ours, naive, rtol=0, atol=1e-12)
+
+
+def test_model_calls_are_cache_sized_blocks_without_the_finiteness_scan():
+    import sklearn
+
+    background = RNG.normal(size=(100, 8))
+    rows = RNG.normal(size=(2, 8))
+    plan = ks.build_plan(np.arange(8), 8)
+    calls: list[tuple[int, bool]] = []
+
+    def recording(x: np.ndarray) -> np.ndarray:
+        calls.append((len(x), sklearn.get_config()["assume_finite"]))
+        return nonlinear_model(x)
+
+    ks.evaluate_coalitions(recording, rows, background, plan.masks)
+    per_call = max(ks.MIN_ROWS_PER_PREDICT, ks.BLOCK_BYTES // (8 * 8))
+    assert max(n for n, _ in calls) <= per_call
+    assert sum(n for n, _ in calls) == 2 * plan.n_coalitions * 100  # no two background rows coincide
+    assert all(finite for _, finite in calls)
+    assert not sklearn.get_config()["assume_finite"]  # restored afterwards
+
+
 @pytest.mark.parametrize(
     ("rows", "coalitions", "background", "workers", "batch_size"),
     [
