@@ -683,7 +683,7 @@ def solve_phi(
     if m == 1:
         phi[:, plan.varying[0], :] = delta
         return phi
-    head = np.einsum("ms,rsk->rmk", plan.solver, _adjusted(plan, ey, delta, lfnull, link))
+    head = np.matmul(plan.solver, _adjusted(plan, ey, delta, lfnull, link))  # (R, m - 1, K)
     phi[:, plan.varying[:-1], :] = head
     phi[:, plan.varying[-1], :] = delta - head.sum(axis=1)
     return phi
@@ -721,27 +721,40 @@ def standard_errors(
         return se
     unit_of = units[sampled]
     starts = np.flatnonzero(np.r_[True, unit_of[1:] != unit_of[:-1]])
+    sizes = np.diff(np.r_[starts, sampled.size])  # coalitions per draw: 1, or 2 for a pair
     counts = all_counts[sampled][starts]  # draws of each unit (a pair shares its count)
     n = float(counts.sum())
     if n < 2:
         return se
-    per_draw = plan.solver[:, sampled] / counts[np.searchsorted(starts, np.arange(sampled.size), "right") - 1]
+    per_draw = plan.solver[:, sampled] / np.repeat(counts, sizes)[None, :]  # (m - 1, S')
+    per_draw = np.vstack([per_draw, -per_draw.sum(axis=0)])  # (m, S'): the last player's term too
     z = plan.small.astype(np.float64)
     design = z[:, :-1] - z[:, -1:]
     lfnull = link.apply(fnull)
     delta = link.apply(fx) - lfnull[None, :]
-    step = max(1, STANDARD_ERROR_CHUNK_BYTES // max(1, 8 * m * sampled.size * n_outputs))
+    # Member i of each draw that has one: (positions in S', the draws).
+    members = [(starts[sizes > i] + i, np.flatnonzero(sizes > i)) for i in range(int(sizes.max()))]
+    step = max(1, STANDARD_ERROR_CHUNK_BYTES // max(1, 8 * 4 * sampled.size * n_outputs))
     for r0 in range(0, n_rows, step):
         adjusted = _adjusted(plan, ey[r0 : r0 + step], delta[r0 : r0 + step], lfnull, link)
-        head = np.einsum("ms,rsk->rmk", plan.solver, adjusted)
-        residual = adjusted[:, sampled, :] - np.einsum("sj,rjk->rsk", design[sampled], head)
-        terms = np.einsum("js,rsk->rjsk", per_draw, residual)  # (r, m-1, S', K)
-        draws = np.add.reduceat(terms, starts, axis=2)  # (r, m-1, U, K)
-        draws = np.concatenate([draws, -draws.sum(axis=1, keepdims=True)], axis=1)  # (r, m, U, K)
-        w = counts[None, None, :, None]
-        mean = (w * draws).sum(axis=2, keepdims=True) / n
-        variance = n * (w * (draws - mean) ** 2).sum(axis=2) / (n - 1.0)
-        se[r0 : r0 + step][:, plan.varying, :] = np.sqrt(variance)
+        head = np.matmul(plan.solver, adjusted)  # (r, m - 1, K)
+        residual = adjusted[:, sampled, :] - np.matmul(design[sampled], head)  # (r, S', K)
+        res = residual.transpose(1, 0, 2).reshape(sampled.size, -1)  # (S', r K)
+        # A draw's term is T_u = sum over its members s of per_draw[:, s] res[s]; with weights
+        # w_u = counts, sum_u w_u T_u and sum_u w_u T_u^2 are matrix products over the draws.
+        first = np.zeros((m, res.shape[1]))
+        second = np.zeros((m, res.shape[1]))
+        for i, (at_i, draws_i) in enumerate(members):
+            first += (per_draw[:, at_i] * counts[draws_i]) @ res[at_i]
+            for j in range(i, len(members)):
+                draws = np.flatnonzero(sizes > j)
+                a, b = starts[draws] + i, starts[draws] + j
+                cross = (per_draw[:, a] * per_draw[:, b] * counts[draws]) @ (res[a] * res[b])
+                second += cross if i == j else 2.0 * cross
+        mean = first / n
+        variance = np.maximum(n * (second - n * mean**2) / (n - 1.0), 0.0)  # (m, r K)
+        chunk = np.sqrt(variance).reshape(m, -1, n_outputs).transpose(1, 0, 2)  # (r, m, K)
+        se[r0 : r0 + step][:, plan.varying, :] = chunk
     return se
 
 

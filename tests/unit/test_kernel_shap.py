@@ -414,6 +414,46 @@ def test_standard_errors_are_calibrated_against_the_exact_values():
     assert np.mean(np.abs(z) > 3) < 0.01
 
 
+def test_standard_errors_equal_the_sandwich_definition_draw_by_draw():
+    """The matrix-product form of standard_errors equals Var = n Cov_draws(T_u) computed one draw
+    at a time (T_u = sum over the draw's coalitions of solver[:, s] residual[s] / count_u; the
+    last player's term minus the others'), with pairs, repeated draws and the logit link."""
+    from app.contract import Link
+
+    m = 7
+    background = RNG.normal(size=(6, m))
+    rows = RNG.normal(size=(3, m))
+    plan = ks.build_plan(np.arange(m), m, nsamples=60, seed=5)
+    assert not plan.exact and plan.counts is not None and plan.units is not None
+    assert (plan.counts > 1).any() and np.bincount(plan.units[plan.units >= 0]).max() == 2
+    outputs = lambda x: 1 / (1 + np.exp(-nonlinear_model(x)[:, :2]))  # noqa: E731
+    ey = ks.evaluate_coalitions(outputs, rows, background, plan.masks)
+    fx, fnull = outputs(rows), outputs(background).mean(axis=0)
+    ours = ks.standard_errors(plan, ey, fx, fnull, Link.LOGIT)
+
+    lfnull = Link.LOGIT.apply(fnull)
+    delta = Link.LOGIT.apply(fx) - lfnull
+    z = plan.small.astype(float)
+    design = z[:, :-1] - z[:, -1:]
+    expected = np.zeros_like(ours)
+    for r in range(len(rows)):
+        for k in range(fx.shape[1]):
+            y = Link.LOGIT.apply(ey[r, :, k]) - lfnull[k] - z[:, -1] * delta[r, k]
+            residual = y - design @ (plan.solver @ y)
+            terms, weights = [], []
+            for unit in np.unique(plan.units[plan.units >= 0]):
+                members = np.flatnonzero(plan.units == unit)
+                count = plan.counts[members[0]]
+                head = sum(plan.solver[:, s] * residual[s] / count for s in members)
+                terms.append(np.r_[head, -head.sum()])
+                weights.append(count)
+            t, w = np.array(terms), np.array(weights)
+            n = w.sum()
+            mean = (w[:, None] * t).sum(axis=0) / n
+            expected[r, :, k] = np.sqrt(n * (w[:, None] * (t - mean) ** 2).sum(axis=0) / (n - 1))
+    np.testing.assert_allclose(ours, expected, rtol=1e-10, atol=0)
+
+
 def test_tol_adds_coalitions_until_the_largest_standard_error_is_below_it():
     m = 12
     background = RNG.normal(size=(6, m))
