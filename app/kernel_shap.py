@@ -552,8 +552,10 @@ class CoalitionPairs:
         return int(self.starts[-1])
 
     def chunks(self, per_call: int) -> Iterator[tuple[int, int]]:
-        """Coalition ranges [c0, c1) of at most ``per_call`` pairs (at least one coalition)."""
+        """Coalition ranges [c0, c1) of at most ``per_call`` pairs (at least one coalition),
+        of about equal size (no small last call paying the model's per-call overhead alone)."""
         n_coalitions = len(self.starts) - 1
+        per_call = max(1, math.ceil(self.n_pairs / max(1, math.ceil(self.n_pairs / max(1, per_call)))))
         c0 = 0
         while c0 < n_coalitions:
             c1 = int(np.searchsorted(self.starts, self.starts[c0] + per_call, side="right")) - 1
