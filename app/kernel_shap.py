@@ -527,9 +527,11 @@ def _sorted_groups(key: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.intp], Bo
     return order, first
 
 
-def _dense_ranks(key: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """key (S, N) relabelled per row as 0..(distinct - 1), same equalities."""
-    order, first = _sorted_groups(key)
+def _dense_ranks(
+    key: npt.NDArray[np.int64], order: npt.NDArray[np.intp], first: BoolArray
+) -> npt.NDArray[np.int64]:
+    """key (S, N) relabelled per row as 0..(distinct - 1), same equalities (order, first:
+    _sorted_groups of key)."""
     dense = np.empty_like(key)
     np.put_along_axis(dense, order, np.cumsum(first, axis=1) - 1, axis=1)
     return dense
@@ -564,26 +566,45 @@ class CoalitionPairs:
             c0 = c1
 
 
+def background_run_ids(
+    masks: BoolArray, background: npt.NDArray[np.floating]
+) -> list[tuple[int, npt.NDArray[np.intp]]]:
+    """Per column run of ``masks`` (``column_runs``) that not every background row agrees on:
+    (its first column, (N,) ids of the background rows' values on it), most distinct first."""
+    runs = []
+    for a, e in column_runs(masks):
+        ids = _row_ids(background[:, a:e])
+        if background.shape[0] and ids.max() > 0:
+            runs.append((a, ids))
+    return sorted(runs, key=lambda run: -int(run[1].max()))
+
+
 def merge_outside(
-    masks: BoolArray, background: npt.NDArray[np.floating], weights: FloatArray
+    masks: BoolArray,
+    background: npt.NDArray[np.floating],
+    weights: FloatArray,
+    run_ids: list[tuple[int, npt.NDArray[np.intp]]] | None = None,
 ) -> CoalitionPairs:
     """Per coalition (masks (S, M)), the background rows (N, M) grouped by their values outside it.
 
     Two background rows equal (byte for byte) on every column outside a coalition give the same
     synthetic row for it, so one of them with the pair's summed weight ``weights`` (N,) gives the
     same expectation with fewer model rows. Exact; for one-hot groups (Adult: 1.28x fewer rows)
-    and coalitions that leave few columns to the background. Memory: a few (S, N) int64 arrays.
+    and coalitions that leave few columns to the background. ``run_ids``: background_run_ids of
+    these masks or of any superset of them (computed here if None). Memory: a few (S, N) int64.
     """
     n_coalitions, n_bg = masks.shape[0], background.shape[0]
+    runs = background_run_ids(masks, background) if run_ids is None else run_ids
     key = np.zeros((n_coalitions, n_bg), dtype=np.int64)
     span = 1  # every key is below span
-    for a, e in column_runs(masks):
-        ids = _row_ids(background[:, a:e])
-        card = int(ids.max()) + 1 if n_bg else 1
-        if card == 1:
-            continue  # every background row agrees on these columns
-        if span > (1 << 62) // card:
-            key, span = _dense_ranks(key), n_bg
+    checked = False
+    for a, ids in runs:
+        card = int(ids.max()) + 1
+        if span > (1 << 62) // card or (not checked and span >= n_bg * n_bg):
+            order, first = _sorted_groups(key)
+            if first.all():
+                break  # every coalition's background rows differ already: nothing left to merge
+            key, span, checked = _dense_ranks(key, order, first), n_bg, True
         key = key * card + np.where(masks[:, a, None], 0, ids[None, :])
         span *= card
     order, first = _sorted_groups(key)
@@ -635,8 +656,9 @@ def evaluate_coalitions(
     ey: FloatArray | None = None
     buffer = np.empty((0, x.shape[1]), dtype=x.dtype)
     with _trusted_inputs():
+        run_ids = background_run_ids(masks, bg)
         for s0 in range(0, n_coalitions if n_rows else 0, segment):
-            pairs = merge_outside(masks[s0 : s0 + segment], bg, w)
+            pairs = merge_outside(masks[s0 : s0 + segment], bg, w, run_ids)
             for c0, c1 in pairs.chunks(per_call):
                 t0, t1 = int(pairs.starts[c0]), int(pairs.starts[c1])
                 if buffer.shape[0] < t1 - t0:

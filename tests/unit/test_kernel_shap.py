@@ -225,6 +225,30 @@ def test_merged_background_per_coalition_equals_the_definition_with_fewer_model_
     assert sum(seen) == len(rows) * pairs.n_pairs < len(rows) * plan.n_coalitions * len(background) / 2
 
 
+@pytest.mark.parametrize("values", [3, 40, None])
+def test_merge_outside_counts_the_distinct_background_rows_outside_each_coalition(values):
+    """Many columns (keys that overflow and are re-ranked, or all distinct early): per coalition,
+    the pairs are the distinct background rows outside it, weights summed, values exact."""
+    rng = np.random.default_rng(values or 0)
+    shape = (40, 12)
+    background = rng.normal(size=shape) if values is None else rng.integers(0, values, shape).astype(float)
+    rows = rng.normal(size=(2, 12))
+    plan = ks.build_plan(np.arange(12), 12, nsamples=600, seed=1)
+    weights = rng.uniform(0.5, 2.0, 40)
+    weights /= weights.sum()
+    pairs = ks.merge_outside(plan.masks, background, weights)
+    for s, mask in enumerate(plan.masks):
+        outside = {row[~mask].tobytes() for row in background}
+        members = pairs.background[pairs.starts[s] : pairs.starts[s + 1]]
+        assert len(members) == len(outside) == len({background[n][~mask].tobytes() for n in members})
+        for n, w in zip(members, pairs.weight[pairs.starts[s] : pairs.starts[s + 1]], strict=True):
+            same = (background[:, ~mask] == background[n, ~mask]).all(axis=1)
+            assert w == pytest.approx(weights[same].sum(), rel=1e-13)
+    ours = ks.evaluate_coalitions(nonlinear_model, rows, background, plan.masks, weights=weights)
+    naive = naive_expectations(nonlinear_model, rows, background, plan.masks, weights)
+    np.testing.assert_allclose(ours, naive, rtol=1e-13, atol=1e-12)  # outputs up to 1e12
+
+
 def test_rows_reusing_one_block_buffer_each_get_their_own_values():
     """The background side of a block is written once and each row overwrites its coalition's
     cells: a row must never see the previous row's values (several rows, several blocks)."""
