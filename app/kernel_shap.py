@@ -27,6 +27,8 @@ Conventions: ``M`` features (columns), ``G`` players (feature groups; ``G = M`` 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import itertools
 import math
 import warnings
@@ -621,6 +623,37 @@ def merge_outside(
     )
 
 
+# merge_outside's results kept in this process (a Ray worker runs many tasks of one plan, and
+# tasks that split rows share their coalitions): key -> pairs, at most PAIRS_CACHE_SIZE.
+_PAIRS_CACHE: dict[bytes, CoalitionPairs] = {}
+PAIRS_CACHE_SIZE = 8
+
+
+def _pairs_key(masks: BoolArray, background: npt.NDArray[np.floating], weights: FloatArray) -> bytes:
+    digest = hashlib.blake2b(digest_size=32)
+    for array in (masks, background, weights):
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.digest()
+
+
+def _merged_pairs(
+    masks: BoolArray,
+    background: npt.NDArray[np.floating],
+    weights: FloatArray,
+    run_ids: Callable[[], list[tuple[int, npt.NDArray[np.intp]]]],
+) -> CoalitionPairs:
+    """merge_outside, from this process's cache when it has met the same inputs."""
+    key = _pairs_key(masks, background, weights)
+    pairs = _PAIRS_CACHE.get(key)
+    if pairs is None:
+        pairs = merge_outside(masks, background, weights, run_ids())
+        if len(_PAIRS_CACHE) >= PAIRS_CACHE_SIZE:
+            _PAIRS_CACHE.clear()
+        _PAIRS_CACHE[key] = pairs
+    return pairs
+
+
 def evaluate_coalitions(
     predict: Predict,
     rows: npt.ArrayLike,
@@ -656,9 +689,9 @@ def evaluate_coalitions(
     ey: FloatArray | None = None
     buffer = np.empty((0, x.shape[1]), dtype=x.dtype)
     with _trusted_inputs():
-        run_ids = background_run_ids(masks, bg)
+        run_ids = functools.cache(lambda: background_run_ids(masks, bg))  # once, if needed
         for s0 in range(0, n_coalitions if n_rows else 0, segment):
-            pairs = merge_outside(masks[s0 : s0 + segment], bg, w, run_ids)
+            pairs = _merged_pairs(masks[s0 : s0 + segment], bg, w, run_ids)
             for c0, c1 in pairs.chunks(per_call):
                 t0, t1 = int(pairs.starts[c0]), int(pairs.starts[c1])
                 if buffer.shape[0] < t1 - t0:

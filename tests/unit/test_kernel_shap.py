@@ -249,6 +249,27 @@ def test_merge_outside_counts_the_distinct_background_rows_outside_each_coalitio
     np.testing.assert_allclose(ours, naive, rtol=1e-13, atol=1e-12)  # outputs up to 1e12
 
 
+def test_merged_pairs_are_computed_once_per_process_for_the_same_coalitions(monkeypatch):
+    """Ray tasks that split rows share their coalitions: the merge runs once, values unchanged."""
+    calls = []
+    merge = ks.merge_outside
+    monkeypatch.setattr(ks, "merge_outside", lambda *a: calls.append(1) or merge(*a))
+    monkeypatch.setattr(ks, "_PAIRS_CACHE", {})
+    background = RNG.normal(size=(20, 5)).round(0)  # repeated values: some merging
+    rows = RNG.normal(size=(4, 5))
+    plan = ks.build_plan(np.arange(5), 5)
+    first = ks.evaluate_coalitions(nonlinear_model, rows[:2], background, plan.masks)
+    second = ks.evaluate_coalitions(nonlinear_model, rows[2:], background, plan.masks)
+    assert len(calls) == 1
+    other = background.copy()
+    other[0, 0] += 1.0
+    ks.evaluate_coalitions(nonlinear_model, rows[:2], other, plan.masks)
+    assert len(calls) == 2
+    weights = np.full(20, 1 / 20)
+    naive = naive_expectations(nonlinear_model, rows, background, plan.masks, weights)
+    np.testing.assert_allclose(np.concatenate([first, second]), naive, rtol=1e-13, atol=1e-13)
+
+
 def test_rows_reusing_one_block_buffer_each_get_their_own_values():
     """The background side of a block is written once and each row overwrites its coalition's
     cells: a row must never see the previous row's values (several rows, several blocks)."""
