@@ -5,8 +5,10 @@ The method is shap.KernelExplainer's (Lundberg & Lee 2017), reorganised for spee
 * One set of coalitions (a *plan*) serves every row whose varying players are the same, so the
   weighted least-squares solve is factorised once into a matrix ``solver`` and applied to all
   rows and all outputs with one ``einsum``.
-* Synthetic rows are built with broadcasting (no Python loop per coalition) and the model is
-  called on large blocks, so the model's own prediction dominates the cost.
+* Synthetic rows are built without a Python loop per coalition, in cache-sized blocks of one
+  reused buffer, and background rows that coincide outside a coalition are evaluated once
+  with their summed weight (``merge_outside``), so the model's own prediction dominates the
+  cost and no model row is evaluated twice for one coalition.
 * The model evaluations split freely into blocks of rows x blocks of coalitions, which is what
   the Ray DAG distributes; the solve needs only the per-coalition expectations ``ey``.
 
