@@ -552,6 +552,7 @@ class CoalitionPairs:
     background: npt.NDArray[np.intp]  # (T,) the first background row of each merged set
     weight: FloatArray  # (T,) the summed weights of the merged background rows
     starts: npt.NDArray[np.intp]  # (S + 1,) where each coalition's pairs start
+    pair_of: npt.NDArray[np.intp]  # (S, N) the pair that stands for background row n in coalition s
 
     @property
     def n_pairs(self) -> int:
@@ -617,11 +618,14 @@ def merge_outside(
     np.cumsum(counts, out=starts[1:])
     heads = np.flatnonzero(first.ravel())
     weight = np.add.reduceat(weights[order].ravel(), heads) if heads.size else np.zeros(0)
+    pair_of = np.empty((n_coalitions, n_bg), dtype=np.intp)
+    np.put_along_axis(pair_of, order, starts[:-1, None] + np.cumsum(first, axis=1) - 1, axis=1)
     return CoalitionPairs(
         np.repeat(np.arange(n_coalitions, dtype=np.intp), counts),
         np.asarray(order.ravel()[heads], dtype=np.intp),
         weight,
         starts,
+        pair_of,
     )
 
 
@@ -673,9 +677,10 @@ def evaluate_coalitions(
     ``dtype`` lets a caller build synthetic rows directly in the dtype the model converts to
     (float32 for scikit-learn trees), which saves a copy without changing any value.
 
-    Three things keep it fast, none changes a model input: background rows that coincide on
-    every column outside a coalition give identical synthetic rows, so each coalition evaluates
-    one of them with their summed weight (``merge_outside``); the rows go to the model in
+    Three things keep it fast, none changes a model input or a bit of ey: background rows that
+    coincide on every column outside a coalition give identical synthetic rows, so the model
+    evaluates one of them (``merge_outside``) and its output stands for each of them in the
+    mean, which runs over every background row in order as without merging; the rows go to the model in
     blocks of about BLOCK_BYTES, built into one reused buffer (``predict`` must not write into
     its input, as no scikit-learn estimator does), so they are written and read in the CPU's
     cache; and scikit-learn's finiteness scan is skipped on them (their values come from rows
@@ -703,14 +708,19 @@ def evaluate_coalitions(
                 # cells (the coalition's columns), so the rest stays valid from row to row.
                 np.take(bg, pairs.background[t0:t1], axis=0, out=synth)
                 inside = masks[s0 + pairs.coalition[t0:t1]]  # (T, M): the columns taken from the row
-                starts = pairs.starts[c0:c1] - t0
-                weight = pairs.weight[t0:t1, None]
+                expand = pairs.pair_of[c0:c1] - t0  # (C, N): each background row's model row
                 for r in range(n_rows):
                     np.copyto(synth, x[r], where=inside)
                     out = model_outputs(predict, synth)
                     if ey is None:
                         ey = np.empty((n_rows, n_coalitions, out.shape[1]))
-                    ey[r, s0 + c0 : s0 + c1] = np.add.reduceat(out * weight, starts, axis=0)
+                    # The mean over every background row in its own order, as shap sums them:
+                    # the same rounding as without merging, which matters where the link is
+                    # ill-conditioned (a logit of probabilities within 1e-13 of 0 or 1).
+                    per_bg = out[expand]  # (C, N, K)
+                    ey[r, s0 + c0 : s0 + c1] = (
+                        per_bg.mean(axis=1) if weights is None else np.einsum("snk,n->sk", per_bg, w)
+                    )
     if ey is None:
         return np.zeros((n_rows, n_coalitions, 0))
     return ey
