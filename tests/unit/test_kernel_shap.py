@@ -174,6 +174,157 @@ def test_blocks_of_rows_and_coalitions_give_the_same_expectations():
     np.testing.assert_array_equal(whole, assembled)
 
 
+def naive_expectations(predict, rows, background, masks, weights) -> np.ndarray:
+    """ey (R, S, K) straight from the definition: every background row, one call per coalition."""
+    return np.stack(
+        [np.stack([weights @ predict(np.where(mask, x, background)) for mask in masks]) for x in rows]
+    )
+
+
+def one_hot_workload(n_rows: int = 4, n_background: int = 30):
+    """Rows and background of 2 numeric columns and two one-hot groups (3 and 4 columns) whose
+    background repeats values, so many background rows coincide outside a coalition."""
+    rng = np.random.default_rng(7)
+
+    def table(n: int) -> np.ndarray:
+        numeric = rng.choice([-1.0, 0.5, 2.0], size=(n, 2))
+        colour = np.eye(3)[rng.integers(0, 3, n)]
+        size = np.eye(4)[rng.integers(0, 4, n)]
+        return np.hstack([numeric, colour, size])
+
+    groups = [[0], [1], [2, 3, 4], [5, 6, 7, 8]]
+    return table(n_rows), table(n_background), groups
+
+
+def one_hot_model(x: np.ndarray) -> np.ndarray:
+    z = np.sin(x[:, 0]) * x[:, 3] + x[:, 1] * x[:, 6] - x[:, 8] + 0.2 * x[:, 2] * x[:, 0] ** 2
+    p = 1 / (1 + np.exp(-z))
+    return np.stack([1 - p, p], axis=1)
+
+
+def test_merged_background_per_coalition_equals_the_definition_with_fewer_model_rows():
+    rows, background, groups = one_hot_workload()
+    players = ks.player_matrix(groups, rows.shape[1])
+    plan = ks.build_plan(np.arange(4), rows.shape[1], players=players)
+    weights = np.random.default_rng(3).uniform(0.5, 2.0, len(background))
+    weights /= weights.sum()
+    seen: list[int] = []
+
+    def counting(x: np.ndarray) -> np.ndarray:
+        seen.append(len(x))
+        return one_hot_model(x)
+
+    ours = ks.evaluate_coalitions(counting, rows, background, plan.masks, weights=weights)
+    naive = naive_expectations(one_hot_model, rows, background, plan.masks, weights)
+    np.testing.assert_allclose(ours, naive, rtol=0, atol=1e-12)
+    pairs = ks.merge_outside(plan.masks, background, weights)
+    # Closed form of the merge: per coalition, the distinct background rows outside it.
+    distinct = [len({row[~mask].tobytes() for row in background}) for mask in plan.masks]
+    np.testing.assert_array_equal(np.diff(pairs.starts), distinct)
+    np.testing.assert_allclose(np.add.reduceat(pairs.weight, pairs.starts[:-1]), 1.0, rtol=0, atol=1e-15)
+    assert sum(seen) == len(rows) * pairs.n_pairs < len(rows) * plan.n_coalitions * len(background) / 2
+
+
+def test_merging_changes_no_bit_of_the_expectations():
+    """Merged background rows are expanded back before the mean, which runs over every
+    background row in its own order like the unmerged computation: the same bits, so a logit of
+    probabilities within 1e-13 of 0 or 1 (Adult has such rows) stays as close to shap's."""
+    rows, background, groups = one_hot_workload(n_rows=3)
+    plan = ks.build_plan(np.arange(4), rows.shape[1], players=ks.player_matrix(groups, rows.shape[1]))
+    weights = np.random.default_rng(4).uniform(0.5, 2.0, len(background))
+    weights /= weights.sum()
+    assert ks.merge_outside(plan.masks, background, weights).n_pairs < plan.n_coalitions * len(background)
+    for w in (weights, None):
+        ours = ks.evaluate_coalitions(one_hot_model, rows, background, plan.masks, weights=w)
+        for r, x in enumerate(rows):
+            synth = np.where(plan.masks[:, None, :], x[None, None, :], background[None, :, :])
+            per_bg = one_hot_model(synth.reshape(-1, rows.shape[1])).reshape(
+                plan.n_coalitions, len(background), -1
+            )
+            unmerged = per_bg.mean(axis=1) if w is None else np.einsum("snk,n->sk", per_bg, w)
+            np.testing.assert_array_equal(ours[r], unmerged)
+
+
+@pytest.mark.parametrize("values", [3, 40, None])
+def test_merge_outside_counts_the_distinct_background_rows_outside_each_coalition(values):
+    """Many columns (keys that overflow and are re-ranked, or all distinct early): per coalition,
+    the pairs are the distinct background rows outside it, weights summed, values exact."""
+    rng = np.random.default_rng(values or 0)
+    shape = (40, 12)
+    background = rng.normal(size=shape) if values is None else rng.integers(0, values, shape).astype(float)
+    rows = rng.normal(size=(2, 12))
+    plan = ks.build_plan(np.arange(12), 12, nsamples=600, seed=1)
+    weights = rng.uniform(0.5, 2.0, 40)
+    weights /= weights.sum()
+    pairs = ks.merge_outside(plan.masks, background, weights)
+    for s, mask in enumerate(plan.masks):
+        outside = {row[~mask].tobytes() for row in background}
+        members = pairs.background[pairs.starts[s] : pairs.starts[s + 1]]
+        assert len(members) == len(outside) == len({background[n][~mask].tobytes() for n in members})
+        for n, w in zip(members, pairs.weight[pairs.starts[s] : pairs.starts[s + 1]], strict=True):
+            same = (background[:, ~mask] == background[n, ~mask]).all(axis=1)
+            assert w == pytest.approx(weights[same].sum(), rel=1e-13)
+    ours = ks.evaluate_coalitions(nonlinear_model, rows, background, plan.masks, weights=weights)
+    naive = naive_expectations(nonlinear_model, rows, background, plan.masks, weights)
+    np.testing.assert_allclose(ours, naive, rtol=1e-13, atol=1e-12)  # outputs up to 1e12
+
+
+def test_merged_pairs_are_computed_once_per_process_for_the_same_coalitions(monkeypatch):
+    """Ray tasks that split rows share their coalitions: the merge runs once, values unchanged."""
+    calls = []
+    merge = ks.merge_outside
+    monkeypatch.setattr(ks, "merge_outside", lambda *a: calls.append(1) or merge(*a))
+    monkeypatch.setattr(ks, "_PAIRS_CACHE", {})
+    background = RNG.normal(size=(20, 5)).round(0)  # repeated values: some merging
+    rows = RNG.normal(size=(4, 5))
+    plan = ks.build_plan(np.arange(5), 5)
+    first = ks.evaluate_coalitions(nonlinear_model, rows[:2], background, plan.masks)
+    second = ks.evaluate_coalitions(nonlinear_model, rows[2:], background, plan.masks)
+    assert len(calls) == 1
+    other = background.copy()
+    other[0, 0] += 1.0
+    ks.evaluate_coalitions(nonlinear_model, rows[:2], other, plan.masks)
+    assert len(calls) == 2
+    weights = np.full(20, 1 / 20)
+    naive = naive_expectations(nonlinear_model, rows, background, plan.masks, weights)
+    np.testing.assert_allclose(np.concatenate([first, second]), naive, rtol=1e-13, atol=1e-13)
+
+
+def test_rows_reusing_one_block_buffer_each_get_their_own_values():
+    """The background side of a block is written once and each row overwrites its coalition's
+    cells: a row must never see the previous row's values (several rows, several blocks)."""
+    background = RNG.normal(size=(40, 6))
+    rows = RNG.normal(size=(5, 6))
+    plan = ks.build_plan(np.arange(6), 6)
+    weights = np.full(40, 1 / 40)
+    naive = naive_expectations(nonlinear_model, rows, background, plan.masks, weights)
+    for per_call in (40, 100, 10_000):
+        ours = ks.evaluate_coalitions(
+            nonlinear_model, rows, background, plan.masks, max_rows_per_predict=per_call
+        )
+        np.testing.assert_allclose(ours, naive, rtol=0, atol=1e-12)
+
+
+def test_model_calls_are_cache_sized_blocks_without_the_finiteness_scan():
+    import sklearn
+
+    background = RNG.normal(size=(100, 8))
+    rows = RNG.normal(size=(2, 8))
+    plan = ks.build_plan(np.arange(8), 8)
+    calls: list[tuple[int, bool]] = []
+
+    def recording(x: np.ndarray) -> np.ndarray:
+        calls.append((len(x), sklearn.get_config()["assume_finite"]))
+        return nonlinear_model(x)
+
+    ks.evaluate_coalitions(recording, rows, background, plan.masks)
+    per_call = max(ks.MIN_ROWS_PER_PREDICT, ks.BLOCK_BYTES // (8 * 8))
+    assert max(n for n, _ in calls) <= per_call
+    assert sum(n for n, _ in calls) == 2 * plan.n_coalitions * 100  # no two background rows coincide
+    assert all(finite for _, finite in calls)
+    assert not sklearn.get_config()["assume_finite"]  # restored afterwards
+
+
 @pytest.mark.parametrize(
     ("rows", "coalitions", "background", "workers", "batch_size"),
     [
@@ -326,6 +477,46 @@ def test_standard_errors_are_calibrated_against_the_exact_values():
     mean_square = float(np.mean(np.square(z)))
     assert 0.7 < mean_square < 1.4, mean_square
     assert np.mean(np.abs(z) > 3) < 0.01
+
+
+def test_standard_errors_equal_the_sandwich_definition_draw_by_draw():
+    """The matrix-product form of standard_errors equals Var = n Cov_draws(T_u) computed one draw
+    at a time (T_u = sum over the draw's coalitions of solver[:, s] residual[s] / count_u; the
+    last player's term minus the others'), with pairs, repeated draws and the logit link."""
+    from app.contract import Link
+
+    m = 7
+    background = RNG.normal(size=(6, m))
+    rows = RNG.normal(size=(3, m))
+    plan = ks.build_plan(np.arange(m), m, nsamples=60, seed=5)
+    assert not plan.exact and plan.counts is not None and plan.units is not None
+    assert (plan.counts > 1).any() and np.bincount(plan.units[plan.units >= 0]).max() == 2
+    outputs = lambda x: 1 / (1 + np.exp(-nonlinear_model(x)[:, :2]))  # noqa: E731
+    ey = ks.evaluate_coalitions(outputs, rows, background, plan.masks)
+    fx, fnull = outputs(rows), outputs(background).mean(axis=0)
+    ours = ks.standard_errors(plan, ey, fx, fnull, Link.LOGIT)
+
+    lfnull = Link.LOGIT.apply(fnull)
+    delta = Link.LOGIT.apply(fx) - lfnull
+    z = plan.small.astype(float)
+    design = z[:, :-1] - z[:, -1:]
+    expected = np.zeros_like(ours)
+    for r in range(len(rows)):
+        for k in range(fx.shape[1]):
+            y = Link.LOGIT.apply(ey[r, :, k]) - lfnull[k] - z[:, -1] * delta[r, k]
+            residual = y - design @ (plan.solver @ y)
+            terms, weights = [], []
+            for unit in np.unique(plan.units[plan.units >= 0]):
+                members = np.flatnonzero(plan.units == unit)
+                count = plan.counts[members[0]]
+                head = sum(plan.solver[:, s] * residual[s] / count for s in members)
+                terms.append(np.r_[head, -head.sum()])
+                weights.append(count)
+            t, w = np.array(terms), np.array(weights)
+            n = w.sum()
+            mean = (w[:, None] * t).sum(axis=0) / n
+            expected[r, :, k] = np.sqrt(n * (w[:, None] * (t - mean) ** 2).sum(axis=0) / (n - 1))
+    np.testing.assert_allclose(ours, expected, rtol=1e-10, atol=0)
 
 
 def test_tol_adds_coalitions_until_the_largest_standard_error_is_below_it():
