@@ -276,6 +276,7 @@ class Gateway:
         self.requests = 0
         self.retries = 0
         self.lost = 0  # requests answered 503: every attempt's replica was lost
+        self.in_flight = 0  # requests handed to the Explainers and not answered yet (the queue)
         self.refused: Counter[int] = Counter()
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)  # seconds per served request
         self.replicas: dict[str, dict[str, Any]] = {}  # Explainer replica -> its latest counters
@@ -311,8 +312,9 @@ class Gateway:
         return self.stats_now()
 
     def stats_now(self) -> dict[str, Any]:
-        """Requests answered, retried and lost, refusals by status, latency percentiles in
-        seconds (the last LATENCY_WINDOW requests), and each Explainer replica's counters."""
+        """Requests answered, retried and lost, requests in flight (waiting for a batch or being
+        explained), refusals by status, latency percentiles in seconds (the last LATENCY_WINDOW
+        requests), and each Explainer replica's counters."""
         latencies = np.asarray(self.latencies, dtype=np.float64)
         percentiles = (
             {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 90, 99)} if len(latencies) else {}
@@ -324,6 +326,7 @@ class Gateway:
             "batches": sum(r["batches"] for r in replicas),
             "retried": self.retries,
             "lost": self.lost,
+            "in_flight": self.in_flight,
             "refused": {str(status): n for status, n in sorted(self.refused.items())},
             "latency_seconds": percentiles,
             "replicas": replicas,
@@ -338,6 +341,13 @@ class Gateway:
             payload = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as err:
             return self._refuse(400, f"the body is not JSON: {err}")
+        self.in_flight += 1
+        try:
+            return await self._explain(payload, started)
+        finally:
+            self.in_flight -= 1
+
+    async def _explain(self, payload: Any, started: float) -> Any:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 answer: dict[str, Any] = await self.explainer.explain.remote(payload)

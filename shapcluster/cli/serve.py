@@ -276,7 +276,8 @@ def _print_status(found: ServiceStatus, where: str) -> None:
     console.say(
         f"Served: {stats.get('requests', 0)} requests, {stats.get('rows', 0)} rows in "
         f"{stats.get('batches', 0)} explainer calls; retried {stats.get('retried', 0)}, lost (503) "
-        f"{stats.get('lost', 0)}; refused: {refused}"
+        f"{stats.get('lost', 0)}; refused: {refused}; in flight now (queued or being explained): "
+        f"{stats.get('in_flight', 0)}"
     )
     console.say(
         f"Latency over the last requests: p50 {_seconds_ms(stats, 'p50')} ms, "

@@ -394,7 +394,7 @@ def test_serve_status_and_down_on_a_running_service(
     fake.stats = [
         {
             "requests": 5, "rows": 9, "batches": 4, "retried": 1, "lost": 0, "refused": {"401": 2},
-            "latency_seconds": {"p50": 0.02, "p99": 0.5},
+            "in_flight": 3, "latency_seconds": {"p50": 0.02, "p99": 0.5},
             "replicas": [{"replica": "r1", "requests": 5, "rows": 9, "batches": 4, "refused": {}}],
         }
     ]  # fmt: skip
@@ -405,6 +405,7 @@ def test_serve_status_and_down_on_a_running_service(
         "Served: 5 requests, 9 rows in 4 explainer calls; retried 1, lost (503) 0; refused: 2 x HTTP 401"
         in (shown.output)
     )
+    assert "in flight now (queued or being explained): 3" in " ".join(shown.output.split())
     assert "p50 20.0 ms, p99 500.0 ms" in shown.output and "r1" in shown.output
     as_json = json.loads(run_cli(config, "serve", "status", "--json").stdout)
     assert as_json["stats"]["requests"] == 5 and as_json["replicas"][0]["deployment"] == "Explainer"

@@ -94,3 +94,18 @@ def test_an_explainer_bug_is_one_json_500_line() -> None:
     assert json.loads(answer.body) == {
         "error": "the explainer failed (ZeroDivisionError); see the replica's log"
     }
+
+
+def test_in_flight_counts_requests_until_they_are_answered() -> None:
+    seen: list[int] = []
+
+    class _Pending(_Method):
+        def remote(self, payload: Any) -> _Call:
+            seen.append(gateway.stats_now()["in_flight"])  # while the request waits for its batch
+            return super().remote(payload)
+
+    gateway, handle = _gateway([])
+    handle.explain = _Pending([ANSWER, ZeroDivisionError("boom")])
+    asyncio.run(gateway.explain(_request({"rows": []})))
+    asyncio.run(gateway.explain(_request({"rows": []})))
+    assert seen == [1, 1] and gateway.stats_now()["in_flight"] == 0
