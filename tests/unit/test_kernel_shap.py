@@ -587,3 +587,27 @@ def test_background_weights_are_checked():
         ks.merge_background(np.zeros((2, 3)), [1.0, -1.0])
     with pytest.raises(ValueError, match="shape"):
         ks.merge_background(np.zeros((2, 3)), [1.0])
+
+
+def test_merged_pairs_follow_the_background_order_within_each_coalition():
+    """The model sees each coalition's rows in the background's own order (a forest predicts
+    rows in key order ~15% slower): identity when nothing merges, ascending first rows when
+    some do."""
+    rng = np.random.default_rng(3)
+    masks = ks.build_plan(np.arange(5), 5).masks
+    distinct = rng.normal(size=(40, 5))
+    pairs = ks.merge_outside(masks, distinct, np.full(40, 1 / 40))
+    assert pairs.n_pairs == len(masks) * 40
+    assert np.array_equal(pairs.background, np.tile(np.arange(40), len(masks)))
+    assert np.array_equal(pairs.pair_of, np.arange(len(masks) * 40).reshape(len(masks), 40))
+
+    repeated = rng.integers(0, 2, size=(40, 5)).astype(np.float64)
+    pairs = ks.merge_outside(masks, repeated, np.full(40, 1 / 40))
+    for s in range(len(masks)):
+        firsts = pairs.background[pairs.starts[s] : pairs.starts[s + 1]]
+        assert np.all(np.diff(firsts) > 0)
+        # each background row's pair is the one headed by the first row equal to it outside s
+        outside = ~masks[s]
+        heads = pairs.background[pairs.pair_of[s]]
+        assert np.array_equal(repeated[heads][:, outside], repeated[:, outside])
+        assert np.all(heads <= np.arange(40))
