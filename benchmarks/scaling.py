@@ -18,6 +18,10 @@ that wall time with ``cpu_seconds`` / CPUs (our tasks' own time): the gap is wha
 and start-up still cost; a task's own time that grows with the CPU count is contention for the
 cores (other processes on a shared machine) or for memory bandwidth.
 
+``--ceiling`` (with ``--local``) runs, beside each Ray run, the same blocks of the same work in
+plain processes without Ray (``benchmarks/ceiling.py``): the efficiency this machine gives the
+kernel itself, so the gap to the Ray run's efficiency is what Ray's own processes cost here.
+
 Writes to ``--out`` (default ``benchmarks/out/scaling-<timestamp>/``): ``scaling.csv`` (one line
 per run), ``scaling_summary.csv`` (median, min, max per CPU count and batch size),
 ``scaling.png`` (wall time and speed-up against CPUs) and ``runs/`` (each run's results and
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import shlex
@@ -63,6 +68,8 @@ RUN_COLUMNS = (
     "cpu_seconds",
     "tasks",
     "run_id",
+    "ceiling_wall_seconds",
+    "ceiling_cpu_seconds",
 )
 SUMMARY_COLUMNS = (
     "cpus",
@@ -78,6 +85,8 @@ SUMMARY_COLUMNS = (
     "speedup_max",
     "ideal_speedup",
     "efficiency",
+    "ceiling_median_wall_seconds",
+    "ceiling_efficiency",
 )
 PASS_THROUGH = ("rows", "background", "nsamples", "data", "trees", "seed")
 
@@ -98,6 +107,8 @@ class Run:
     cpu_seconds: float = 0.0  # our tasks' own time; cpus x wall - this is what scaling lost
     tasks: int = 0
     run_id: str = ""
+    ceiling_wall_seconds: float | None = None  # the same blocks in plain processes (--ceiling)
+    ceiling_cpu_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,8 @@ class Point:
     speedup_max: float  # baseline median / this min
     ideal_speedup: float  # cpus / baseline cpus
     efficiency: float  # speedup / ideal_speedup
+    ceiling_median_wall_seconds: float | None = None  # --ceiling: plain processes, no Ray
+    ceiling_efficiency: float | None = None  # its speed-up against its own baseline / ideal
 
 
 # ---- pure parts: parsing, aggregation, files, plot -------------------------------------------
@@ -211,15 +224,33 @@ def baselines(runs: Sequence[Run]) -> dict[BatchSize, tuple[int, float]]:
     return base
 
 
+def _ceiling_baselines(runs: Sequence[Run]) -> dict[BatchSize, float | None]:
+    """Per batch size: the median ceiling wall time at the smallest CPU count (None: not run)."""
+    base: dict[BatchSize, float | None] = {}
+    for (_, batch_size), group in sorted(_group(runs).items(), key=lambda kv: kv[0][0]):
+        if batch_size not in base:
+            walls = [r.ceiling_wall_seconds for r in group if r.ceiling_wall_seconds is not None]
+            base[batch_size] = statistics.median(walls) if walls else None
+    return base
+
+
 def aggregate(runs: Sequence[Run]) -> list[Point]:
     """Median, min and max per (cpus, batch size), with speed-ups against the smallest CPU count."""
     base = baselines(runs)
+    ceiling_base = _ceiling_baselines(runs)
     points = []
     for (cpus, batch_size), group in _group(runs).items():
         walls = [r.wall_seconds for r in group]
         base_cpus, base_wall = base[batch_size]
         median, low, high = statistics.median(walls), min(walls), max(walls)
         speedup, ideal = base_wall / median, cpus / base_cpus
+        ceilings = [r.ceiling_wall_seconds for r in group if r.ceiling_wall_seconds is not None]
+        ceiling = statistics.median(ceilings) if ceilings else None
+        ceiling_efficiency = (
+            ceiling_base[batch_size] / ceiling / ideal
+            if ceiling and ceiling_base.get(batch_size) is not None
+            else None
+        )
         points.append(
             Point(
                 cpus=cpus,
@@ -235,6 +266,8 @@ def aggregate(runs: Sequence[Run]) -> list[Point]:
                 speedup_max=base_wall / low,
                 ideal_speedup=ideal,
                 efficiency=speedup / ideal,
+                ceiling_median_wall_seconds=ceiling,
+                ceiling_efficiency=ceiling_efficiency,
             )
         )
     return sorted(points, key=lambda p: (-1 if p.batch_size is None else p.batch_size, p.cpus))
@@ -254,9 +287,15 @@ def run_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
             "cpu_seconds": round(r.cpu_seconds, 4),
             "tasks": r.tasks,
             "run_id": r.run_id,
+            "ceiling_wall_seconds": _rounded(r.ceiling_wall_seconds),
+            "ceiling_cpu_seconds": _rounded(r.ceiling_cpu_seconds),
         }
         for r in runs
     ]
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def point_rows(points: Sequence[Point]) -> list[dict[str, Any]]:
@@ -413,7 +452,10 @@ def run_all(
     runs_dir: Path,
     no_reference: bool,
     env: dict[str, str] | None = None,
+    ceiling: Any = None,
 ) -> list[Run]:
+    """Every (cpus, batch size) once per repeat; ``ceiling``: a ceiling.Workload whose blocks
+    also run in plain processes right after each Ray run."""
     job_options = {name: getattr(args, name) for name in PASS_THROUGH}
     combos = [(c, b) for b in args.batch_sizes for c in args.cpus_list]
     total, done = len(combos) * args.nruns, 0
@@ -431,13 +473,31 @@ def run_all(
             summary = run_once(command, run_id, runs_dir, args.timeout, env)
             run = run_from_summary(summary, cpus, batch_size, repeat, run_id)
             _check_summary(summary, cpus, what)
-            runs.append(run)
             elapsed = time.monotonic() - started
             _progress(
                 f"[{done}/{total}] {what}: ours {run.wall_seconds:.2f} s, all steps "
                 f"{run.total_seconds:.2f} s, {run.tasks} tasks ({elapsed:.0f} s with start-up)"
             )
+            if ceiling is not None:
+                run = _with_ceiling(run, ceiling, what)
+            runs.append(run)
     return runs
+
+
+def _with_ceiling(run: Run, workload: Any, what: str) -> Run:
+    """The run with the same blocks' wall time in plain processes (benchmarks/ceiling.py)."""
+    from ceiling import run_ceiling
+
+    measured = run_ceiling(workload, run.cpus, run.batch_size)
+    if run.tasks and measured.tasks != run.tasks:
+        raise BenchmarkError(
+            f"{what}: the ceiling cut the work into {measured.tasks} blocks, the job into {run.tasks}; "
+            "benchmarks/ceiling.py no longer mirrors app.dag._ours_branch"
+        )
+    _progress(f"    ceiling (plain processes, no Ray): {measured.wall_seconds:.2f} s")
+    return dataclasses.replace(
+        run, ceiling_wall_seconds=measured.wall_seconds, ceiling_cpu_seconds=measured.cpu_seconds
+    )
 
 
 def _check_summary(summary: dict[str, Any], cpus: int, what: str) -> None:
@@ -478,6 +538,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=3600.0, help="seconds allowed per run [default: 3600]"
     )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="with --local: also run each run's blocks in plain processes without Ray (the "
+        "machine's own scaling of the kernel)",
+    )
     jobs = parser.add_argument_group("job options passed to submit (default: the job's own)")
     jobs.add_argument("--rows", type=int)
     jobs.add_argument("--background", type=int)
@@ -488,10 +554,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.nruns < 1:
         parser.error("--nruns must be at least 1")
+    if args.ceiling and not args.local:
+        parser.error("--ceiling needs --local (it rebuilds the job's work on this machine)")
     if args.out is None:
         args.out = REPO / "benchmarks" / "out" / f"scaling-{time.strftime('%Y%m%d-%H%M%S')}"
     args.out = args.out.resolve()
     return args
+
+
+def _ceiling_workload(args: argparse.Namespace) -> Any:
+    """The job's explainer workload for --ceiling, built here once (benchmarks/ceiling.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(REPO))
+    from ceiling import build_workload
+
+    _progress("Building the job's workload for --ceiling (the same forest, rows and plan) ...")
+    return build_workload({name: getattr(args, name) for name in PASS_THROUGH})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -512,8 +590,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.local:
             # Short and private: Ray's socket paths under it must stay within 107 characters.
             ray_tmpdir = tempfile.mkdtemp(prefix="scaling-ray-")
+            workload = _ceiling_workload(args) if args.ceiling else None
             try:
-                runs = run_all(args, target, runs_dir, no_reference, local_env(dict(os.environ), ray_tmpdir))
+                runs = run_all(
+                    args, target, runs_dir, no_reference, local_env(dict(os.environ), ray_tmpdir), workload
+                )
             finally:
                 shutil.rmtree(ray_tmpdir, ignore_errors=True)
         else:
@@ -542,6 +623,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch_sizes": [batch_label(b) for b in args.batch_sizes],
         "nruns": args.nruns,
         "wall_seconds_is": f"summary.json wall_seconds[{OURS_STEP!r}]",
+        "ceiling_is": (
+            "the same blocks in plain processes without Ray (benchmarks/ceiling.py); "
+            "ceiling_efficiency is the machine's own, efficiency / ceiling_efficiency what Ray keeps of it"
+            if args.ceiling
+            else None
+        ),
         "medians": point_rows(points),
         "files": {name: str(path) for name, path in files.items()},
     }

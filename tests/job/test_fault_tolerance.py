@@ -125,7 +125,7 @@ def test_job_survives_a_worker_node_lost_while_the_explainers_run(cluster, wine_
         rows=4,
         background=40,
         trees=15,
-        batch_size=1,  # 8 coalition tasks and 2 reference chunks: plenty left after the first
+        batch_size=1,  # 4 one-row tasks and 2 reference chunks: plenty left after the first
         tolerance=1e-9,
         output_dir=str(tmp_path),
     )

@@ -352,6 +352,24 @@ def test_split_work_balances_the_benchmark_workload():
     assert len({b.units for b in blocks}) == 1
 
 
+@pytest.mark.parametrize(
+    ("rows", "workers", "batch_size", "tasks", "coalition_blocks"),
+    [
+        (8, 2, 2, 4, 1),  # the scaling benchmark's batch 2: rows alone give 2 tasks per worker
+        (8, 1, 2, 4, 1),
+        (2, 2, 1, 4, 2),  # 2 row blocks on 2 workers: halves, for 2 tasks each
+        (10, 8, 5, 16, 8),  # 2 row blocks on 8 workers: 2 tasks each, not TASKS_PER_WORKER
+        (3, 2, 1, 6, 2),  # 3 row blocks cannot share 2 workers evenly: halves make 6
+    ],
+)
+def test_split_work_with_a_batch_size_splits_coalitions_only_to_balance(
+    rows, workers, batch_size, tasks, coalition_blocks
+):
+    blocks = ks.split_work(rows, 2046, 100, workers, batch_size)
+    assert len(blocks) == tasks
+    assert len({(b.coalitions.start, b.coalitions.stop) for b in blocks}) == coalition_blocks
+
+
 def test_split_work_keeps_tiny_jobs_in_one_task():
     assert len(ks.split_work(2, 14, 5, workers=8)) == 1
 

@@ -173,6 +173,33 @@ def test_aggregate_medians_and_speedups():
     assert (four.speedup_min, four.speedup_max) == (pytest.approx(8 / 5), pytest.approx(8 / 3))
 
 
+def test_aggregate_ceiling_efficiency_against_its_own_baseline():
+    """--ceiling: the plain-process wall times get their own speed-up and efficiency."""
+    ceilings = {(1, 2): [9.0, 10.0, 11.0], (2, 2): [5.0, 5.5, 6.0]}
+    runs = [
+        scaling.dataclasses.replace(r, ceiling_wall_seconds=ceilings[(r.cpus, r.batch_size)][r.run - 1])
+        if (r.cpus, r.batch_size) in ceilings
+        else r
+        for r in synthetic_runs()
+    ]
+    points = {(p.cpus, p.batch_size): p for p in scaling.aggregate(runs)}
+    assert points[(1, 2)].ceiling_median_wall_seconds == 10.0 and points[(1, 2)].ceiling_efficiency == 1.0
+    assert points[(2, 2)].ceiling_efficiency == pytest.approx(10.0 / 5.5 / 2)
+    assert points[(2, 2)].efficiency == pytest.approx(11 / 12)  # the Ray runs' own, unchanged
+    no_ceiling = points[(4, None)]
+    assert no_ceiling.ceiling_median_wall_seconds is None and no_ceiling.ceiling_efficiency is None
+    rows = {(r["cpus"], r["batch_size"], r["run"]): r for r in scaling.run_rows(runs)}
+    assert rows[(2, "2", 2)]["ceiling_wall_seconds"] == 5.5
+    assert rows[(4, "auto", 1)]["ceiling_wall_seconds"] is None
+
+
+def test_ceiling_needs_local(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        scaling.main(["--config", "c.toml", "--cpus-list", "1", "--ceiling"])
+    assert exit_info.value.code == 2
+    assert "--ceiling needs --local" in capsys.readouterr().err
+
+
 def test_run_rows_speedup_against_the_baseline_median():
     rows = scaling.run_rows(synthetic_runs())
     by_key = {(r["cpus"], r["batch_size"], r["run"]): r for r in rows}
@@ -203,6 +230,7 @@ def test_csv_columns(tmp_path):
     assert lines[0] == {
         "cpus": "1", "batch_size": "2", "run": "1", "wall_seconds": "10.0", "total_seconds": "30.0",
         "speedup": "1.1", "cpu_seconds": "9.0", "tasks": "4", "run_id": "r-1-2-0",
+        "ceiling_wall_seconds": "", "ceiling_cpu_seconds": "",
     }  # fmt: skip
 
     summary = read_csv(tmp_path / "summary.csv")
