@@ -945,13 +945,14 @@ class Block:
 def coalitions_per_row(row_blocks: int, n_coalitions: int, workers: int, target: int) -> int:
     """Coalition blocks per row block when the rows per task are fixed: the fewest that give
     every worker the same number of tasks, at least two each (so a slow task can be evened out
-    by the others), capped where ``target`` tasks are reached; ``target`` itself when none does.
+    by the others), and at most the count that reaches ``target`` tasks (that count when no
+    smaller one does, as for ``batch_size=None``).
 
     Splitting coalitions costs what splitting rows does not: every process computes the
     background merging (``merge_outside``) of each coalition range it meets and calls the model
     on smaller blocks. Measured on the wine scaling benchmark's work in plain processes, two at
-    once (benchmarks/ceiling.py): tasks of half the coalitions took 3-6 % more CPU time than
-    tasks of the same rows with all of them.
+    once (benchmarks/ceiling.py): tasks of half the coalitions took 3-6 % longer (summed task
+    seconds) than tasks of the same rows with all of them.
     """
     most = max(1, min(n_coalitions, math.ceil(target / row_blocks)))
     for blocks in range(1, most + 1):

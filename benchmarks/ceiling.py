@@ -69,6 +69,7 @@ def build_workload(job_options: dict[str, Any]) -> Workload:
     fitted = model.train_forest(split, config.trees, config.seed, config.label or DEFAULT_LABEL).model
     data = model.get_data_to_explain(split, config.rows, config.background, config.seed)
     background, weights = kernel_shap.merge_background(data.background, data.background_weights)
+    # As app.dag._prepare: exact for the bundled data (no source) unless --nsamples says otherwise.
     nsamples = EXACT if config.nsamples is None and source is None else config.nsamples
     n_features = data.rows.shape[1]
     budget = kernel_shap.resolve_nsamples(nsamples, n_features, len(data.rows), len(background))

@@ -1,7 +1,7 @@
 """How our distributed KernelSHAP scales with CPUs and batch size: wall time and speed-up.
 
 Runs the real job (``shapcluster submit`` in a subprocess) once per CPU count (the job's
-``--workers``: Ray tasks at once), batch size (``--batch-size``: rows per task; ``auto`` leaves
+``--max-tasks``: Ray tasks at once), batch size (``--batch-size``: rows per task; ``auto`` leaves
 the job's balanced default) and repeat, on a local Ray instance (``--local``, started with the
 largest CPU count) or on the cluster named by ``--config``. Repeats are interleaved (every
 combination once, then again) so a drift in the machine's load spreads over all of them.
@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -176,7 +177,7 @@ def submit_command(
     no_reference: bool,
 ) -> list[str]:
     """The ``shapcluster submit`` command line of one run."""
-    command = [sys.executable, "-m", "shapcluster", "submit", *target, "--workers", str(cpus)]
+    command = [sys.executable, "-m", "shapcluster", "submit", *target, "--max-tasks", str(cpus)]
     if batch_size is not None:
         command += ["--batch-size", str(batch_size)]
     for name, value in job_options.items():
@@ -317,7 +318,8 @@ def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]
 
 
 def write_plot(path: Path, points: Sequence[Point], title: str = "") -> None:
-    """Two panels against CPUs, one line per batch size, error bars min..max across runs."""
+    """Two panels against CPUs, one line per batch size, error bars min..max across runs; with
+    --ceiling, the speed-up panel adds each batch size's ceiling (dotted, same colour)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -340,7 +342,7 @@ def write_plot(path: Path, points: Sequence[Point], title: str = "") -> None:
             capsize=3,
             label=label,
         )
-        speed_ax.errorbar(
+        drawn = speed_ax.errorbar(
             x,
             [p.speedup for p in line],
             yerr=[[p.speedup - p.speedup_min for p in line], [p.speedup_max - p.speedup for p in line]],
@@ -348,6 +350,15 @@ def write_plot(path: Path, points: Sequence[Point], title: str = "") -> None:
             capsize=3,
             label=label,
         )
+        if all(p.ceiling_efficiency is not None for p in line):  # --ceiling: the same blocks, no Ray
+            speed_ax.plot(
+                x,
+                [(p.ceiling_efficiency or 0.0) * p.ideal_speedup for p in line],
+                linestyle=":",
+                marker="s",
+                color=drawn.lines[0].get_color(),
+                label=f"{label}, without Ray (ceiling)",
+            )
     base = cpus[0] if cpus else 1
     speed_ax.plot(cpus, [c / base for c in cpus], "k--", linewidth=1, label="ideal")
     wall_ax.set(xlabel="CPUs (Ray tasks at once)", ylabel="wall time, seconds (median)", title="Wall time")
@@ -488,7 +499,10 @@ def _with_ceiling(run: Run, workload: Any, what: str) -> Run:
     """The run with the same blocks' wall time in plain processes (benchmarks/ceiling.py)."""
     from ceiling import run_ceiling
 
-    measured = run_ceiling(workload, run.cpus, run.batch_size)
+    try:
+        measured = run_ceiling(workload, run.cpus, run.batch_size)
+    except (RuntimeError, threading.BrokenBarrierError, OSError) as err:
+        raise BenchmarkError(f"{what}: the ceiling's plain processes failed: {err}") from err
     if run.tasks and measured.tasks != run.tasks:
         raise BenchmarkError(
             f"{what}: the ceiling cut the work into {measured.tasks} blocks, the job into {run.tasks}; "
@@ -518,7 +532,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=parse_int_list,
         required=True,
         metavar="N,N,...",
-        help="CPU counts (the job's --workers), e.g. 1,2,4",
+        help="CPU counts (the job's --max-tasks: Ray tasks at once), e.g. 1,2,4",
     )
     parser.add_argument(
         "--batch-sizes",
@@ -568,8 +582,13 @@ def _ceiling_workload(args: argparse.Namespace) -> Any:
     sys.path.insert(0, str(REPO))
     from ceiling import build_workload
 
+    from app.errors import JobError
+
     _progress("Building the job's workload for --ceiling (the same forest, rows and plan) ...")
-    return build_workload({name: getattr(args, name) for name in PASS_THROUGH})
+    try:
+        return build_workload({name: getattr(args, name) for name in PASS_THROUGH})
+    except JobError as err:  # bad data or options: what the job itself would say, in one line
+        raise BenchmarkError(f"--ceiling could not build the job's work: {err}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -589,8 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _progress(f"Writing to {args.out}")
         if args.local:
             # Short and private: Ray's socket paths under it must stay within 107 characters.
-            ray_tmpdir = tempfile.mkdtemp(prefix="scaling-ray-")
             workload = _ceiling_workload(args) if args.ceiling else None
+            ray_tmpdir = tempfile.mkdtemp(prefix="scaling-ray-")
             try:
                 runs = run_all(
                     args, target, runs_dir, no_reference, local_env(dict(os.environ), ray_tmpdir), workload

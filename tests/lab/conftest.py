@@ -132,6 +132,43 @@ def lab_base_image(lab: Lab, base_image_tar: Path) -> str:
 IMAGE_NAME = "shapcluster/images-test"
 
 
+def write_cluster_config(
+    folder: Path,
+    lab: Lab,
+    *,
+    name: str,
+    base_image: str,
+    remote_dir: str,
+    image: str = IMAGE_NAME,
+    user: str | None = None,
+    data_dir: Path | None = None,
+    workers: str | None = None,
+    extra: str = "",
+) -> Path:
+    """The lab as a cluster: ``folder``/shapcluster.toml and its workers.txt (one CPU per host).
+
+    ``remote_dir`` may hold ``{host}``; ``user``: the SSH user, else root in each host string;
+    ``workers``: the workers file's text instead of the lab's workers; ``extra``: TOML tables
+    appended as given (e.g. ``[aws]``). Returns the config's path.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    login = "" if user else "root@"
+    lines = "".join(f"{login}{w.ip} cpus=1\n" for w in lab.workers)
+    (folder / "workers.txt").write_text(lines if workers is None else workers)
+    ssh_user = f'user = "{user}"\n' if user else ""
+    sync_data = f'data_dir = "{data_dir}"\n' if data_dir is not None else ""
+    config = folder / "shapcluster.toml"
+    config.write_text(
+        f'[cluster]\nname = "{name}"\nremote_dir = "{remote_dir}"\nshm_size = "512m"\n'
+        f'[head]\nhost = "{login}{lab.head.ip}"\ncpus = 1\n'
+        f'[workers]\nfile = "workers.txt"\n'
+        f'[ssh]\n{ssh_user}key = "{lab.ssh_key}"\nknown_hosts = "{lab.known_hosts}"\n'
+        f'[image]\nname = "{image}"\nbase = "{base_image}"\n'
+        f'[sync]\napp_dir = "{REPO / "app"}"\n{sync_data}' + extra
+    )
+    return config
+
+
 def ssh_options(lab: Lab, known_hosts: Path | None = None) -> SshConfig:
     return SshConfig(
         user="root",

@@ -30,11 +30,10 @@ from shapcluster.images import BuiltImage
 from tests import aws_server
 from tests.aws_server import ROLE_ARN, AwsWorld
 from tests.conftest import WINE_CSV
-from tests.lab.conftest import IMAGE_NAME
+from tests.lab.conftest import write_cluster_config
 from tests.lab.lab import Host, Lab
 
 pytestmark = pytest.mark.lab
-REPO = Path(__file__).resolve().parents[2]
 CLUSTER = "jobs"
 S3_URI = f"s3://{aws_server.BUCKET}/{aws_server.KEY}"
 
@@ -95,18 +94,11 @@ def user_env(keys: aws_server.Keys, home: Path) -> dict[str, str]:
 
 
 def write_config(folder: Path, lab: Lab, base_image: str, world: AwsWorld, data_dir: Path) -> Path:
-    (folder / "workers.txt").write_text("".join(f"root@{w.ip} cpus=1\n" for w in lab.workers))
-    config = folder / "shapcluster.toml"
-    config.write_text(
-        f'[cluster]\nname = "{CLUSTER}"\nremote_dir = "{lab.dir}/{CLUSTER}/{{host}}"\nshm_size = "512m"\n'
-        f'[head]\nhost = "root@{lab.head.ip}"\ncpus = 1\n'
-        f'[workers]\nfile = "workers.txt"\n'
-        f'[ssh]\nkey = "{lab.ssh_key}"\nknown_hosts = "{lab.known_hosts}"\n'
-        f'[image]\nname = "{IMAGE_NAME}"\nbase = "{base_image}"\n'
-        f'[sync]\napp_dir = "{REPO / "app"}"\ndata_dir = "{data_dir}"\n'
-        f'[aws]\nrole_arn = "{ROLE_ARN}"\nregion = "{aws_server.REGION}"\nendpoint_url = "{world.url}"\n'
-    )
-    return config
+    aws = f'[aws]\nrole_arn = "{ROLE_ARN}"\nregion = "{aws_server.REGION}"\nendpoint_url = "{world.url}"\n'
+    return write_cluster_config(
+        folder, lab, name=CLUSTER, base_image=base_image, remote_dir=f"{lab.dir}/{CLUSTER}/{{host}}",
+        data_dir=data_dir, extra=aws,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

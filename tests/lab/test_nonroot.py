@@ -19,9 +19,9 @@ import pytest
 from shapcluster import commands as cmd
 from shapcluster.errors import ExitStatus
 from shapcluster.images import BuiltImage
-from tests.lab.conftest import IMAGE_NAME
+from tests.lab.conftest import IMAGE_NAME, write_cluster_config
 from tests.lab.lab import Lab
-from tests.lab.test_up_down import REPO, shapcluster
+from tests.lab.test_up_down import shapcluster
 
 pytestmark = pytest.mark.lab
 USER = "scrayop"
@@ -54,15 +54,10 @@ def user_dirs(ssh_user: str) -> Iterator[Path]:
 
 
 def write_config(folder: Path, lab: Lab, base_image: str, remote_root: Path) -> Path:
-    (folder / "workers.txt").write_text("".join(f"{w.ip} cpus=1\n" for w in lab.workers))
-    path = folder / "shapcluster.toml"
-    path.write_text(
-        f'[cluster]\nname = "{CLUSTER}"\nremote_dir = "{remote_root}/{{host}}"\nshm_size = "512m"\n'
-        f'[head]\nhost = "{lab.head.ip}"\ncpus = 1\n[workers]\nfile = "workers.txt"\n'
-        f'[ssh]\nuser = "{USER}"\nkey = "{lab.ssh_key}"\nknown_hosts = "{lab.known_hosts}"\n'
-        f'[image]\nname = "{IMAGE_NAME}-nonroot"\nbase = "{base_image}"\n[sync]\napp_dir = "{REPO / "app"}"\n'
-    )
-    return path
+    return write_cluster_config(
+        folder, lab, name=CLUSTER, base_image=base_image, remote_dir=f"{remote_root}/{{host}}",
+        image=f"{IMAGE_NAME}-nonroot", user=USER,
+    )  # fmt: skip
 
 
 def test_a_non_root_ssh_user_can_purge_what_a_job_wrote_as_root(

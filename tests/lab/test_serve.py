@@ -32,11 +32,10 @@ import pytest
 from shapcluster import commands as cmd
 from shapcluster.images import BuiltImage
 from tests.conftest import WINE_CSV
-from tests.lab.conftest import IMAGE_NAME
+from tests.lab.conftest import write_cluster_config
 from tests.lab.lab import Lab
 
 pytestmark = pytest.mark.lab
-REPO = Path(__file__).resolve().parents[2]
 CLUSTER = "serving"
 ROWS = 4  # rows explained, from the top of the wine file
 EXPLAINER = ["--background", "20", "--seed", "3", "--algorithm", "kernel"]
@@ -87,16 +86,10 @@ def serve_cluster(
     data_dir.mkdir()
     shutil.copy(WINE_CSV, data_dir / "winequality-red.csv")  # a temp copy, never into git
     write_model(data_dir / "wine.skops")
-    (folder / "workers.txt").write_text("".join(f"root@{w.ip} cpus=1\n" for w in lab.workers))
-    config = folder / "shapcluster.toml"
-    config.write_text(
-        f'[cluster]\nname = "{CLUSTER}"\nremote_dir = "{lab.dir}/{CLUSTER}/{{host}}"\nshm_size = "512m"\n'
-        f'[head]\nhost = "root@{lab.head.ip}"\ncpus = 1\n'
-        f'[workers]\nfile = "workers.txt"\n'
-        f'[ssh]\nkey = "{lab.ssh_key}"\nknown_hosts = "{lab.known_hosts}"\n'
-        f'[image]\nname = "{IMAGE_NAME}"\nbase = "{lab_base_image}"\n'
-        f'[sync]\napp_dir = "{REPO / "app"}"\ndata_dir = "{data_dir}"\n'
-    )
+    config = write_cluster_config(
+        folder, lab, name=CLUSTER, base_image=lab_base_image, remote_dir=f"{lab.dir}/{CLUSTER}/{{host}}",
+        data_dir=data_dir,
+    )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SHAPCLUSTER_", "RAY_"))}
     env.update(COLUMNS="100000", HOME=str(folder / "home"))
     cluster = ServeCluster(lab, config, data_dir, folder, env)

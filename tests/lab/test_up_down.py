@@ -16,7 +16,7 @@ import pytest
 from shapcluster import commands as cmd
 from shapcluster.errors import ExitStatus
 from shapcluster.images import BuiltImage
-from tests.lab.conftest import IMAGE_NAME
+from tests.lab.conftest import IMAGE_NAME, write_cluster_config
 from tests.lab.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -47,19 +47,10 @@ def shapcluster(*args: str, timeout: float = 900) -> subprocess.CompletedProcess
 
 
 def write_config(folder: Path, lab: Lab, base_image: str, workers: str | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = [f"root@{w.ip} cpus=1" for w in lab.workers]
-    (folder / "workers.txt").write_text(workers if workers is not None else "\n".join(lines) + "\n")
-    config = folder / "shapcluster.toml"
-    config.write_text(
-        f'[cluster]\nname = "{CLUSTER}"\nremote_dir = "{lab.dir}/e2e/{{host}}"\nshm_size = "512m"\n'
-        f'[head]\nhost = "root@{lab.head.ip}"\ncpus = 1\n'
-        f'[workers]\nfile = "workers.txt"\n'
-        f'[ssh]\nkey = "{lab.ssh_key}"\nknown_hosts = "{lab.known_hosts}"\n'
-        f'[image]\nname = "{IMAGE_NAME}"\nbase = "{base_image}"\n'
-        f'[sync]\napp_dir = "{REPO / "app"}"\n'
+    remote_dir = f"{lab.dir}/e2e/{{host}}"
+    return write_cluster_config(
+        folder, lab, name=CLUSTER, base_image=base_image, remote_dir=remote_dir, workers=workers
     )
-    return config
 
 
 def containers(lab: Lab) -> dict[str, str]:

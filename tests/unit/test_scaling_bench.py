@@ -97,7 +97,7 @@ def test_submit_command_is_exact(tmp_path):
         ["--local", "--cpus", "4"], 2, 8, "s-c2-b8-r1", tmp_path, options, no_reference=True
     )
     assert command == [
-        sys.executable, "-m", "shapcluster", "submit", "--local", "--cpus", "4", "--workers", "2",
+        sys.executable, "-m", "shapcluster", "submit", "--local", "--cpus", "4", "--max-tasks", "2",
         "--batch-size", "8", "--rows", "4", "--background", "20", "--data", "d.csv", "--seed", "1",
         "--no-reference", "--run-id", "s-c2-b8-r1", "--output-dir", str(tmp_path),
     ]  # fmt: skip
@@ -111,7 +111,7 @@ def test_submit_command_auto_batch_on_a_cluster_with_reference(tmp_path):
         "submit",
         "-c",
         "/x/shapcluster.toml",
-        "--workers",
+        "--max-tasks",
         "3",
         "--run-id",
         "r",
@@ -193,6 +193,17 @@ def test_aggregate_ceiling_efficiency_against_its_own_baseline():
     assert rows[(4, "auto", 1)]["ceiling_wall_seconds"] is None
 
 
+def test_ceiling_with_bad_data_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    made = []
+    monkeypatch.setattr(scaling.tempfile, "mkdtemp", lambda **kw: made.append(kw) or str(tmp_path / "ray"))
+    argv = ["--local", "--cpus-list", "1", "--ceiling", "--data", str(tmp_path / "absent.csv")]
+    assert scaling.main([*argv, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "scaling benchmark aborted: --ceiling could not build the job's work: " in err
+    assert "absent.csv: no such file" in err and "Traceback" not in err
+    assert made == []  # no private Ray folder was made for runs that never started
+
+
 def test_ceiling_needs_local(capsys):
     with pytest.raises(SystemExit) as exit_info:
         scaling.main(["--config", "c.toml", "--cpus-list", "1", "--ceiling"])
@@ -242,6 +253,14 @@ def test_csv_columns(tmp_path):
         ("2", "2"),
     ]
     assert summary[-1]["median_wall_seconds"] == "6.0" and summary[-1]["speedup"] == "1.8333"
+
+
+def test_plot_with_the_ceiling_is_a_png(tmp_path):
+    replace = scaling.dataclasses.replace
+    runs = [replace(r, ceiling_wall_seconds=r.wall_seconds * 0.9) for r in synthetic_runs()]
+    path = tmp_path / "ceiling.png"
+    scaling.write_plot(path, scaling.aggregate(runs), "title")
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_plot_is_a_png(tmp_path):
@@ -338,7 +357,7 @@ def fake_job(monkeypatch):
     def run_once(command, run_id, runs_dir, timeout, env=None):
         job.commands.append(command)
         job.envs.append(env)
-        cpus = int(command[command.index("--workers") + 1])
+        cpus = int(command[command.index("--max-tasks") + 1])
         walls = {"etl": 1.0, scaling.OURS_STEP: 12.0 / cpus}
         return {"wall_seconds": walls, "tasks": {"ours": 6}, "cpus": 4, "workers": cpus}
 
@@ -385,6 +404,6 @@ def test_main_aborts_on_a_failed_run(tmp_path, monkeypatch, capsys):
 def test_cluster_target(tmp_path, monkeypatch, fake_job, capsys):
     config = tmp_path / "shapcluster.toml"
     assert scaling.main(["-c", str(config), "--cpus-list", "2", "--nruns", "1", "--out", str(tmp_path)]) == 0
-    assert fake_job.commands[0][4:7] == ["-c", str(config), "--workers"]
+    assert fake_job.commands[0][4:7] == ["-c", str(config), "--max-tasks"]
     assert fake_job.envs == [None]  # a cluster run keeps the caller's environment
     assert json.loads(capsys.readouterr().out)["target"] == str(config)
