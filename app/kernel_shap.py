@@ -942,11 +942,11 @@ class Block:
         return int((self.rows.stop - self.rows.start) * (self.coalitions.stop - self.coalitions.start))
 
 
-def coalitions_per_row(row_blocks: int, n_coalitions: int, workers: int, target: int) -> int:
+def coalitions_per_row(row_blocks: int, most: int, workers: int) -> int:
     """Coalition blocks per row block when the rows per task are fixed: the fewest that give
     every worker the same number of tasks, at least two each (so a slow task can be evened out
-    by the others), and at most the count that reaches ``target`` tasks (that count when no
-    smaller one does, as for ``batch_size=None``).
+    by the others), and at most ``most`` (the count split_work uses without a batch size, which
+    is also the answer when no smaller count does).
 
     Splitting coalitions costs what splitting rows does not: every process computes the
     background merging (``merge_outside``) of each coalition range it meets and calls the model
@@ -954,7 +954,6 @@ def coalitions_per_row(row_blocks: int, n_coalitions: int, workers: int, target:
     once (benchmarks/ceiling.py): tasks of half the coalitions took 3-6 % longer (summed task
     seconds) than tasks of the same rows with all of them.
     """
-    most = max(1, min(n_coalitions, math.ceil(target / row_blocks)))
     for blocks in range(1, most + 1):
         tasks = row_blocks * blocks
         if tasks % workers == 0 and tasks >= 2 * workers:
@@ -977,14 +976,13 @@ def split_work(
     units = n_rows * n_coalitions
     min_units = max(1, math.ceil(MIN_SYNTHETIC_ROWS_PER_TASK / max(n_background, 1)))
     target = max(1, min(TASKS_PER_WORKER * workers, units // min_units))
+    fixed_rows = batch_size is not None
     if batch_size is None:
-        row_blocks = min(n_rows, target)
-        batch_size = math.ceil(n_rows / row_blocks)
-        row_blocks = math.ceil(n_rows / batch_size)
-        coalition_blocks = max(1, min(n_coalitions, math.ceil(target / row_blocks)))
-    else:
-        row_blocks = math.ceil(n_rows / batch_size)
-        coalition_blocks = coalitions_per_row(row_blocks, n_coalitions, workers, target)
+        batch_size = math.ceil(n_rows / min(n_rows, target))
+    row_blocks = math.ceil(n_rows / batch_size)
+    coalition_blocks = max(1, min(n_coalitions, math.ceil(target / row_blocks)))
+    if fixed_rows:
+        coalition_blocks = coalitions_per_row(row_blocks, coalition_blocks, workers)
     step = math.ceil(n_coalitions / coalition_blocks)
     return [
         Block(slice(r, min(r + batch_size, n_rows)), slice(c, min(c + step, n_coalitions)))

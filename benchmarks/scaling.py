@@ -216,42 +216,40 @@ def _group(runs: Iterable[Run]) -> dict[tuple[int, BatchSize], list[Run]]:
     return groups
 
 
+def _baseline_groups(runs: Sequence[Run]) -> dict[BatchSize, tuple[int, list[Run]]]:
+    """Per batch size: the smallest CPU count run and its runs."""
+    base: dict[BatchSize, tuple[int, list[Run]]] = {}
+    for (cpus, batch_size), group in sorted(_group(runs).items(), key=lambda kv: kv[0][0]):
+        base.setdefault(batch_size, (cpus, group))
+    return base
+
+
 def baselines(runs: Sequence[Run]) -> dict[BatchSize, tuple[int, float]]:
     """Per batch size: the smallest CPU count run and the median wall time there."""
-    base: dict[BatchSize, tuple[int, float]] = {}
-    for (cpus, batch_size), group in sorted(_group(runs).items(), key=lambda kv: kv[0][0]):
-        if batch_size not in base:
-            base[batch_size] = (cpus, statistics.median(r.wall_seconds for r in group))
-    return base
+    return {
+        batch_size: (cpus, statistics.median(r.wall_seconds for r in group))
+        for batch_size, (cpus, group) in _baseline_groups(runs).items()
+    }
 
 
-def _ceiling_baselines(runs: Sequence[Run]) -> dict[BatchSize, float | None]:
-    """Per batch size: the median ceiling wall time at the smallest CPU count (None: not run)."""
-    base: dict[BatchSize, float | None] = {}
-    for (_, batch_size), group in sorted(_group(runs).items(), key=lambda kv: kv[0][0]):
-        if batch_size not in base:
-            walls = [r.ceiling_wall_seconds for r in group if r.ceiling_wall_seconds is not None]
-            base[batch_size] = statistics.median(walls) if walls else None
-    return base
+def _ceiling_median(group: Sequence[Run]) -> float | None:
+    """The median ceiling wall time of these runs (None: --ceiling did not run)."""
+    walls = [r.ceiling_wall_seconds for r in group if r.ceiling_wall_seconds is not None]
+    return statistics.median(walls) if walls else None
 
 
 def aggregate(runs: Sequence[Run]) -> list[Point]:
     """Median, min and max per (cpus, batch size), with speed-ups against the smallest CPU count."""
     base = baselines(runs)
-    ceiling_base = _ceiling_baselines(runs)
+    ceiling_base = {b: _ceiling_median(group) for b, (_, group) in _baseline_groups(runs).items()}
     points = []
     for (cpus, batch_size), group in _group(runs).items():
         walls = [r.wall_seconds for r in group]
         base_cpus, base_wall = base[batch_size]
         median, low, high = statistics.median(walls), min(walls), max(walls)
         speedup, ideal = base_wall / median, cpus / base_cpus
-        ceilings = [r.ceiling_wall_seconds for r in group if r.ceiling_wall_seconds is not None]
-        ceiling = statistics.median(ceilings) if ceilings else None
-        ceiling_efficiency = (
-            ceiling_base[batch_size] / ceiling / ideal
-            if ceiling and ceiling_base.get(batch_size) is not None
-            else None
-        )
+        ceiling, ceiling_baseline = _ceiling_median(group), ceiling_base[batch_size]
+        ceiling_efficiency = ceiling_baseline / ceiling / ideal if ceiling and ceiling_baseline else None
         points.append(
             Point(
                 cpus=cpus,
